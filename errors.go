@@ -1,0 +1,162 @@
+package microvm
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// Sentinel errors. Test for them with [errors.Is]; the concrete errors that
+// carry details ([*TransitionError], [*SpecError], [*IDError],
+// [*BackendError], [*ExitError]) match the sentinels below.
+var (
+	// ErrNotFound: no VM with that id.
+	ErrNotFound = errors.New("vm not found")
+	// ErrAlreadyExists: a VM with that id exists already.
+	ErrAlreadyExists = errors.New("vm already exists")
+	// ErrInvalidTransition: the operation is not allowed in the VM's status.
+	ErrInvalidTransition = errors.New("invalid transition")
+	// ErrInvalidSpec: the spec breaks one or more rules; see [*SpecError].
+	ErrInvalidSpec = errors.New("invalid spec")
+	// ErrInvalidID: a VM or snapshot id breaks the id rules; see [*IDError].
+	ErrInvalidID = errors.New("invalid id")
+	// ErrInvalidArgument: an option or argument other than a spec or id is
+	// out of range (a negative timeout, a nil options pointer that is
+	// required, ...).
+	ErrInvalidArgument = errors.New("invalid argument")
+	// ErrSnapshotExists: a snapshot with that id exists already.
+	ErrSnapshotExists = errors.New("snapshot already exists")
+	// ErrSnapshotNotFound: no snapshot with that id.
+	ErrSnapshotNotFound = errors.New("snapshot not found")
+	// ErrSnapshotInUse: the snapshot cannot be deleted because a VM still
+	// depends on it.
+	ErrSnapshotInUse = errors.New("snapshot in use")
+	// ErrSnapshotCorrupt: a snapshot's files are missing, truncated, fail
+	// their checksum or were made by an incompatible hypervisor.
+	ErrSnapshotCorrupt = errors.New("snapshot corrupt or incompatible")
+	// ErrBackend: the hypervisor or the host refused or failed an operation;
+	// see [*BackendError].
+	ErrBackend = errors.New("backend error")
+	// ErrUnsupported: the runtime or the hypervisor version does not
+	// support the requested feature.
+	ErrUnsupported = errors.New("not supported")
+	// ErrClosed: the runtime has been closed.
+	ErrClosed = errors.New("runtime closed")
+	// ErrExited: the VM's process exited when nobody asked it to.
+	ErrExited = errors.New("vm process exited")
+)
+
+// TransitionError reports an operation refused in the VM's current status.
+// It matches [ErrInvalidTransition].
+type TransitionError struct {
+	ID   string // the VM
+	Op   Op     // the refused operation
+	From Status // the status the VM was in
+	To   Status // the status the operation leads to ("" when it keeps the status)
+}
+
+func (e *TransitionError) Error() string {
+	to := string(e.To)
+	if to == "" {
+		to = string(e.From)
+	}
+	return fmt.Sprintf("vm %q: cannot %s: invalid transition %s -> %s (allowed from: %s)",
+		e.ID, e.Op, e.From, to, joinStatuses(allowedFrom(e.Op)))
+}
+
+// Is reports whether target is [ErrInvalidTransition].
+func (e *TransitionError) Is(target error) bool { return target == ErrInvalidTransition }
+
+// FieldError is one broken rule of a [Spec].
+type FieldError struct {
+	Field string // the field's path, e.g. "drives[1].path"
+	Rule  string // what the value must satisfy
+}
+
+func (e FieldError) Error() string { return e.Field + ": " + e.Rule }
+
+// SpecError reports every problem found in a [Spec] at once. It matches
+// [ErrInvalidSpec].
+type SpecError struct {
+	Problems []FieldError
+}
+
+func (e *SpecError) Error() string {
+	parts := make([]string, len(e.Problems))
+	for i, p := range e.Problems {
+		parts[i] = p.Error()
+	}
+	return "invalid spec: " + strings.Join(parts, "; ")
+}
+
+// Is reports whether target is [ErrInvalidSpec].
+func (e *SpecError) Is(target error) bool { return target == ErrInvalidSpec }
+
+// Has reports whether the error names field.
+func (e *SpecError) Has(field string) bool {
+	for _, p := range e.Problems {
+		if p.Field == field {
+			return true
+		}
+	}
+	return false
+}
+
+// BackendError is a failure reported by the hypervisor or the host. It keeps
+// the hypervisor's own message and HTTP status code, and matches
+// [ErrBackend] (and whatever Err matches).
+type BackendError struct {
+	Op         string // what mvm was doing, e.g. "configure drives"
+	Method     string // HTTP method of the API call, if any
+	Path       string // API path, if any
+	StatusCode int    // HTTP status of the API answer, 0 when none
+	Message    string // the hypervisor's fault_message, verbatim
+	Err        error  // the underlying cause, if any
+}
+
+func (e *BackendError) Error() string {
+	var b strings.Builder
+	b.WriteString(e.Op)
+	if e.Method != "" {
+		fmt.Fprintf(&b, ": %s %s", e.Method, e.Path)
+	}
+	if e.StatusCode != 0 {
+		fmt.Fprintf(&b, ": status %d", e.StatusCode)
+	}
+	if e.Message != "" {
+		fmt.Fprintf(&b, ": %s", e.Message)
+	}
+	if e.Err != nil {
+		fmt.Fprintf(&b, ": %v", e.Err)
+	}
+	return b.String()
+}
+
+// Is reports whether target is [ErrBackend].
+func (e *BackendError) Is(target error) bool { return target == ErrBackend }
+
+// Unwrap returns the underlying cause.
+func (e *BackendError) Unwrap() error { return e.Err }
+
+// ExitError describes a VM process that ended when nobody asked it to. It
+// matches [ErrExited].
+type ExitError struct {
+	ID       string   // the VM
+	PID      int      // the process that exited
+	ExitCode int      // exit status, or -1 when killed by a signal
+	Signal   string   // the signal's name when killed by one
+	Console  []string // the last lines of the guest console
+}
+
+func (e *ExitError) Error() string {
+	how := fmt.Sprintf("exit status %d", e.ExitCode)
+	if e.Signal != "" {
+		how = "killed by signal " + e.Signal
+	} else if e.ExitCode < 0 {
+		how = "exit status unknown"
+	}
+	return fmt.Sprintf("vm %q: process %d exited unexpectedly: %s", e.ID, e.PID, how)
+}
+
+// Is reports whether target is [ErrExited].
+func (e *ExitError) Is(target error) bool { return target == ErrExited }
