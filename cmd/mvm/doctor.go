@@ -1,0 +1,181 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/spf13/cobra"
+)
+
+// check is one line of `mvm doctor`.
+type check struct {
+	Name   string `json:"check"`
+	Status string `json:"status"` // ok, warn or fail
+	Detail string `json:"detail"`
+	Hint   string `json:"hint,omitempty"`
+}
+
+func doctorCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "doctor",
+		Short: "Check that this host can run Firecracker microVMs",
+		Args:  exactArgs(0, ""),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			checks := runChecks(cmd.Context(), g.firecrackerBin)
+			if g.output == "json" {
+				if err := writeJSON(g.stdout, checks); err != nil {
+					return err
+				}
+			} else {
+				tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+				for _, c := range checks {
+					line := fmt.Sprintf("%s\t%s\t%s", strings.ToUpper(c.Status), c.Name, c.Detail)
+					if c.Hint != "" {
+						line += "\t(fix: " + c.Hint + ")"
+					}
+					fmt.Fprintln(tw, line)
+				}
+				if err := tw.Flush(); err != nil {
+					return err
+				}
+			}
+			failed := 0
+			for _, c := range checks {
+				if c.Status == "fail" {
+					failed++
+				}
+			}
+			if failed > 0 {
+				return fmt.Errorf("doctor: %d of %d checks failed", failed, len(checks))
+			}
+			return nil
+		},
+	}
+}
+
+func runChecks(ctx context.Context, fcBin string) []check {
+	fcPath, fcCheck := checkBinary(ctx, "firecracker", fcBin, "")
+	_, jailerCheck := checkBinary(ctx, "jailer", os.Getenv("MVM_JAILER_BIN"), fcPath)
+	jailerCheck.Status = softFail(jailerCheck.Status) // only needed for jailed VMs
+	return []check{
+		checkDevice("kvm", "/dev/kvm", "enable virtualization and load kvm_intel or kvm_amd; give this user rw access to /dev/kvm (group kvm)"),
+		fcCheck,
+		jailerCheck,
+		checkDevice("tun", "/dev/net/tun", "modprobe tun"),
+		checkUserfaultfd(),
+		checkCgroup2(),
+		checkNftables(),
+		checkForwarding(),
+	}
+}
+
+func softFail(s string) string {
+	if s == "fail" {
+		return "warn"
+	}
+	return s
+}
+
+func checkDevice(name, path, hint string) check {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return check{Name: name, Status: "fail", Detail: fmt.Sprintf("cannot open %s: %v", path, errors.Unwrap(err)), Hint: hint}
+	}
+	f.Close()
+	return check{Name: name, Status: "ok", Detail: path + " is usable"}
+}
+
+// checkBinary finds a binary (explicit path, next to sibling, then PATH) and
+// asks it for its version.
+func checkBinary(ctx context.Context, name, explicit, sibling string) (string, check) {
+	hint := "install " + name + " from a Firecracker release and put it on PATH, or set --firecracker-bin / MVM_FIRECRACKER_BIN"
+	if name == "jailer" {
+		hint = "install jailer beside firecracker, or set MVM_JAILER_BIN"
+	}
+	path := explicit
+	if path == "" && sibling != "" {
+		if p := filepath.Join(filepath.Dir(sibling), name); isExecutable(p) {
+			path = p
+		}
+	}
+	if path == "" {
+		p, err := exec.LookPath(name)
+		if err != nil {
+			return "", check{Name: name, Status: "fail", Detail: name + " not found on PATH", Hint: hint}
+		}
+		path = p
+	}
+	if !isExecutable(path) {
+		return "", check{Name: name, Status: "fail", Detail: path + " is not an executable file", Hint: hint}
+	}
+	// A short-lived probe: the context bounds only this version query.
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, path, "--version").Output()
+	if err != nil {
+		return path, check{Name: name, Status: "fail", Detail: fmt.Sprintf("%s --version: %v", path, err), Hint: hint}
+	}
+	v := strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
+	return path, check{Name: name, Status: "ok", Detail: fmt.Sprintf("%s (%s)", v, path)}
+}
+
+func isExecutable(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.Mode().IsRegular() && st.Mode().Perm()&0o111 != 0
+}
+
+func checkUserfaultfd() check {
+	c := checkDevice("userfaultfd", "/dev/userfaultfd", "modprobe userfaultfd support (kernel >= 6.1 has /dev/userfaultfd); or run as root")
+	sysctl, err := os.ReadFile("/proc/sys/vm/unprivileged_userfaultfd")
+	if err == nil {
+		c.Detail += fmt.Sprintf("; vm.unprivileged_userfaultfd=%s", strings.TrimSpace(string(sysctl)))
+	}
+	if c.Status == "fail" {
+		c.Status = "warn" // only the uffd restore backend needs it
+	}
+	return c
+}
+
+func checkCgroup2() check {
+	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
+		return check{Name: "cgroup2", Status: "ok", Detail: "unified cgroup v2 hierarchy at /sys/fs/cgroup"}
+	}
+	if _, err := os.Stat("/sys/fs/cgroup/unified/cgroup.controllers"); err == nil {
+		return check{Name: "cgroup2", Status: "warn", Detail: "hybrid hierarchy: cgroup v2 at /sys/fs/cgroup/unified, v1 controllers elsewhere",
+			Hint: "boot with systemd.unified_cgroup_hierarchy=1 for per-VM cgroup v2 limits"}
+	}
+	return check{Name: "cgroup2", Status: "warn", Detail: "no cgroup v2 hierarchy found", Hint: "mount cgroup2 at /sys/fs/cgroup"}
+}
+
+func checkNftables() check {
+	conn, err := nftables.New(nftables.AsLasting())
+	if err == nil {
+		defer conn.CloseLasting()
+		_, err = conn.ListTables()
+	}
+	if err != nil {
+		return check{Name: "nftables", Status: "fail", Detail: fmt.Sprintf("cannot list nftables tables through netlink: %v", err),
+			Hint: "load nf_tables (modprobe nf_tables) and run as root or with CAP_NET_ADMIN"}
+	}
+	return check{Name: "nftables", Status: "ok", Detail: "nftables answers through netlink"}
+}
+
+func checkForwarding() check {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
+	if err != nil {
+		return check{Name: "ip_forward", Status: "warn", Detail: err.Error()}
+	}
+	if strings.TrimSpace(string(b)) != "1" {
+		return check{Name: "ip_forward", Status: "warn", Detail: "net.ipv4.ip_forward=0: guests with managed networking have no egress until it is on",
+			Hint: "mvm's network manager turns it on when it sets up a VM; or sysctl -w net.ipv4.ip_forward=1"}
+	}
+	return check{Name: "ip_forward", Status: "ok", Detail: "net.ipv4.ip_forward=1"}
+}
