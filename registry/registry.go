@@ -1,0 +1,382 @@
+package registry
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+const (
+	dirPerm  = 0o700
+	filePerm = 0o600
+
+	recordExt = ".json"
+	tmpPrefix = ".tmp-"
+
+	// StaleTempAge is how old a temporary file must be before Open removes
+	// it. Younger ones may belong to a write in progress in another process.
+	StaleTempAge = time.Minute
+)
+
+// Registry is a handle on a state directory. It is safe for concurrent use
+// by multiple goroutines, and several processes may open the same directory
+// at once. Obtain one with Open.
+type Registry struct {
+	dir    string
+	closed atomic.Bool
+	kinds  sync.Map // kind -> struct{}: kind directory exists and its entry was synced
+
+	mu   sync.Mutex
+	held map[*heldLock]struct{} // locks to release on Close
+}
+
+// Open opens the registry rooted at dir, creating dir (mode 0700, parents
+// as needed) and its locks directory if missing. It fails with a clear error
+// when dir is not a directory or is not writable. Open removes temporary
+// files older than StaleTempAge left by writers that crashed; younger ones
+// are left alone (List and Get ignore them).
+func Open(dir string) (*Registry, error) {
+	if dir == "" {
+		return nil, errors.New("registry: open: empty directory path")
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("registry: open %q: %w", dir, err)
+	}
+	fi, err := os.Stat(abs)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if err := os.MkdirAll(abs, dirPerm); err != nil {
+			return nil, fmt.Errorf("registry: open %q: create directory: %w", abs, err)
+		}
+		// MkdirAll's mode is filtered by the umask; set it exactly.
+		if err := os.Chmod(abs, dirPerm); err != nil {
+			return nil, fmt.Errorf("registry: open %q: %w", abs, err)
+		}
+		if err := syncDir(filepath.Dir(abs)); err != nil {
+			return nil, fmt.Errorf("registry: open %q: %w", abs, err)
+		}
+	case err != nil:
+		return nil, fmt.Errorf("registry: open %q: %w", abs, err)
+	case !fi.IsDir():
+		return nil, fmt.Errorf("registry: open %q: exists and is not a directory", abs)
+	}
+	if err := unix.Access(abs, unix.W_OK|unix.X_OK); err != nil {
+		return nil, fmt.Errorf("registry: open %q: directory is not writable: %w", abs, err)
+	}
+	if err := ensureDir(filepath.Join(abs, locksDir)); err != nil {
+		return nil, fmt.Errorf("registry: open %q: %w", abs, err)
+	}
+	removeStaleTemps(abs, time.Now().Add(-StaleTempAge))
+	return &Registry{dir: abs, held: make(map[*heldLock]struct{})}, nil
+}
+
+// Dir returns the absolute path of the registry's root directory.
+func (r *Registry) Dir() string {
+	if r == nil {
+		return ""
+	}
+	return r.dir
+}
+
+// Put stores v, encoded as JSON, as the record kind/id, replacing any
+// previous record. The replacement is atomic and durable: the envelope is
+// written to a temporary file in the same directory, fsynced, renamed over
+// the record, and the directory is fsynced. A crash at any point leaves
+// either the old or the new record.
+func (r *Registry) Put(kind, id string, v any) error {
+	return r.write("put", kind, id, v, false)
+}
+
+// Create is Put that fails with an error wrapping ErrExists if the record
+// already exists. It is atomic across goroutines and processes: the fsynced
+// temporary file is hard-linked to the record name, which fails if the name
+// exists, so exactly one of several racing Creates succeeds.
+func (r *Registry) Create(kind, id string, v any) error {
+	return r.write("create", kind, id, v, true)
+}
+
+func (r *Registry) write(op, kind, id string, v any, exclusive bool) error {
+	if err := r.check(kind, id); err != nil {
+		return err
+	}
+	fail := func(err error) error { return fmt.Errorf("registry: %s %s/%s: %w", op, kind, id, err) }
+	buf, err := encode(kind, id, time.Now().UTC().Format(time.RFC3339Nano), v)
+	if err != nil {
+		return fail(err)
+	}
+	kdir, err := r.kindDir(kind)
+	if err != nil {
+		return fail(err)
+	}
+	tmp, err := writeTemp(kdir, tmpPrefix+id+"-*", buf)
+	if err != nil {
+		return fail(err)
+	}
+	final := filepath.Join(kdir, id+recordExt)
+	if exclusive {
+		err = os.Link(tmp, final)
+		// Once linked the record exists; a temp file that cannot be
+		// removed is harmless and a later Open sweeps it.
+		os.Remove(tmp)
+		if errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("%w: %s/%s", ErrExists, kind, id)
+		}
+	} else if err = os.Rename(tmp, final); err != nil {
+		os.Remove(tmp)
+	}
+	if err != nil {
+		return fail(err)
+	}
+	if err := syncDir(kdir); err != nil {
+		return fail(err)
+	}
+	return nil
+}
+
+// Get decodes the record kind/id into v, which must be a pointer as for
+// json.Unmarshal; a nil v only checks that the record is readable.
+// It returns an error wrapping ErrNotFound if there is no record, a
+// *CorruptError (matching ErrCorrupt) if the file is unreadable, not a valid
+// envelope, names another kind or id, or does not decode into v, and an
+// error wrapping ErrSchema if the record's schema is newer than
+// SchemaVersion. Older schemas are migrated in memory.
+func (r *Registry) Get(kind, id string, v any) error {
+	if err := r.check(kind, id); err != nil {
+		return err
+	}
+	path := r.path(kind, id)
+	raw, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%w: %s/%s", ErrNotFound, kind, id)
+	}
+	if err != nil {
+		return &CorruptError{Path: path, Err: err}
+	}
+	env, err := decode(path, kind, id, raw, SchemaVersion, migrations)
+	if err != nil {
+		return err
+	}
+	if v == nil {
+		return nil
+	}
+	if err := json.Unmarshal(env.Data, v); err != nil {
+		var invalid *json.InvalidUnmarshalError
+		if errors.As(err, &invalid) {
+			return fmt.Errorf("registry: get %s/%s: %w", kind, id, err)
+		}
+		return &CorruptError{Path: path, Err: fmt.Errorf("decode data: %w", err)}
+	}
+	return nil
+}
+
+// Delete removes the record kind/id and fsyncs its directory. Deleting a
+// record that does not exist is not an error.
+func (r *Registry) Delete(kind, id string) error {
+	if err := r.check(kind, id); err != nil {
+		return err
+	}
+	err := os.Remove(r.path(kind, id))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("registry: delete %s/%s: %w", kind, id, err)
+	}
+	// Sync even when the record was already gone: an earlier Delete may
+	// have unlinked it and then failed to sync.
+	if err := syncDir(filepath.Join(r.dir, kind)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("registry: delete %s/%s: %w", kind, id, err)
+	}
+	return nil
+}
+
+// List returns the ids of all records of kind, sorted. It ignores temporary
+// and other hidden files and names that are not valid record ids; a corrupt
+// record is still listed (Get reports it). A kind with no records gives an
+// empty slice.
+func (r *Registry) List(kind string) ([]string, error) {
+	if err := ValidateKind(kind); err != nil {
+		return nil, err
+	}
+	if err := r.usable(); err != nil {
+		return nil, err
+	}
+	ents, err := os.ReadDir(filepath.Join(r.dir, kind))
+	if errors.Is(err, fs.ErrNotExist) {
+		return []string{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("registry: list %s: %w", kind, err)
+	}
+	ids := make([]string, 0, len(ents))
+	for _, e := range ents {
+		id, ok := strings.CutSuffix(e.Name(), recordExt)
+		if ok && ValidateID(id) == nil {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids) // file-name order differs from id order ("a-b.json" < "a.json")
+	return ids, nil
+}
+
+// Close releases any locks still held through this Registry and makes
+// further calls fail with ErrClosed. Unlock functions stay safe to call.
+// Closing twice is not an error.
+func (r *Registry) Close() error {
+	if r == nil || !r.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	r.mu.Lock()
+	held := r.held
+	r.held = nil
+	r.mu.Unlock()
+	var errs []error
+	for h := range held {
+		errs = append(errs, h.release())
+	}
+	return errors.Join(errs...)
+}
+
+// check validates kind and id, then that r is usable.
+func (r *Registry) check(kind, id string) error {
+	if err := ValidateKind(kind); err != nil {
+		return err
+	}
+	if err := ValidateID(id); err != nil {
+		return err
+	}
+	return r.usable()
+}
+
+func (r *Registry) usable() error {
+	if r == nil || r.dir == "" || r.closed.Load() {
+		return ErrClosed
+	}
+	return nil
+}
+
+// path returns the record file of a validated kind and id.
+func (r *Registry) path(kind, id string) string {
+	return filepath.Join(r.dir, kind, id+recordExt)
+}
+
+// kindDir returns the directory of a validated kind, creating it durably the
+// first time this Registry needs it.
+func (r *Registry) kindDir(kind string) (string, error) {
+	kdir := filepath.Join(r.dir, kind)
+	if _, ok := r.kinds.Load(kind); ok {
+		return kdir, nil
+	}
+	if err := ensureDir(kdir); err != nil {
+		return "", err
+	}
+	r.kinds.Store(kind, struct{}{})
+	return kdir, nil
+}
+
+// ensureDir creates path with mode 0700 if missing and makes its entry in
+// the parent durable. An existing directory is accepted as is.
+func ensureDir(path string) error {
+	err := os.Mkdir(path, dirPerm)
+	switch {
+	case err == nil:
+		if err := os.Chmod(path, dirPerm); err != nil { // umask-independent
+			return err
+		}
+	case errors.Is(err, fs.ErrExist):
+		fi, err := os.Stat(path)
+		if err != nil {
+			return err
+		}
+		if !fi.IsDir() {
+			return fmt.Errorf("%s exists and is not a directory", path)
+		}
+	default:
+		return err
+	}
+	// Sync the parent even if another process created the directory: its
+	// entry may not be durable yet.
+	return syncDir(filepath.Dir(path))
+}
+
+// writeTemp writes buf to a new file (mode 0600) in dir named after
+// pattern (see os.CreateTemp), fsyncs and closes it, and returns its path.
+// On error nothing is left behind.
+func writeTemp(dir, pattern string, buf []byte) (name string, err error) {
+	f, err := os.CreateTemp(dir, pattern)
+	if err != nil {
+		return "", err
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	if err := f.Chmod(filePerm); err != nil { // umask-independent
+		return "", err
+	}
+	if _, err := f.Write(buf); err != nil {
+		return "", err
+	}
+	if err := f.Sync(); err != nil {
+		return "", err
+	}
+	if err := f.Close(); err != nil {
+		return "", err
+	}
+	return f.Name(), nil
+}
+
+// syncDir fsyncs a directory so that entries created, renamed or removed in
+// it survive a crash.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
+	return nil
+}
+
+// removeStaleTemps removes temporary files last modified before cutoff
+// from every kind directory under root. It is best effort: a file it cannot
+// stat or remove is left for a later Open, and is ignored by List and Get.
+func removeStaleTemps(root string, cutoff time.Time) {
+	kinds, err := os.ReadDir(root)
+	if err != nil {
+		return
+	}
+	for _, k := range kinds {
+		if !k.IsDir() || ValidateKind(k.Name()) != nil {
+			continue
+		}
+		kdir := filepath.Join(root, k.Name())
+		ents, err := os.ReadDir(kdir)
+		if err != nil {
+			continue
+		}
+		for _, e := range ents {
+			if !strings.HasPrefix(e.Name(), tmpPrefix) || !e.Type().IsRegular() {
+				continue
+			}
+			if info, err := e.Info(); err == nil && info.ModTime().Before(cutoff) {
+				os.Remove(filepath.Join(kdir, e.Name()))
+			}
+		}
+	}
+}
