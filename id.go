@@ -3,6 +3,7 @@ package microvm
 import (
 	"fmt"
 	"strings"
+	"unicode/utf8"
 )
 
 // MaxIDLen is the longest VM or snapshot id, in bytes.
@@ -26,7 +27,8 @@ func validateID(field, id string) error {
 		rule = "must not start with '-'"
 	default:
 		if i := strings.IndexFunc(id, func(r rune) bool { return !isIDChar(r) }); i >= 0 {
-			rule = fmt.Sprintf("may contain only letters, digits and '-' (bad character %q at offset %d)", id[i:i+1], i)
+			_, size := utf8.DecodeRuneInString(id[i:]) // 1 for an invalid byte
+			rule = fmt.Sprintf("may contain only letters, digits and '-' (bad character %q at offset %d)", id[i:i+size], i)
 		}
 	}
 	if rule == "" {

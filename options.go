@@ -54,7 +54,9 @@ func (o *SnapshotOptions) SnapshotType() SnapshotType {
 	return o.Type
 }
 
-// Validate checks the options; a nil o is valid.
+// Validate checks the options; a nil o is valid. Errors match
+// [ErrInvalidArgument]; bad Labels also give a [*SpecError] (matching
+// [ErrInvalidSpec]).
 func (o *RestoreOptions) Validate() error {
 	if o == nil {
 		return nil
@@ -69,7 +71,9 @@ func (o *RestoreOptions) Validate() error {
 		v := &validator{}
 		checkLabels(v, o.Labels)
 		if err := v.err(); err != nil {
-			return fmt.Errorf("restore options: %w", err)
+			// Bad labels are a bad option (the Runtime contract) and a bad
+			// spec (the restored VM's): the error matches both.
+			return fmt.Errorf("restore options: %w: %w", ErrInvalidArgument, err)
 		}
 	}
 	return nil

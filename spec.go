@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -513,15 +514,35 @@ func (v *validator) ifName(f, name string) {
 }
 
 func (v *validator) mac(f, mac string) {
-	var b [6]byte
-	n, err := fmt.Sscanf(mac, "%02x:%02x:%02x:%02x:%02x:%02x", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5])
-	if err != nil || n != 6 || len(mac) != 17 {
+	first, ok := parseMAC(mac)
+	if !ok {
 		v.add(f, fmt.Sprintf(`must be a MAC address "xx:xx:xx:xx:xx:xx" (got %q)`, truncate(mac, 40)))
 		return
 	}
-	if b[0]&1 != 0 {
+	if first&1 != 0 {
 		v.add(f, fmt.Sprintf("must be a unicast address (got multicast %q)", mac))
 	}
+}
+
+// parseMAC accepts exactly six pairs of hex digits separated by ':' and
+// returns the first octet. (fmt.Sscanf is not strict enough: its %x skips
+// leading spaces and it ignores trailing input.)
+func parseMAC(mac string) (first byte, ok bool) {
+	if len(mac) != 17 {
+		return 0, false
+	}
+	for i := 0; i < len(mac); i++ {
+		c := mac[i]
+		if i%3 == 2 {
+			if c != ':' {
+				return 0, false
+			}
+		} else if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
+			return 0, false
+		}
+	}
+	b, err := strconv.ParseUint(mac[:2], 16, 8)
+	return byte(b), err == nil
 }
 
 func (v *validator) egress(f string, e *EgressPolicy) {
@@ -568,7 +589,7 @@ func (v *validator) mmds(m *MMDS, netIDs map[string]bool) {
 	}
 	if len(m.Data) > 0 {
 		var obj map[string]json.RawMessage
-		if err := json.Unmarshal(m.Data, &obj); err != nil {
+		if err := json.Unmarshal(m.Data, &obj); err != nil || obj == nil { // null decodes without error
 			v.add("mmds.data", "must be a JSON object")
 		}
 	}

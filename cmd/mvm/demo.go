@@ -102,7 +102,11 @@ func runDemo(ctx context.Context, g *globals, rt microvm.Runtime, spec microvm.S
 		name string
 		fn   func() (string, error)
 	}{
-		{"create " + vm, func() (string, error) { v, err := rt.Create(ctx, vm, spec); created[vm] = err == nil; return desc(v), err }},
+		{"create " + vm, func() (string, error) {
+			v, err := rt.Create(ctx, vm, spec)
+			created[vm] = err == nil
+			return desc(v), err
+		}},
 		{"start " + vm, func() (string, error) { v, err := rt.Start(ctx, vm); return desc(v), err }},
 		{"pause " + vm, func() (string, error) { v, err := rt.Pause(ctx, vm); return desc(v), err }},
 		{"snapshot " + vm + " as " + snap, func() (string, error) {

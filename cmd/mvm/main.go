@@ -16,6 +16,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 )
 
@@ -36,10 +37,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintln(stderr, "mvm: "+oneLine(err.Error()))
 	var u *usageError
-	if errors.As(err, &u) {
+	if errors.As(err, &u) || isCobraUsageError(err) {
 		return 2
 	}
 	return 1
+}
+
+// isCobraUsageError recognises the usage errors cobra makes itself without a
+// hook to type them: unknown commands and missing required flags.
+func isCobraUsageError(err error) bool {
+	msg := err.Error()
+	return strings.HasPrefix(msg, "unknown command ") || strings.HasPrefix(msg, "required flag(s) ")
 }
 
 // usageError marks an error in how mvm was called (exit status 2).
