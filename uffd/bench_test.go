@@ -1,0 +1,262 @@
+//go:build linux
+
+package uffd
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Fault benchmark: one guest thread (in a child process) touches every
+// 4 KiB page of a 256 MiB region once, prefetch off, memory file in the page
+// cache and pre-faulted in the handler, served by this package (go) and by
+// testdata/chandler.c (c), compiled with cc. Only the touch loop is timed
+// (the guest measures it). Each iteration runs both handlers back to back,
+// alternating which goes first, so that a noisy machine affects both alike;
+// go/c-median-pair is the median of the per-iteration ratios. CPU times are
+// per fault (the C figure also includes its start-up and MAP_POPULATE).
+// Run with e.g. -bench Fault -benchtime 10x.
+
+const benchFaultSize = 256 * mib
+
+func BenchmarkFault(b *testing.B) {
+	skipUnlessUFFD(b)
+	bin := ""
+	if cc, err := exec.LookPath("cc"); err != nil {
+		b.Log("no C compiler (cc): skipping the C baseline (testdata/chandler.c)")
+	} else {
+		bin = filepath.Join(b.TempDir(), "chandler")
+		if out, err := exec.Command(cc, "-O2", "-o", bin, "testdata/chandler.c").CombinedOutput(); err != nil {
+			b.Fatalf("cc testdata/chandler.c: %v\n%s", err, out)
+		}
+	}
+	mf := makeMemFile(b, benchFaultSize)
+	g := startGuest(b)
+
+	var goCPU, cCPU, goUser, cUser time.Duration
+	runGo := func() time.Duration {
+		s := startServer(b, Config{MemFile: mf, Populate: true})
+		<-s.populateDone
+		do(b, g, "%s", connectCmd(s.Server, benchFaultSize, 4096))
+		u0, s0 := selfCPU()
+		d := touch(b, g)
+		u1, s1 := selfCPU()
+		goCPU += u1 - u0 + s1 - s0
+		goUser += u1 - u0
+		do(b, g, "close")
+		if err := s.wait(b); err != nil {
+			b.Fatal(err)
+		}
+		if st := s.Stats(); st.Faults != benchFaultSize/4096 {
+			b.Fatalf("served %d faults, want %d", st.Faults, benchFaultSize/4096)
+		}
+		s.Close()
+		return d
+	}
+	runC := func() time.Duration {
+		sock := filepath.Join(b.TempDir(), "c.sock")
+		cmd := exec.Command(bin, sock, mf)
+		cmd.Stderr = os.Stderr
+		out, _ := cmd.StdoutPipe()
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		if l, err := bufio.NewReader(out).ReadString('\n'); err != nil || l != "ready\n" {
+			cmd.Process.Kill()
+			b.Fatalf("chandler: %q %v", l, err)
+		}
+		do(b, g, "connect %s %s %d 4096", sock, mf, benchFaultSize)
+		d := touch(b, g)
+		do(b, g, "close")
+		if err := cmd.Wait(); err != nil {
+			b.Fatalf("chandler: %v", err)
+		}
+		cCPU += cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+		cUser += cmd.ProcessState.UserTime()
+		return d
+	}
+
+	var goTotal, cTotal time.Duration
+	var ratios []float64
+	goBest, cBest := time.Duration(1<<62), time.Duration(1<<62)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		var dg, dc time.Duration
+		switch {
+		case bin == "":
+			dg = runGo()
+		case i%2 == 0:
+			dg, dc = runGo(), runC()
+		default:
+			dc, dg = runC(), runGo()
+		}
+		goTotal, cTotal = goTotal+dg, cTotal+dc
+		goBest, cBest = min(goBest, dg), min(cBest, dc)
+		ratios = append(ratios, dc.Seconds()/dg.Seconds())
+	}
+	sort.Float64s(ratios)
+	pages := float64(benchFaultSize / 4096)
+	rate := func(d time.Duration, n int) float64 { return float64(n) * pages / d.Seconds() }
+	b.ReportMetric(rate(goTotal, b.N), "go-faults/s")
+	b.ReportMetric(float64(b.N)*benchFaultSize/(1<<30)/goTotal.Seconds(), "go-GiB/s")
+	b.ReportMetric(rate(goBest, 1), "go-best-faults/s")
+	b.ReportMetric(float64(goCPU.Nanoseconds())/(float64(b.N)*pages), "go-cpu-ns/fault")
+	b.ReportMetric(float64(goUser.Nanoseconds())/(float64(b.N)*pages), "go-user-ns/fault")
+	if bin == "" {
+		return
+	}
+	b.ReportMetric(rate(cTotal, b.N), "c-faults/s")
+	b.ReportMetric(float64(b.N)*benchFaultSize/(1<<30)/cTotal.Seconds(), "c-GiB/s")
+	b.ReportMetric(rate(cBest, 1), "c-best-faults/s")
+	b.ReportMetric(cTotal.Seconds()/goTotal.Seconds(), "go/c")
+	b.ReportMetric(ratios[len(ratios)/2], "go/c-median-pair")
+	b.ReportMetric(float64(cCPU.Nanoseconds())/(float64(b.N)*pages), "c-cpu-ns/fault")
+	b.ReportMetric(float64(cUser.Nanoseconds())/(float64(b.N)*pages), "c-user-ns/fault")
+}
+
+// selfCPU returns the user and system CPU time this process has used.
+func selfCPU() (user, sys time.Duration) {
+	var ru unix.Rusage
+	unix.Getrusage(unix.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano()), time.Duration(ru.Stime.Nano())
+}
+
+// BenchmarkFaultDuringPrefetch: the guest touches 256 MiB backwards while
+// the prefetch copies it forwards, against the same touch without prefetch.
+// Reports the guest's time to touch everything and how many of its touches
+// faulted (the rest found the page already prefetched).
+func BenchmarkFaultDuringPrefetch(b *testing.B) {
+	skipUnlessUFFD(b)
+	mf := makeMemFile(b, benchFaultSize)
+	g := startGuest(b)
+	for _, prefetch := range []bool{false, true} {
+		b.Run(fmt.Sprintf("prefetch=%v", prefetch), func(b *testing.B) {
+			var total time.Duration
+			var faults uint64
+			for i := 0; i < b.N; i++ {
+				s := startServer(b, Config{MemFile: mf, Populate: true, Prefetch: prefetch})
+				<-s.populateDone
+				do(b, g, "%s", connectCmd(s.Server, benchFaultSize, 4096))
+				total += touchCmd(b, g, "touchback")
+				do(b, g, "close")
+				s.wait(b)
+				faults += s.Stats().Faults
+				s.Close()
+			}
+			b.ReportMetric(float64(faults)/float64(b.N), "faults/op")
+			b.ReportMetric(float64(total.Milliseconds())/float64(b.N), "touch-ms/op")
+		})
+	}
+}
+
+func touch(b *testing.B, g interface {
+	Do(time.Duration, string) (string, error)
+}) time.Duration {
+	return touchCmd(b, g, "touch")
+}
+
+func touchCmd(b *testing.B, g interface {
+	Do(time.Duration, string) (string, error)
+}, cmd string) time.Duration {
+	out, err := g.Do(120*time.Second, cmd+" 0 "+strconv.Itoa(benchFaultSize))
+	if err != nil {
+		b.Fatal(err)
+	}
+	ns, err := strconv.ParseInt(strings.Fields(out)[0], 10, 64)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ns)
+}
+
+// Prefetch benchmark: background prefetch of 1 GiB (no faults), against
+// copying the same file mapping into fresh anonymous memory (page faults,
+// zeroing and copy: what UFFDIO_COPY replaces) and into pre-faulted memory
+// (the memcpy bandwidth limit). Run with e.g. -bench Prefetch -benchtime 3x.
+func BenchmarkPrefetch(b *testing.B) {
+	skipUnlessUFFD(b)
+	const size = 1 << 30
+	mf := makeMemFile(b, size)
+
+	for _, chunk := range []uint64{64 * kib, 128 * kib, 256 * kib, 1 * mib} {
+		b.Run(fmt.Sprintf("uffd-chunk=%dK", chunk/kib), func(b *testing.B) {
+			old := prefetchChunk
+			prefetchChunk = chunk
+			defer func() { prefetchChunk = old }()
+			benchPrefetch(b, mf, size)
+		})
+	}
+	src := mapFile(b, mf, size)
+	b.Run("memcpy-fresh", func(b *testing.B) {
+		var total time.Duration
+		for i := 0; i < b.N; i++ {
+			dst, err := unix.Mmap(-1, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+			if err != nil {
+				b.Fatal(err)
+			}
+			unix.Madvise(dst, unix.MADV_NOHUGEPAGE) // 4 KiB pages, like the guest
+			start := time.Now()
+			copy(dst, src)
+			total += time.Since(start)
+			unix.Munmap(dst)
+		}
+		b.ReportMetric(float64(b.N)/total.Seconds(), "GiB/s")
+	})
+	b.Run("memcpy-warm", func(b *testing.B) {
+		dst := make([]byte, size)
+		copy(dst, src)
+		var total time.Duration
+		for i := 0; i < b.N; i++ {
+			start := time.Now()
+			copy(dst, src)
+			total += time.Since(start)
+		}
+		b.ReportMetric(float64(b.N)/total.Seconds(), "GiB/s")
+	})
+}
+
+func benchPrefetch(b *testing.B, mf string, size int64) {
+	g := startGuest(b)
+	var total time.Duration
+	var bytes uint64
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		s := startServer(b, Config{MemFile: mf, Populate: true, Prefetch: true})
+		<-s.populateDone
+		do(b, g, "%s", connectCmd(s.Server, size, 4096))
+		b.StartTimer()
+		waitFor(b, "prefetch", func() bool { return s.Stats().PrefetchDone })
+		b.StopTimer()
+		st := s.Stats()
+		total += st.PrefetchDuration
+		bytes += st.PrefetchedBytes
+		do(b, g, "close")
+		s.wait(b)
+		s.Close()
+	}
+	b.ReportMetric(float64(bytes)/(1<<30)/total.Seconds(), "GiB/s")
+}
+
+func mapFile(b *testing.B, path string, size int) []byte {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer unix.Close(fd)
+	m, err := unix.Mmap(fd, 0, size, unix.PROT_READ, unix.MAP_SHARED|unix.MAP_POPULATE)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { unix.Munmap(m) })
+	return m
+}
