@@ -1,0 +1,463 @@
+//go:build linux
+
+package network
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+
+	"github.com/google/nftables"
+	"github.com/mvm-dev/microvm/network/internal/netnsutil"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// build brings a leased slot to the state described in the package
+// documentation. Every step is idempotent, so the same code builds a new
+// slot, finishes a half-built one and repairs a damaged one. Before each
+// step it checks ctx and runs the test failure hook.
+func (m *Manager) build(ctx context.Context, l *leaseRecord, opts Options) error {
+	hostIP, err := netip.ParseAddr(l.HostIP)
+	if err != nil {
+		return fmt.Errorf("network: lease %s: bad host_ip %q", l.Name, l.HostIP)
+	}
+	a := addrsOf(hostIP)
+	path := m.nsPath(l.Name)
+	step := func(name string) error {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("network: set up %s: %w", l.Name, err)
+		}
+		return m.step(name)
+	}
+	wrap := func(what string, err error) error {
+		return fmt.Errorf("network: set up %s: %s: %w", l.Name, what, err)
+	}
+
+	if err := step("netns"); err != nil {
+		return err
+	}
+	if !netnsutil.IsNetNS(path) {
+		if err := netnsutil.Remove(path); err != nil { // a file left unmounted by a crash
+			return wrap("namespace", err)
+		}
+		if err := netnsutil.Create(path); err != nil {
+			return wrap("namespace", err)
+		}
+	}
+	ns, err := netnsutil.Open(path)
+	if err != nil {
+		return wrap("namespace", err)
+	}
+	defer ns.Close()
+	nsNL, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return wrap("netlink in namespace", err)
+	}
+	defer nsNL.Close()
+
+	if err := step("sysctl"); err != nil {
+		return err
+	}
+	if err := writeSysctl(ns, "net/ipv4/ip_forward", "1"); err != nil {
+		return wrap("enable forwarding", err)
+	}
+	if lo, err := nsNL.LinkByName("lo"); err != nil {
+		return wrap("loopback", err)
+	} else if err := nsNL.LinkSetUp(lo); err != nil {
+		return wrap("loopback up", err)
+	}
+
+	if err := step("tap"); err != nil {
+		return err
+	}
+	tap, err := nsNL.LinkByName(TAPName)
+	if isLinkNotFound(err) {
+		if err := tapCtl(ns, true, opts.TAPUID, opts.TAPGID); err != nil {
+			return wrap("create TAP "+TAPName, err)
+		}
+		tap, err = nsNL.LinkByName(TAPName)
+	} else if tun, ok := tap.(*netlink.Tuntap); err == nil && ok && !tapOwnedBy(tun, opts.TAPUID, opts.TAPGID) {
+		// Only when it differs: a TAP that Firecracker holds cannot be
+		// attached to (EBUSY).
+		err = tapCtl(ns, false, opts.TAPUID, opts.TAPGID)
+	}
+	if err != nil {
+		return wrap("TAP "+TAPName, err)
+	}
+	if err := nsNL.AddrReplace(tap, nlAddr(GatewayIP, GuestPrefixLen)); err != nil {
+		return wrap("TAP address", err)
+	}
+	if err := nsNL.LinkSetUp(tap); err != nil {
+		return wrap("TAP up", err)
+	}
+
+	if err := step("veth"); err != nil {
+		return err
+	}
+	hostLink, nsLink, err := m.ensureVeth(ns, nsNL, l.Name)
+	if err != nil {
+		return wrap("veth pair", err)
+	}
+	if err := m.hostNL.AddrReplace(hostLink, nlAddr(a.VethHost, 31)); err != nil {
+		return wrap("host veth address", err)
+	}
+	if err := m.hostNL.LinkSetUp(hostLink); err != nil {
+		return wrap("host veth up", err)
+	}
+	if err := nsNL.AddrReplace(nsLink, nlAddr(a.VethNS, 31)); err != nil {
+		return wrap("namespace veth address", err)
+	}
+	if err := nsNL.LinkSetUp(nsLink); err != nil {
+		return wrap("namespace veth up", err)
+	}
+	if err := nsNL.RouteReplace(&netlink.Route{LinkIndex: nsLink.Attrs().Index, Gw: a.VethHost.AsSlice(),
+		Dst: &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}}); err != nil {
+		return wrap("namespace default route", err)
+	}
+
+	if err := step("route"); err != nil {
+		return err
+	}
+	if err := m.hostNL.RouteReplace(&netlink.Route{LinkIndex: hostLink.Attrs().Index,
+		Dst: ipNet(a.HostIP, 32), Gw: a.VethNS.AsSlice()}); err != nil {
+		return wrap("host route to "+a.HostIP.String(), err)
+	}
+
+	if err := step("nat"); err != nil {
+		return err
+	}
+	c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
+	if err != nil {
+		return wrap("nftables", err)
+	}
+	tables, err := c.ListTables()
+	if err != nil {
+		return wrap("list nftables tables", err)
+	}
+	exists := func(name string) bool {
+		return slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == name })
+	}
+	m.writeNATTable(c, a, exists(m.natTableName()))
+	if err := c.Flush(); err != nil {
+		return wrap("NAT table", err)
+	}
+
+	if err := step("firewall"); err != nil {
+		return err
+	}
+	mode := fwCreate
+	if exists(m.fwTableName()) {
+		mode = fwReplace
+	}
+	if err := m.firewallIn(ns, opts.Policy, mode); err != nil {
+		return wrap("firewall", err)
+	}
+	return nil
+}
+
+// ensureVeth returns the slot's veth pair, creating it (again) unless both
+// ends exist and point at each other.
+func (m *Manager) ensureVeth(ns netns.NsHandle, nsNL *netlink.Handle, name string) (netlink.Link, netlink.Link, error) {
+	hl, herr := m.hostNL.LinkByName(name)
+	nl, nerr := nsNL.LinkByName(NSVethName)
+	if herr == nil && nerr == nil && hl.Type() == "veth" && hl.Attrs().ParentIndex == nl.Attrs().Index {
+		return hl, nl, nil
+	}
+	for _, err := range []error{herr, nerr} {
+		if err != nil && !isLinkNotFound(err) {
+			return nil, nil, err
+		}
+	}
+	if herr == nil {
+		if err := m.hostNL.LinkDel(hl); err != nil && !isLinkNotFound(err) {
+			return nil, nil, fmt.Errorf("remove stale %s: %w", name, err)
+		}
+	}
+	if nerr == nil {
+		if err := nsNL.LinkDel(nl); err != nil && !isLinkNotFound(err) {
+			return nil, nil, fmt.Errorf("remove stale %s: %w", NSVethName, err)
+		}
+	}
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: name},
+		PeerName:      NSVethName,
+		PeerNamespace: netlink.NsFd(int(ns)),
+	}
+	if err := m.hostNL.LinkAdd(veth); err != nil {
+		return nil, nil, fmt.Errorf("create %s <-> %s: %w", name, NSVethName, err)
+	}
+	hl, err := m.hostNL.LinkByName(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	nl, err = nsNL.LinkByName(NSVethName)
+	if err != nil {
+		return nil, nil, err
+	}
+	return hl, nl, nil
+}
+
+// destroy removes a slot's kernel objects: the host veth (its peer and the
+// host route go with it) and the pinned namespace (its TAP and tables go
+// when the last user of the namespace exits). Missing pieces are fine.
+func (m *Manager) destroy(name string) error {
+	var errs []error
+	if l, err := m.hostNL.LinkByName(name); err == nil {
+		if err := m.hostNL.LinkDel(l); err != nil && !isLinkNotFound(err) {
+			errs = append(errs, fmt.Errorf("remove veth %s: %w", name, err))
+		}
+	} else if !isLinkNotFound(err) {
+		errs = append(errs, fmt.Errorf("look up veth %s: %w", name, err))
+	}
+	if err := netnsutil.Remove(m.nsPath(name)); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("network: remove slot %s: %w", name, err)
+	}
+	return nil
+}
+
+// healthy is a quick check that a slot's namespace and host veth exist.
+func (m *Manager) healthy(name string) bool {
+	if !netnsutil.IsNetNS(m.nsPath(name)) {
+		return false
+	}
+	_, err := m.hostNL.LinkByName(name)
+	return err == nil
+}
+
+// applyFirewall installs p as the firewall of the built slot name: one
+// transaction that refills the egress chain and sets, or, if that fails
+// (the table was damaged), one that replaces the whole table.
+func (m *Manager) applyFirewall(name string, p Policy) error {
+	ns, err := netnsutil.Open(m.nsPath(name))
+	if err != nil {
+		return fmt.Errorf("network: firewall of %s: %w", name, err)
+	}
+	defer ns.Close()
+	if err := m.firewallIn(ns, p, fwUpdate); err != nil {
+		m.log.Warn("network: firewall update failed; replacing the table", "slot", name, "err", err)
+		if err := m.firewallIn(ns, p, fwReplace); err != nil {
+			return fmt.Errorf("network: firewall of %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+func (m *Manager) firewallIn(ns netns.NsHandle, p Policy, mode fwMode) error {
+	deny, err := m.denyList()
+	if err != nil {
+		return err
+	}
+	c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
+	if err != nil {
+		return err
+	}
+	if err := m.writeFirewall(c, p, deny, mode); err != nil {
+		return err
+	}
+	return c.Flush()
+}
+
+// denyList is what every policy denies: DefaultDenied, the pool and the
+// host namespace's own addresses at this moment.
+func (m *Manager) denyList() ([]netip.Prefix, error) {
+	deny := append(DefaultDenied(), m.pool)
+	addrs, err := m.hostNL.AddrList(nil, netlink.FAMILY_V4)
+	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+		return nil, fmt.Errorf("list host addresses: %w", err)
+	}
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok {
+			deny = append(deny, netip.PrefixFrom(ip, 32))
+		}
+	}
+	return deny, nil
+}
+
+// tapOwner sets the owner of a ready slot's TAP.
+func (m *Manager) tapOwner(name string, uid, gid uint32) error {
+	ns, err := netnsutil.Open(m.nsPath(name))
+	if err != nil {
+		return fmt.Errorf("network: TAP of %s: %w", name, err)
+	}
+	defer ns.Close()
+	if err := tapCtl(ns, false, uid, gid); err != nil {
+		return fmt.Errorf("network: TAP of %s: %w", name, err)
+	}
+	return nil
+}
+
+// tapCtl attaches to (create: creates, persistently) the TAP device inside
+// ns and sets its owner and group. The flags match what Firecracker uses
+// to open it (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR).
+func tapCtl(ns netns.NsHandle, create bool, uid, gid uint32) error {
+	return netnsutil.Do(ns, func() error {
+		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("open /dev/net/tun: %w", err)
+		}
+		defer unix.Close(fd)
+		ifr, err := unix.NewIfreq(TAPName)
+		if err != nil {
+			return err
+		}
+		ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+		if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+			return fmt.Errorf("TUNSETIFF %s: %w", TAPName, err)
+		}
+		if create {
+			if err := unix.IoctlSetInt(fd, unix.TUNSETPERSIST, 1); err != nil {
+				return fmt.Errorf("TUNSETPERSIST: %w", err)
+			}
+		}
+		// A new TAP has no owner (only CAP_NET_ADMIN may attach); the
+		// kernel cannot reset an owner to none, so resetting means root.
+		if uid != 0 || !create {
+			if err := unix.IoctlSetInt(fd, unix.TUNSETOWNER, int(uid)); err != nil {
+				return fmt.Errorf("TUNSETOWNER %d: %w", uid, err)
+			}
+		}
+		if gid != 0 || !create {
+			if err := unix.IoctlSetInt(fd, unix.TUNSETGROUP, int(gid)); err != nil {
+				return fmt.Errorf("TUNSETGROUP %d: %w", gid, err)
+			}
+		}
+		return nil
+	})
+}
+
+// tapOwnedBy reports whether a TAP has the owner and group tapCtl would
+// give it (0 meaning none, or root).
+func tapOwnedBy(t *netlink.Tuntap, uid, gid uint32) bool {
+	norm := func(v uint32) uint32 {
+		if v == ^uint32(0) { // the kernel's "none"
+			return 0
+		}
+		return v
+	}
+	return norm(t.Owner) == uid && norm(t.Group) == gid
+}
+
+// writeSysctl writes /proc/sys/<key> as seen from ns: /proc/sys/net
+// follows the network namespace of the thread that opens it.
+func writeSysctl(ns netns.NsHandle, key, value string) error {
+	return netnsutil.Do(ns, func() error {
+		f, err := os.OpenFile("/proc/sys/"+key, os.O_WRONLY, 0)
+		if err != nil {
+			return err
+		}
+		_, err = f.WriteString(value)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		return err
+	})
+}
+
+func isLinkNotFound(err error) bool {
+	var nf netlink.LinkNotFoundError
+	return errors.As(err, &nf)
+}
+
+func ipNet(a netip.Addr, bits int) *net.IPNet {
+	return &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, a.BitLen())}
+}
+
+func nlAddr(a netip.Addr, bits int) *netlink.Addr { return &netlink.Addr{IPNet: ipNet(a, bits)} }
+
+func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
+	ip, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ones, bits := n.Mask.Size()
+	if bits == 0 {
+		return netip.Prefix{}, false
+	}
+	return netip.PrefixFrom(ip.Unmap(), ones).Masked(), true
+}
+
+func isZeroMask(n *net.IPNet) bool {
+	ones, _ := n.Mask.Size()
+	return ones == 0
+}
+
+// intact reports whether every piece of a slot is in place: the pinned
+// namespace, TAP and veth ends up with their addresses, both routes and the
+// two nftables tables in the namespace.
+func (m *Manager) intact(l *leaseRecord) (bool, error) {
+	hostIP, err := netip.ParseAddr(l.HostIP)
+	if err != nil {
+		return false, fmt.Errorf("network: lease %s: bad host_ip %q", l.Name, l.HostIP)
+	}
+	a := addrsOf(hostIP)
+	path := m.nsPath(l.Name)
+	if !netnsutil.IsNetNS(path) {
+		return false, nil
+	}
+	hl, err := m.hostNL.LinkByName(l.Name)
+	if err != nil || !linkHas(m.hostNL, hl, a.VethHost) {
+		return false, nil
+	}
+	routes, err := m.hostNL.RouteListFiltered(netlink.FAMILY_V4,
+		&netlink.Route{Dst: ipNet(a.HostIP, 32), LinkIndex: hl.Attrs().Index}, netlink.RT_FILTER_DST|netlink.RT_FILTER_OIF)
+	if err != nil || len(routes) == 0 {
+		return false, nil
+	}
+	ns, err := netnsutil.Open(path)
+	if err != nil {
+		return false, nil
+	}
+	defer ns.Close()
+	nsNL, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return false, fmt.Errorf("network: netlink in %s: %w", path, err)
+	}
+	defer nsNL.Close()
+	tap, err := nsNL.LinkByName(TAPName)
+	if err != nil || !linkHas(nsNL, tap, GatewayIP) {
+		return false, nil
+	}
+	nl, err := nsNL.LinkByName(NSVethName)
+	if err != nil || !linkHas(nsNL, nl, a.VethNS) || hl.Attrs().ParentIndex != nl.Attrs().Index {
+		return false, nil
+	}
+	c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
+	if err != nil {
+		return false, err
+	}
+	for _, t := range []struct {
+		name string
+		fam  nftables.TableFamily
+	}{{m.natTableName(), nftables.TableFamilyIPv4}, {m.fwTableName(), nftables.TableFamilyINet}} {
+		if _, err := c.ListTableOfFamily(t.name, t.fam); err != nil {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// linkHas reports whether link is up and holds address a.
+func linkHas(h *netlink.Handle, link netlink.Link, a netip.Addr) bool {
+	if link.Attrs().Flags&net.FlagUp == 0 {
+		return false
+	}
+	addrs, err := h.AddrList(link, netlink.FAMILY_V4)
+	if err != nil {
+		return false
+	}
+	for _, x := range addrs {
+		if ip, ok := netip.AddrFromSlice(x.IP.To4()); ok && ip == a {
+			return true
+		}
+	}
+	return false
+}
