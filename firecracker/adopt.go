@@ -1,0 +1,422 @@
+package firecracker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+
+	microvm "github.com/mvm-dev/microvm"
+	"github.com/mvm-dev/microvm/fcapi"
+)
+
+// This file holds what keeps records and processes in agreement: the
+// crash watchers of an open runtime, the adoption of VMs at Open, and the
+// recovery of operations interrupted by a dying process.
+
+// watcher waits for the exit of one VM's firecracker.
+type watcher struct {
+	id string
+	p  *proc
+}
+
+// watch starts a crash watcher on p, the current process of VM id,
+// replacing any watcher of an earlier process. It takes ownership of p.
+// The watcher runs until the process exits or the runtime closes; it is
+// tied to no request.
+func (r *Runtime) watch(id string, p *proc) {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		p.close()
+		return
+	}
+	if old := r.watchers[id]; old != nil {
+		if old.p.pid == p.pid && old.p.startTime == p.startTime {
+			r.mu.Unlock()
+			p.close()
+			return
+		}
+		old.p.close()
+	}
+	w := &watcher{id: id, p: p}
+	r.watchers[id] = w
+	r.bg.Add(1)
+	r.mu.Unlock()
+	go r.runWatcher(w)
+}
+
+// unwatch stops watching VM id (its process is ending on purpose).
+func (r *Runtime) unwatch(id string) {
+	r.mu.Lock()
+	w := r.watchers[id]
+	delete(r.watchers, id)
+	r.mu.Unlock()
+	if w != nil {
+		w.p.close()
+	}
+}
+
+func (r *Runtime) runWatcher(w *watcher) {
+	defer r.bg.Done()
+	exited, _ := w.p.wait(r.ctx, 0)
+	r.mu.Lock()
+	if r.watchers[w.id] == w {
+		delete(r.watchers, w.id)
+	}
+	r.mu.Unlock()
+	if !exited {
+		w.p.close() // closed or unwatched
+		return
+	}
+	pr := *recordOf(w.p)
+	if ei := w.p.reap(); ei.known {
+		r.noteExit(pr, ei)
+	}
+	w.p.close()
+	r.handleExit(w.id, pr)
+}
+
+// handleExit runs when a watched process has exited. Unless an operation
+// ended it on purpose (it then holds the VM's lock and replaces the
+// record's process before letting go), the VM is recovered: a running or
+// paused VM turns failed.
+func (r *Runtime) handleExit(id string, pr procRecord) {
+	unlock, err := r.lockVM(r.ctx, id)
+	if err != nil {
+		return // closing
+	}
+	defer unlock()
+	rec, err := r.load(id)
+	if err != nil || rec.Process == nil || rec.Process.PID != pr.PID || rec.Process.StartTime != pr.StartTime {
+		r.forgetExit(pr)
+		return
+	}
+	if _, err := r.reconcile(r.ctx, rec); err != nil {
+		r.log.Error("recover vm after its process exited", "vm", id, "err", err)
+	}
+}
+
+// noteExit keeps the exit status of a process this process reaped, for
+// whoever reports the crash.
+func (r *Runtime) noteExit(pr procRecord, ei exitInfo) {
+	pr.BootID = ""
+	r.mu.Lock()
+	r.exits[pr] = ei
+	r.mu.Unlock()
+}
+
+// exitOf returns (and forgets) the noted exit status of a process.
+func (r *Runtime) exitOf(pr procRecord) exitInfo {
+	pr.BootID = ""
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ei, ok := r.exits[pr]
+	if !ok {
+		return exitInfo{code: -1}
+	}
+	delete(r.exits, pr)
+	return ei
+}
+
+func (r *Runtime) forgetExit(pr procRecord) { r.exitOf(pr) }
+
+// crashed records that rec's firecracker died unasked: a running or
+// paused VM turns failed with the exit in LastError; a created VM stays
+// created (Start spawns a new process) with the exit in LastError. Its
+// other processes and sockets are cleaned up. The caller holds the VM's
+// lock. It returns the *microvm.ExitError.
+func (r *Runtime) crashed(rec *vmRecord) error {
+	pr := rec.Process
+	if pr == nil {
+		return nil
+	}
+	console, _ := tailLines(r.paths(rec.ID).console, outputLines, r.tailLimit())
+	xerr := exitError(rec.ID, pr.PID, r.exitOf(*pr), console)
+	r.endProcesses(rec)
+	msg := describeExit(xerr)
+	if to, err := microvm.Transition(rec.ID, rec.Status, microvm.OpCrash); err == nil {
+		rec.Status = to
+		rec.LastError = msg
+	} else {
+		rec.LastError = "firecracker exited before the VM booted: " + msg
+	}
+	if err := r.save(rec); err != nil {
+		r.log.Error("record crash", "vm", rec.ID, "err", err)
+	}
+	r.log.Warn("vm process exited unexpectedly", "vm", rec.ID, "err", msg)
+	return xerr
+}
+
+// describeExit formats an ExitError with its last console lines.
+func describeExit(e *microvm.ExitError) string {
+	if len(e.Console) == 0 {
+		return e.Error()
+	}
+	q := make([]string, len(e.Console))
+	for i, l := range e.Console {
+		q[i] = strconv.Quote(l)
+	}
+	return e.Error() + "; last console output: " + strings.Join(q, " | ")
+}
+
+func (r *Runtime) tailLimit() int64 {
+	if r.cfg.ConsoleMaxBytes > 0 {
+		return r.cfg.ConsoleMaxBytes
+	}
+	return DefaultConsoleMaxBytes * 8
+}
+
+// reconcile brings rec in line with the host, and returns the updated
+// record, or nil when the VM was removed (an interrupted Create or
+// Restore is undone; an interrupted Destroy is finished). The caller holds
+// the VM's lock, so an operation named in rec.Op is one whose process
+// died. Rules:
+//
+//   - process gone: a running or paused VM turns failed (an interrupted
+//     Stop ends stopped instead); the leftovers (sockets, page server)
+//     are removed;
+//   - process alive: the status is read from GET / ("Not started" is
+//     created, "Running", "Paused"); an interrupted Stop is finished with
+//     SIGKILL; an interrupted Snapshot resumes a VM it had paused; a
+//     process a stopped or failed VM should not have is ended. A live
+//     process whose API does not answer keeps its status.
+func (r *Runtime) reconcile(ctx context.Context, rec *vmRecord) (*vmRecord, error) {
+	var p *proc
+	if rec.Process != nil {
+		q, err := attach(rec.Process.PID, rec.Process.StartTime, rec.Process.BootID)
+		switch {
+		case err == nil:
+			p = q
+		case !errors.Is(err, errGone):
+			return rec, err
+		}
+	}
+	switch rec.Op {
+	case opCreate, opRestore, opDestroy:
+		if err := r.discard(rec, p); err != nil {
+			return rec, err
+		}
+		r.log.Info("removed vm left by an interrupted operation", "vm", rec.ID, "op", rec.Op)
+		return nil, nil
+	}
+	op := rec.Op
+	rec.Op, rec.OpSnapshot = "", ""
+	if p == nil {
+		switch {
+		case rec.Process != nil && op == opStop:
+			r.endProcesses(rec)
+			rec.setStatus(microvm.StatusStopped)
+		case rec.Process != nil && op == opStart:
+			r.endProcesses(rec)
+			rec.LastError = "start was interrupted (the process running it exited)"
+		case rec.Process != nil:
+			r.crashed(rec) // saves
+			return rec, nil
+		case rec.Uffd != nil:
+			r.endProcesses(rec)
+		}
+		if rec.Process == nil && (rec.Status == microvm.StatusRunning || rec.Status == microvm.StatusPaused) {
+			// A booted VM with no process to show for it.
+			rec.Status = microvm.StatusFailed
+			rec.LastError = "the VM has no firecracker process (its record was left inconsistent)"
+		}
+		return rec, r.save(rec)
+	}
+	if op == opStop {
+		r.endProcesses(rec)
+		p.close()
+		rec.setStatus(microvm.StatusStopped)
+		return rec, r.save(rec)
+	}
+	state, err := r.probe(ctx, rec)
+	if err != nil {
+		if op == opStart {
+			r.endProcesses(rec)
+			p.close()
+			rec.LastError = "start was interrupted (the process running it exited)"
+			return rec, r.save(rec)
+		}
+		r.log.Warn("adopted vm does not answer its API", "vm", rec.ID, "err", err)
+		r.watch(rec.ID, p)
+		return rec, r.save(rec)
+	}
+	switch {
+	case state == fcapi.StateNotStarted && rec.Status == microvm.StatusCreated:
+	case state == fcapi.StateRunning, state == fcapi.StatePaused:
+		if state == fcapi.StatePaused && op == opSnapshot && rec.Status == microvm.StatusRunning {
+			// The snapshot paused it; finish its promise to resume.
+			if err := r.call(ctx, rec, "resume", func(c *vmClient) error { return c.ResumeVM(ctx) }); err == nil {
+				state = fcapi.StateRunning
+			}
+		}
+		if state == fcapi.StateRunning {
+			rec.setStatus(microvm.StatusRunning)
+		} else {
+			rec.setStatus(microvm.StatusPaused)
+		}
+	default:
+		// A process the record's status says should not exist (a stopped
+		// or failed VM), or a booted VM reading "Not started".
+		r.endProcesses(rec)
+		p.close()
+		if rec.Status == microvm.StatusRunning || rec.Status == microvm.StatusPaused {
+			rec.Status = microvm.StatusFailed
+			rec.LastError = fmt.Sprintf("firecracker reported state %q for a %s VM; its process was ended", state, rec.Status)
+		}
+		return rec, r.save(rec)
+	}
+	r.watch(rec.ID, p)
+	return rec, r.save(rec)
+}
+
+// probe asks a VM's firecracker for its state (GET /), within
+// probeTimeout.
+func (r *Runtime) probe(ctx context.Context, rec *vmRecord) (fcapi.InstanceState, error) {
+	c, err := r.client(rec.ID, rec.Version)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	defer cancel()
+	info, err := c.InstanceInfo(ctx)
+	if err != nil {
+		return "", err
+	}
+	return info.State, nil
+}
+
+// adoptAll reconciles every VM of the state directory (see adoptOne), a
+// few at a time.
+func (r *Runtime) adoptAll(ctx context.Context) error {
+	ids, err := r.reg.List(kindVM)
+	if err != nil {
+		return fmt.Errorf("list vms: %w", err)
+	}
+	work := make(chan string)
+	var wg sync.WaitGroup
+	for range min(openWorkers, len(ids)) {
+		wg.Go(func() {
+			for id := range work {
+				r.adoptOne(ctx, id)
+			}
+		})
+	}
+	for _, id := range ids {
+		work <- id
+	}
+	close(work)
+	wg.Wait()
+	return ctx.Err()
+}
+
+// adoptOne adopts one VM. The fast path, for a record with no operation in
+// progress whose process is alive (pid and start time match) and whose API
+// reports the recorded status, only starts a watcher. Anything else is
+// reconciled under the VM's lock, unless another operation holds it (its
+// owner is alive and will finish).
+func (r *Runtime) adoptOne(ctx context.Context, id string) {
+	rec, err := r.load(id)
+	if err != nil {
+		r.log.Warn("skip unreadable vm record", "vm", id, "err", err)
+		return
+	}
+	if rec.Process == nil && rec.Uffd == nil && rec.Op == "" {
+		return
+	}
+	if rec.Op == "" && rec.Process != nil {
+		if p, err := attach(rec.Process.PID, rec.Process.StartTime, rec.Process.BootID); err == nil {
+			if st, err := r.probe(ctx, rec); err == nil && stateMatches(st, rec.Status) {
+				r.trimVM(id)
+				r.watch(id, p)
+				return
+			}
+			p.close()
+		}
+	}
+	unlock, ok := r.tryLockVM(ctx, id)
+	if !ok {
+		return
+	}
+	defer unlock()
+	rec, err = r.load(id)
+	if err != nil {
+		return
+	}
+	if _, err := r.reconcile(ctx, rec); err != nil {
+		r.log.Error("adopt vm", "vm", id, "err", err)
+	}
+	r.trimVM(id)
+}
+
+// stateMatches reports whether firecracker's state agrees with a status.
+func stateMatches(st fcapi.InstanceState, s microvm.Status) bool {
+	switch st {
+	case fcapi.StateNotStarted:
+		return s == microvm.StatusCreated
+	case fcapi.StateRunning:
+		return s == microvm.StatusRunning
+	case fcapi.StatePaused:
+		return s == microvm.StatusPaused
+	}
+	return false
+}
+
+// ensureWatched makes sure an open runtime watches the process of a VM it
+// reads (one another runtime may have started), and recovers the VM on
+// the spot when its process is already gone or an operation on it was
+// interrupted, if nobody holds its lock. It returns the current record;
+// microvm.ErrNotFound when recovery removed the VM.
+func (r *Runtime) ensureWatched(rec *vmRecord) (*vmRecord, error) {
+	if rec.Process == nil && rec.Op == "" {
+		return rec, nil
+	}
+	r.mu.Lock()
+	w, closed := r.watchers[rec.ID], r.closed
+	r.mu.Unlock()
+	if closed {
+		return rec, nil
+	}
+	if rec.Op == "" {
+		if w != nil && rec.Process.same(w.p) {
+			return rec, nil
+		}
+		p, err := attach(rec.Process.PID, rec.Process.StartTime, rec.Process.BootID)
+		if err == nil {
+			r.watch(rec.ID, p)
+			return rec, nil
+		}
+		if !errors.Is(err, errGone) {
+			return rec, nil
+		}
+	}
+	unlock, ok := r.tryLockVM(r.ctx, rec.ID)
+	if !ok {
+		return rec, nil // an operation is in progress; its owner will settle it
+	}
+	defer unlock()
+	cur, err := r.load(rec.ID)
+	if err != nil {
+		return nil, err
+	}
+	if cur.Op == "" && cur.Process != nil {
+		if p, err := attach(cur.Process.PID, cur.Process.StartTime, cur.Process.BootID); err == nil {
+			r.watch(cur.ID, p)
+			return cur, nil
+		}
+	}
+	if cur.Op == "" && cur.Process == nil {
+		return cur, nil
+	}
+	out, err := r.reconcile(r.ctx, cur)
+	if err != nil {
+		return cur, nil
+	}
+	if out == nil {
+		return nil, fmt.Errorf("vm %q: %w", rec.ID, microvm.ErrNotFound)
+	}
+	return out, nil
+}

@@ -1,0 +1,442 @@
+package firecracker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	microvm "github.com/mvm-dev/microvm"
+	"github.com/mvm-dev/microvm/fcapi"
+	"github.com/mvm-dev/microvm/registry"
+)
+
+// This file holds what turns a Spec into a configured firecracker process:
+// the file checks done before spawning, the spawn and readiness wait, and
+// the pre-boot API sequence.
+
+// checkFiles checks, before anything is spawned, that the files a spec
+// names exist, are regular files (block devices too, for drives) and can
+// be opened as firecracker will open them (read-write for writable
+// drives). Every problem is reported at once, naming the spec field and
+// the path, in a *microvm.SpecError.
+func checkFiles(spec microvm.Spec) error {
+	var problems []microvm.FieldError
+	check := func(field, path string, write, blockOK bool) {
+		if path == "" {
+			return
+		}
+		if msg := checkFile(path, write, blockOK); msg != "" {
+			problems = append(problems, microvm.FieldError{Field: field, Rule: msg})
+		}
+	}
+	check("kernel", spec.Kernel, false, false)
+	check("initrd", spec.Initrd, false, false)
+	check("root_drive.path", spec.RootDrive.Path, !spec.RootDrive.ReadOnly, true)
+	for i, d := range spec.Drives {
+		check(fmt.Sprintf("drives[%d].path", i), d.Path, !d.ReadOnly, true)
+	}
+	if len(problems) > 0 {
+		return &microvm.SpecError{Problems: problems}
+	}
+	return nil
+}
+
+// checkFile returns what is wrong with a file, or "".
+func checkFile(path string, write, blockOK bool) string {
+	fi, err := os.Stat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if _, lerr := os.Lstat(path); lerr == nil {
+			return fmt.Sprintf("%s is a dangling symbolic link", path)
+		}
+		return fmt.Sprintf("%s does not exist", path)
+	case err != nil:
+		return fmt.Sprintf("%s cannot be read: %v", path, unwrapPathErr(err))
+	case fi.IsDir():
+		return fmt.Sprintf("%s is a directory, not a file", path)
+	case !fi.Mode().IsRegular() && !(blockOK && fi.Mode()&fs.ModeDevice != 0 && fi.Mode()&fs.ModeCharDevice == 0):
+		want := "a regular file"
+		if blockOK {
+			want = "a regular file or a block device"
+		}
+		return fmt.Sprintf("%s is not %s (mode %s)", path, want, fi.Mode().Type())
+	}
+	flag, how := os.O_RDONLY, "for reading"
+	if write {
+		flag, how = os.O_RDWR, "for reading and writing (set read_only for a read-only drive)"
+	}
+	f, err := os.OpenFile(path, flag|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return fmt.Sprintf("%s cannot be opened %s: %v", path, how, unwrapPathErr(err))
+	}
+	f.Close()
+	return ""
+}
+
+func unwrapPathErr(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+// apiSockArg is the --api-sock argument: the absolute path when it fits
+// in a unix socket address, else the name relative to the VM directory,
+// which is the process's working directory.
+func apiSockArg(p vmPaths) string {
+	if len(p.apiSock) < maxSockPath {
+		return p.apiSock
+	}
+	return fileAPISock
+}
+
+// maxSockPath is the size of sockaddr_un.sun_path (the path plus its NUL).
+const maxSockPath = 108
+
+// launch starts a firecracker for rec in its VM directory (created if
+// missing), records the process in rec and the registry, and waits until
+// its API answers. With reserve, that first write creates the record
+// (failing with microvm.ErrAlreadyExists if one exists; the caller holds
+// the VM's lock and has checked, so this only guards against a runtime
+// that does not lock): a Create without a managed network thus writes its
+// record once before it is configured instead of twice. On error nothing
+// of the process is left running; the caller removes the VM directory
+// when appropriate.
+func (r *Runtime) launch(ctx context.Context, rec *vmRecord, reserve bool) (*proc, *vmClient, error) {
+	p := r.paths(rec.ID)
+	if err := mkdirPrivate(p.dir); err != nil {
+		return nil, nil, fmt.Errorf("create vm directory: %w", err)
+	}
+	// Firecracker refuses to bind over an existing socket and does not
+	// remove its own on exit.
+	for _, s := range []string{p.apiSock, p.uffdSock} {
+		if err := os.Remove(s); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, nil, fmt.Errorf("remove stale socket: %w", err)
+		}
+	}
+	out, err := os.OpenFile(p.console, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open console log: %w", err)
+	}
+	var proc *proc
+	netns := ""
+	if rec.Net != nil {
+		netns = rec.Net.NetNS
+	}
+	err = inNetNS(netns, func() (err error) {
+		proc, err = spawn(spawnSpec{
+			bin:  r.bin,
+			args: []string{"--api-sock", apiSockArg(p), "--id", rec.ID},
+			dir:  p.dir,
+			out:  out,
+		})
+		return err
+	})
+	out.Close() // the process has its own descriptor
+	if err != nil {
+		return nil, nil, fmt.Errorf("start firecracker %s: %w", r.bin, err)
+	}
+	rec.Process = recordOf(proc)
+	rec.Version = ""
+	if reserve {
+		rec.UpdatedAt = nowUTC()
+		err = r.reg.Create(kindVM, rec.ID, rec)
+		if errors.Is(err, registry.ErrExists) {
+			err = fmt.Errorf("vm %q: %w", rec.ID, microvm.ErrAlreadyExists)
+		}
+	} else {
+		err = r.save(rec)
+	}
+	if err != nil {
+		proc.terminate(killWait)
+		proc.close()
+		rec.Process = nil
+		return nil, nil, err
+	}
+	c, err := r.waitReady(ctx, proc, rec)
+	if err != nil {
+		proc.terminate(killWait)
+		proc.close()
+		return nil, nil, err
+	}
+	return proc, c, nil
+}
+
+// waitReady waits for the API socket of a new process: it polls for the
+// socket file with a backoff from 1 ms (doubling, capped at 2 ms), then
+// probes GET / (retried while the socket refuses connections), all within
+// ReadyTimeout and ctx. It fails early when the process exits. It sets
+// rec.Version from the answer.
+func (r *Runtime) waitReady(ctx context.Context, p *proc, rec *vmRecord) (*vmClient, error) {
+	paths := r.paths(rec.ID)
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.ReadyTimeout)
+	defer cancel()
+	exited := func() error {
+		ei := p.reap()
+		how := "exited"
+		switch {
+		case ei.known && ei.signal != "":
+			how = "was killed by signal " + ei.signal
+		case ei.known:
+			how = "exited with status " + strconv.Itoa(ei.code)
+		}
+		return fmt.Errorf("start firecracker: process %d %s before its API socket answered", p.pid, how)
+	}
+	timedOut := func(what string) error {
+		if err := context.Cause(ctx); errors.Is(err, context.DeadlineExceeded) && r.cfg.ReadyTimeout > 0 {
+			return fmt.Errorf("start firecracker: %s within %s (ReadyTimeout): %w", what, r.cfg.ReadyTimeout, err)
+		}
+		return fmt.Errorf("start firecracker: %s: %w", what, ctx.Err())
+	}
+	delay := time.Millisecond
+	const maxDelay = 2 * time.Millisecond
+	for {
+		if _, err := os.Stat(paths.apiSock); err == nil {
+			break
+		}
+		done, err := p.wait(ctx, delay)
+		if done {
+			return nil, exited()
+		}
+		if err != nil {
+			return nil, timedOut("API socket " + paths.apiSock + " did not appear")
+		}
+		delay = min(2*delay, maxDelay)
+	}
+	c, err := r.client(rec.ID, "")
+	if err != nil {
+		return nil, err
+	}
+	delay = time.Millisecond
+	for {
+		info, err := c.InstanceInfo(ctx)
+		if err == nil {
+			if v, perr := fcapi.ParseVersion(info.VMMVersion); perr == nil {
+				c.SetVersion(v)
+				rec.Version = v.String()
+			} else {
+				rec.Version = info.VMMVersion
+			}
+			return c, nil
+		}
+		if p.exited() {
+			c.Close()
+			return nil, exited()
+		}
+		if ctx.Err() != nil {
+			c.Close()
+			return nil, timedOut("API socket " + paths.apiSock + " did not answer GET / (" + err.Error() + ")")
+		}
+		if done, _ := p.wait(ctx, delay); done {
+			c.Close()
+			return nil, exited()
+		}
+		delay = min(2*delay, maxDelay)
+	}
+}
+
+// vmClient is an API client of one VM plus what it holds open.
+type vmClient struct {
+	*fcapi.Client
+	dir *os.File // keeps /proc/self/fd/<n> valid for long socket paths
+}
+
+// Close closes the client's connections and files.
+func (c *vmClient) Close() {
+	c.Client.Close()
+	if c.dir != nil {
+		c.dir.Close()
+	}
+}
+
+// client returns an API client for VM id, targeting version (the newest
+// API when "" or unparsable). A socket path too long for a unix address
+// is reached through /proc/self/fd and a descriptor of the VM directory.
+func (r *Runtime) client(id, version string) (*vmClient, error) {
+	p := r.paths(id)
+	opts := &fcapi.Options{Timeout: r.cfg.APITimeout, SnapshotTimeout: r.cfg.SnapshotTimeout}
+	if v, err := fcapi.ParseVersion(version); err == nil {
+		opts.Version = &v
+	}
+	if len(p.apiSock) < maxSockPath {
+		return &vmClient{Client: fcapi.New(p.apiSock, opts)}, nil
+	}
+	dir, err := os.OpenFile(p.dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, backendErr("connect", fmt.Errorf("open vm directory: %w", err))
+	}
+	sock := "/proc/self/fd/" + strconv.Itoa(int(dir.Fd())) + "/" + fileAPISock
+	return &vmClient{Client: fcapi.New(sock, opts), dir: dir}, nil
+}
+
+// Log settings of PUT /logger.
+const logLevel = fcapi.LogLevelInfo
+
+// configure runs the pre-boot API sequence of a cold boot: logger,
+// metrics, machine, boot source, drives, network interfaces, vsock, MMDS.
+// Errors are *microvm.BackendError naming the step.
+func (r *Runtime) configure(ctx context.Context, c *vmClient, rec *vmRecord) error {
+	spec := rec.Spec
+	p := r.paths(rec.ID)
+	if err := r.configureOutput(ctx, c, p); err != nil {
+		return err
+	}
+	mc := fcapi.MachineConfig{
+		VCPUCount:       spec.VCPUs,
+		MemSizeMiB:      spec.MemoryMiB,
+		SMT:             spec.SMT,
+		TrackDirtyPages: spec.TrackDirtyPages,
+	}
+	if spec.HugePages == microvm.HugePages2M {
+		mc.HugePages = fcapi.HugePages2M
+	}
+	if err := c.PutMachineConfig(ctx, mc); err != nil {
+		return backendErr("configure machine", err)
+	}
+	bootArgs := spec.BootArgs
+	if extra := r.netBootArgs(rec); extra != "" {
+		bootArgs += " " + extra
+	}
+	if err := c.PutBootSource(ctx, fcapi.BootSource{
+		KernelImagePath: spec.Kernel,
+		BootArgs:        bootArgs,
+		InitrdPath:      spec.Initrd,
+	}); err != nil {
+		return backendErr("configure boot source", err)
+	}
+	drives := append([]microvm.Drive{spec.RootDrive}, spec.Drives...)
+	for i, d := range drives {
+		if err := c.PutDrive(ctx, fcapi.Drive{
+			DriveID:      d.ID,
+			PathOnHost:   d.Path,
+			IsRootDevice: i == 0,
+			IsReadOnly:   d.ReadOnly,
+			RateLimiter:  rateLimiter(d.RateLimiter),
+		}); err != nil {
+			return backendErr("configure drives", err)
+		}
+	}
+	for _, n := range spec.Network {
+		ni := fcapi.NetworkInterface{
+			IfaceID:       n.ID,
+			HostDevName:   n.HostDevName,
+			GuestMAC:      n.GuestMAC,
+			RxRateLimiter: rateLimiter(n.RxRateLimiter),
+			TxRateLimiter: rateLimiter(n.TxRateLimiter),
+		}
+		if n.HostDevName == "" && rec.Net != nil { // the managed interface
+			ni.HostDevName = rec.Net.TAP
+			if ni.GuestMAC == "" {
+				ni.GuestMAC = rec.Net.GuestMAC
+			}
+		}
+		if err := c.PutNetworkInterface(ctx, ni); err != nil {
+			return backendErr("configure network interfaces", err)
+		}
+	}
+	if v := spec.Vsock; v != nil {
+		uds, abs := vsockPath(p, v)
+		if err := prepareSocketPath(abs); err != nil {
+			return backendErr("configure vsock", err)
+		}
+		if err := c.PutVsock(ctx, fcapi.Vsock{GuestCID: v.CID, UDSPath: uds}); err != nil {
+			return backendErr("configure vsock", err)
+		}
+		rec.VsockPath = abs
+	}
+	if m := spec.MMDS; m != nil {
+		if err := c.PutMMDSConfig(ctx, fcapi.MMDSConfig{
+			Version:           m.Version,
+			NetworkInterfaces: m.Interfaces,
+			IPv4Address:       m.Address,
+		}); err != nil {
+			return backendErr("configure mmds", err)
+		}
+	}
+	return r.putMMDSData(ctx, c, spec)
+}
+
+// configureOutput points firecracker's log and metrics at the VM
+// directory (files created first: older versions do not create them).
+func (r *Runtime) configureOutput(ctx context.Context, c *vmClient, p vmPaths) error {
+	for _, f := range []string{p.log, p.metrics} {
+		fh, err := os.OpenFile(f, os.O_WRONLY|os.O_CREATE, 0o600)
+		if err != nil {
+			return backendErr("configure logger", err)
+		}
+		fh.Close()
+	}
+	if err := c.PutLogger(ctx, fcapi.Logger{LogPath: p.log, Level: logLevel, ShowLevel: true}); err != nil {
+		return backendErr("configure logger", err)
+	}
+	if err := c.PutMetrics(ctx, fcapi.Metrics{MetricsPath: p.metrics}); err != nil {
+		return backendErr("configure metrics", err)
+	}
+	return nil
+}
+
+// putMMDSData stores the spec's initial metadata.
+func (r *Runtime) putMMDSData(ctx context.Context, c *vmClient, spec microvm.Spec) error {
+	if spec.MMDS == nil || len(spec.MMDS.Data) == 0 {
+		return nil
+	}
+	if err := c.PutMMDS(ctx, spec.MMDS.Data); err != nil {
+		return backendErr("set mmds data", err)
+	}
+	return nil
+}
+
+// vsockPath returns the uds_path to give firecracker and the absolute
+// host path of a VM's vsock socket: the spec's path, or vsock.sock in the
+// VM directory. The default is given relative to the VM directory (the
+// process's working directory): it always fits in a socket address, and a
+// snapshot records it relative, so a VM restored from it binds its own
+// directory's socket.
+func vsockPath(p vmPaths, v *microvm.Vsock) (uds, abs string) {
+	if v.Path == "" {
+		return fileVsock, p.vsock
+	}
+	if filepath.IsAbs(v.Path) {
+		return v.Path, v.Path
+	}
+	return v.Path, filepath.Join(p.dir, v.Path)
+}
+
+// prepareSocketPath makes path bindable: its parent directory exists and
+// a stale socket left by an earlier process is removed. Anything other
+// than a socket at path is left alone (firecracker then reports it).
+func prepareSocketPath(path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("create parent directory of %s: %w", path, err)
+	}
+	fi, err := os.Lstat(path)
+	if err == nil && fi.Mode().Type() == fs.ModeSocket {
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("remove stale socket %s: %w", path, err)
+		}
+	}
+	return nil
+}
+
+// rateLimiter converts a spec rate limiter.
+func rateLimiter(rl *microvm.RateLimiter) *fcapi.RateLimiter {
+	if rl == nil || (rl.Bandwidth == nil && rl.Ops == nil) {
+		return nil
+	}
+	return &fcapi.RateLimiter{Bandwidth: tokenBucket(rl.Bandwidth), Ops: tokenBucket(rl.Ops)}
+}
+
+func tokenBucket(b *microvm.TokenBucket) *fcapi.TokenBucket {
+	if b == nil {
+		return nil
+	}
+	return &fcapi.TokenBucket{Size: b.Size, RefillTime: b.RefillTime.Milliseconds(), OneTimeBurst: b.OneTimeBurst}
+}

@@ -1,0 +1,563 @@
+package firecracker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	microvm "github.com/mvm-dev/microvm"
+	"github.com/mvm-dev/microvm/fcapi"
+	"github.com/mvm-dev/microvm/registry"
+)
+
+// Create makes a VM from spec: it checks the spec's files, spawns a
+// firecracker in the VM's directory and configures it (logger, metrics,
+// machine, boot source, drives, network interfaces, vsock, MMDS), without
+// booting it. If any step fails, everything made so far is undone (the
+// process, the directory, the record) and the *OpError names the step and
+// carries firecracker's last output lines.
+func (r *Runtime) Create(ctx context.Context, id string, spec microvm.Spec) (microvm.VM, error) {
+	if err := microvm.ValidateID(id); err != nil {
+		return microvm.VM{}, err
+	}
+	spec = spec.WithDefaults()
+	if err := spec.Validate(); err != nil {
+		return microvm.VM{}, err
+	}
+	if err := r.begin(); err != nil {
+		return microvm.VM{}, err
+	}
+	defer r.end()
+	if err := ctx.Err(); err != nil {
+		return microvm.VM{}, err
+	}
+	if err := checkFiles(spec); err != nil {
+		return microvm.VM{}, err
+	}
+	if nic, ok := managedInterface(spec); ok && r.cfg.Network == nil {
+		return microvm.VM{}, &OpError{Op: "create", ID: id, Err: fmt.Errorf(
+			"network[%s]: a managed interface (empty host_dev_name) needs a runtime with networking (Config.Network): %w",
+			nic.ID, microvm.ErrUnsupported)}
+	}
+	unlock, err := r.lockVM(ctx, id)
+	if err != nil {
+		return microvm.VM{}, &OpError{Op: "create", ID: id, Err: err}
+	}
+	defer unlock()
+	// Creates of one id are serialised by the lock, and every writer of VM
+	// records holds it: a record that does not exist now will not appear
+	// before this Create writes it.
+	if err := r.reg.Get(kindVM, id, nil); err == nil || !errors.Is(err, registry.ErrNotFound) {
+		if err == nil {
+			return microvm.VM{}, fmt.Errorf("create vm %q: %w", id, microvm.ErrAlreadyExists)
+		}
+		return microvm.VM{}, &OpError{Op: "create", ID: id, Err: err}
+	}
+	now := nowUTC()
+	rec := &vmRecord{ID: id, Spec: spec, Status: microvm.StatusCreated, Op: opCreate, CreatedAt: now, UpdatedAt: now}
+	// No record exists, so a directory of that name is a leftover.
+	if err := r.removeVMDir(id); err != nil {
+		return microvm.VM{}, &OpError{Op: "create", ID: id, Err: fmt.Errorf("remove leftover vm directory: %w", err)}
+	}
+	// The record is written first when there is a network to attach (so
+	// that an interrupted Create is found and undone); otherwise the spawn
+	// writes it, with the process, in one go.
+	reserve := true
+	if _, managed := managedInterface(spec); managed {
+		if err := r.reg.Create(kindVM, id, rec); err != nil {
+			if errors.Is(err, registry.ErrExists) {
+				return microvm.VM{}, fmt.Errorf("create vm %q: %w", id, microvm.ErrAlreadyExists)
+			}
+			return microvm.VM{}, &OpError{Op: "create", ID: id, Err: err}
+		}
+		reserve = false
+		if err := r.attachNetwork(ctx, rec); err != nil {
+			return microvm.VM{}, r.undo("create", rec, nil, err)
+		}
+	}
+	p, c, err := r.launch(ctx, rec, reserve)
+	if err != nil {
+		if errors.Is(err, microvm.ErrAlreadyExists) {
+			// Another writer (one that does not lock) made the VM: leave
+			// its directory alone.
+			return microvm.VM{}, fmt.Errorf("create vm %q: %w", id, microvm.ErrAlreadyExists)
+		}
+		return microvm.VM{}, r.undo("create", rec, nil, err)
+	}
+	defer c.Close()
+	if err := r.configure(ctx, c, rec); err != nil {
+		return microvm.VM{}, r.undo("create", rec, p, r.withExit(rec, p, err))
+	}
+	rec.Op = ""
+	if err := r.save(rec); err != nil {
+		return microvm.VM{}, r.undo("create", rec, p, err)
+	}
+	r.watch(id, p)
+	return r.view(rec, nil), nil
+}
+
+// withExit adds to err how p ended, when a step failed because the
+// process died (the error then also matches microvm.ErrExited). A request
+// that failed in transport (not with an API answer) may have lost its
+// connection a moment before the process became a zombie: it waits for
+// the exit briefly.
+func (r *Runtime) withExit(rec *vmRecord, p *proc, err error) error {
+	if p == nil || !r.diedDuring(p, err) {
+		return err
+	}
+	ei := p.reap()
+	if !ei.known {
+		ei = r.exitOf(*recordOf(p))
+	}
+	return fmt.Errorf("%w; %w", err, exitError(rec.ID, p.pid, ei, nil))
+}
+
+// exitGrace bounds the wait for a process whose API connection broke.
+const exitGrace = 200 * time.Millisecond
+
+// diedDuring reports whether p has exited, waiting up to exitGrace when
+// err is a transport failure rather than an API answer.
+func (r *Runtime) diedDuring(p *proc, err error) bool {
+	if p.exited() {
+		return true
+	}
+	var ae *fcapi.APIError
+	if errors.As(err, &ae) || errors.Is(err, fcapi.ErrUnsupported) || errors.Is(err, fcapi.ErrInvalidArgument) {
+		return false
+	}
+	done, _ := p.wait(context.Background(), exitGrace)
+	return done
+}
+
+// undo removes everything an interrupted Create or Restore made: the
+// process (p, or the one recorded), the network attachment, the VM
+// directory and the record. It returns the *OpError for cause, with the
+// last output lines read before the directory went.
+func (r *Runtime) undo(op string, rec *vmRecord, p *proc, cause error) error {
+	out := r.lastOutput(rec.ID)
+	if err := r.discard(rec, p); err != nil {
+		r.log.Error("undo "+op, "vm", rec.ID, "err", err)
+		cause = fmt.Errorf("%w (and undoing it failed: %v)", cause, err)
+	}
+	return &OpError{Op: op, ID: rec.ID, Err: cause, Output: out}
+}
+
+// discard ends the VM's processes and removes all it holds on the host
+// and its record. It is the common end of Destroy and of undone creates.
+func (r *Runtime) discard(rec *vmRecord, p *proc) error {
+	var errs []error
+	if p != nil {
+		if !p.terminate(killWait) {
+			errs = append(errs, fmt.Errorf("firecracker process %d did not exit within %s of SIGKILL", p.pid, killWait))
+		}
+		p.close()
+	} else if rec.Process != nil {
+		errs = append(errs, killRecorded(rec.Process.PID, rec.Process.StartTime, rec.Process.BootID, killWait))
+	}
+	if rec.Uffd != nil {
+		errs = append(errs, killRecorded(rec.Uffd.PID, rec.Uffd.StartTime, rec.Uffd.BootID, killWait))
+	}
+	if err := errors.Join(errs...); err != nil {
+		// A process still runs: keep the record, so that a later Destroy
+		// or recovery finds it.
+		return err
+	}
+	r.unwatch(rec.ID)
+	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.APITimeout)
+	defer cancel()
+	if err := r.detachNetwork(ctx, rec); err != nil {
+		errs = append(errs, err)
+	}
+	if err := r.removeVMDir(rec.ID); err != nil {
+		errs = append(errs, fmt.Errorf("remove vm directory: %w", err))
+	}
+	if vp := rec.VsockPath; vp != "" && vp != r.paths(rec.ID).vsock {
+		os.Remove(vp) // a socket outside the VM directory
+	}
+	if err := r.reg.Delete(kindVM, rec.ID); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Start boots a created, stopped or failed VM. A created VM whose process
+// is alive is booted with InstanceStart; otherwise a fresh process is
+// spawned, configured from the spec and booted (a stopped or failed VM
+// keeps no process; a VM restored from a snapshot then boots from its
+// kernel).
+func (r *Runtime) Start(ctx context.Context, id string) (microvm.VM, error) {
+	if err := microvm.ValidateID(id); err != nil {
+		return microvm.VM{}, err
+	}
+	if err := r.begin(); err != nil {
+		return microvm.VM{}, err
+	}
+	defer r.end()
+	if err := ctx.Err(); err != nil {
+		return microvm.VM{}, err
+	}
+	unlock, rec, err := r.lockLoad(ctx, id)
+	if err != nil {
+		return microvm.VM{}, err
+	}
+	defer unlock()
+	to, err := microvm.Transition(id, rec.Status, microvm.OpStart)
+	if err != nil {
+		return microvm.VM{}, err
+	}
+	if rec.Status == microvm.StatusCreated && rec.Process != nil {
+		if p, err := attach(rec.Process.PID, rec.Process.StartTime, rec.Process.BootID); err == nil {
+			defer p.close()
+			err := r.call(ctx, rec, "boot", func(c *vmClient) error { return c.InstanceStart(ctx) })
+			if err == nil {
+				rec.setStatus(to)
+				if err := r.save(rec); err != nil {
+					return microvm.VM{}, &OpError{Op: "start", ID: id, Err: err}
+				}
+				return r.viewOf(rec), nil
+			}
+			if !p.exited() {
+				return microvm.VM{}, r.failOp("start", rec, err)
+			}
+			// The configured process died: boot a fresh one below.
+		}
+	}
+	return r.coldStart(ctx, rec, to)
+}
+
+// coldStart spawns, configures and boots a fresh process for rec.
+func (r *Runtime) coldStart(ctx context.Context, rec *vmRecord, to microvm.Status) (microvm.VM, error) {
+	r.endProcesses(rec)
+	rec.Op = opStart // written with the new process by launch
+	p, c, err := r.launch(ctx, rec, false)
+	if err == nil {
+		defer c.Close()
+		err = r.configure(ctx, c, rec)
+		if err == nil {
+			if err = c.InstanceStart(ctx); err != nil {
+				err = backendErr("boot", err)
+			}
+		}
+	}
+	if err != nil {
+		err = r.withExit(rec, p, err)
+		out := r.lastOutput(rec.ID)
+		if p != nil {
+			p.terminate(killWait)
+			p.close()
+		}
+		rec.Process, rec.Op = nil, ""
+		r.cleanSockets(rec)
+		oe := &OpError{Op: "start", ID: rec.ID, Err: err, Output: out}
+		rec.LastError = oe.Error()
+		if serr := r.save(rec); serr != nil {
+			r.log.Error("record failed start", "vm", rec.ID, "err", serr)
+		}
+		return microvm.VM{}, oe
+	}
+	rec.Op = ""
+	rec.setStatus(to)
+	if err := r.save(rec); err != nil {
+		p.terminate(killWait)
+		p.close()
+		return microvm.VM{}, &OpError{Op: "start", ID: rec.ID, Err: err}
+	}
+	r.watch(rec.ID, p)
+	return r.viewOf(rec), nil
+}
+
+// Stop shuts a running or paused VM down: for a running VM on x86 it sends
+// Ctrl-Alt-Del and waits up to the timeout for the guest to reset (which
+// ends firecracker); then, or right away for a paused VM (its vCPUs cannot
+// act on the request), SIGTERM, a short wait, and SIGKILL. If ctx ends
+// while waiting, Stop escalates to SIGKILL at once rather than leave the
+// VM half-stopped. The VM is stopped and holds no process; Start boots it
+// again.
+func (r *Runtime) Stop(ctx context.Context, id string, opts *microvm.StopOptions) (microvm.VM, error) {
+	if err := microvm.ValidateID(id); err != nil {
+		return microvm.VM{}, err
+	}
+	timeout, err := opts.StopTimeout()
+	if err != nil {
+		return microvm.VM{}, err
+	}
+	if opts == nil || opts.Timeout == 0 {
+		timeout = r.cfg.StopTimeout
+	}
+	if err := r.begin(); err != nil {
+		return microvm.VM{}, err
+	}
+	defer r.end()
+	if err := ctx.Err(); err != nil {
+		return microvm.VM{}, err
+	}
+	unlock, rec, err := r.lockLoad(ctx, id)
+	if err != nil {
+		return microvm.VM{}, err
+	}
+	defer unlock()
+	to, err := microvm.Transition(id, rec.Status, microvm.OpStop)
+	if err != nil {
+		return microvm.VM{}, err
+	}
+	rec.Op = opStop
+	if err := r.save(rec); err != nil {
+		return microvm.VM{}, &OpError{Op: "stop", ID: id, Err: err}
+	}
+	if err := r.shutdown(ctx, rec, timeout); err != nil {
+		rec.Op = ""
+		oe := &OpError{Op: "stop", ID: id, Err: err}
+		rec.LastError = oe.Error()
+		r.save(rec)
+		return microvm.VM{}, oe
+	}
+	r.endProcesses(rec)
+	rec.Op = ""
+	rec.setStatus(to)
+	if err := r.save(rec); err != nil {
+		return microvm.VM{}, &OpError{Op: "stop", ID: id, Err: err}
+	}
+	return r.viewOf(rec), nil
+}
+
+// shutdown ends rec's firecracker: Ctrl-Alt-Del (running VMs on x86) and a
+// wait of up to timeout, then SIGTERM and a short wait, then SIGKILL. It
+// fails only if the process survives SIGKILL.
+func (r *Runtime) shutdown(ctx context.Context, rec *vmRecord, timeout time.Duration) error {
+	if rec.Process == nil {
+		return nil
+	}
+	p, err := attach(rec.Process.PID, rec.Process.StartTime, rec.Process.BootID)
+	if errors.Is(err, errGone) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer p.close()
+	if rec.Status == microvm.StatusRunning && runtime.GOARCH == "amd64" && ctx.Err() == nil {
+		err := r.call(ctx, rec, "shut down", func(c *vmClient) error { return c.SendCtrlAltDel(ctx) })
+		if err == nil {
+			if done, _ := p.wait(ctx, timeout); done {
+				p.reap()
+				return nil
+			}
+		} else {
+			r.log.Info("ctrl-alt-del failed; terminating", "vm", rec.ID, "err", err)
+		}
+	}
+	if ctx.Err() == nil {
+		p.signal(unix.SIGTERM)
+		if done, _ := p.wait(ctx, termGrace); done {
+			p.reap()
+			return nil
+		}
+	}
+	if !p.terminate(killWait) {
+		return fmt.Errorf("firecracker process %d did not exit within %s of SIGKILL", p.pid, killWait)
+	}
+	return nil
+}
+
+// endProcesses kills whatever processes rec still records (used before a
+// fresh spawn, after a stop and after a crash), removes their sockets, and
+// forgets what belonged to that process: the snapshot whose memory it
+// mapped and the base of its dirty-page tracking.
+func (r *Runtime) endProcesses(rec *vmRecord) {
+	for _, pr := range []*procRecord{rec.Process, rec.Uffd} {
+		if pr != nil {
+			if err := killRecorded(pr.PID, pr.StartTime, pr.BootID, killWait); err != nil {
+				r.log.Error("end process", "vm", rec.ID, "pid", pr.PID, "err", err)
+			}
+		}
+	}
+	rec.Process, rec.Uffd = nil, nil
+	rec.MemorySnapshot, rec.MemoryBackend, rec.DiffBase = "", "", ""
+	r.unwatch(rec.ID)
+	r.cleanSockets(rec)
+}
+
+// cleanSockets removes the sockets a dead process left in the VM
+// directory.
+func (r *Runtime) cleanSockets(rec *vmRecord) {
+	p := r.paths(rec.ID)
+	for _, s := range []string{p.apiSock, p.uffdSock} {
+		os.Remove(s)
+	}
+	if rec.VsockPath != "" {
+		os.Remove(rec.VsockPath)
+	}
+}
+
+// Pause pauses a running VM's vCPUs (PATCH /vm Paused).
+func (r *Runtime) Pause(ctx context.Context, id string) (microvm.VM, error) {
+	return r.simple(ctx, id, microvm.OpPause, "pause", func(ctx context.Context, c *vmClient) error {
+		return c.PauseVM(ctx)
+	})
+}
+
+// Resume resumes a paused VM (PATCH /vm Resumed).
+func (r *Runtime) Resume(ctx context.Context, id string) (microvm.VM, error) {
+	return r.simple(ctx, id, microvm.OpResume, "resume", func(ctx context.Context, c *vmClient) error {
+		return c.ResumeVM(ctx)
+	})
+}
+
+// simple runs a one-call operation: check the transition, make the call,
+// record the new status.
+func (r *Runtime) simple(ctx context.Context, id string, op microvm.Op, step string,
+	fn func(context.Context, *vmClient) error) (microvm.VM, error) {
+	if err := microvm.ValidateID(id); err != nil {
+		return microvm.VM{}, err
+	}
+	if err := r.begin(); err != nil {
+		return microvm.VM{}, err
+	}
+	defer r.end()
+	if err := ctx.Err(); err != nil {
+		return microvm.VM{}, err
+	}
+	unlock, rec, err := r.lockLoad(ctx, id)
+	if err != nil {
+		return microvm.VM{}, err
+	}
+	defer unlock()
+	to, err := microvm.Transition(id, rec.Status, op)
+	if err != nil {
+		return microvm.VM{}, err
+	}
+	if err := r.call(ctx, rec, step, func(c *vmClient) error { return fn(ctx, c) }); err != nil {
+		return microvm.VM{}, r.failOp(string(op), rec, err)
+	}
+	rec.setStatus(to)
+	if err := r.save(rec); err != nil {
+		return microvm.VM{}, &OpError{Op: string(op), ID: id, Err: err}
+	}
+	return r.viewOf(rec), nil
+}
+
+// call runs fn with an API client of rec's process. If the call fails
+// because the process is gone, the VM is marked failed (see crashed) and
+// the error matches microvm.ErrExited. Errors are *microvm.BackendError
+// naming step.
+func (r *Runtime) call(ctx context.Context, rec *vmRecord, step string, fn func(*vmClient) error) error {
+	if rec.Process == nil {
+		return backendErr(step, errors.New("the VM has no firecracker process"))
+	}
+	c, err := r.client(rec.ID, rec.Version)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	err = fn(c)
+	if err == nil {
+		return nil
+	}
+	berr := backendErr(step, err)
+	q, aerr := attach(rec.Process.PID, rec.Process.StartTime, rec.Process.BootID)
+	if aerr == nil {
+		died := r.diedDuring(q, err)
+		q.close()
+		if !died {
+			return berr // alive: the call failed for another reason
+		}
+	} else if !errors.Is(aerr, errGone) {
+		return berr
+	}
+	xerr := r.crashed(rec)
+	var be *microvm.BackendError
+	if errors.As(berr, &be) {
+		if be.Err == nil {
+			be.Err = xerr
+		} else {
+			be.Err = fmt.Errorf("%w (%w)", be.Err, xerr)
+		}
+	}
+	return berr
+}
+
+// failOp records a failed operation in the VM's LastError (unless the VM
+// failed, whose LastError says why) and returns its *OpError.
+func (r *Runtime) failOp(op string, rec *vmRecord, err error) error {
+	oe := &OpError{Op: op, ID: rec.ID, Err: err}
+	if rec.Status != microvm.StatusFailed {
+		rec.LastError = oe.Error()
+	}
+	if serr := r.save(rec); serr != nil {
+		r.log.Error("record failed operation", "vm", rec.ID, "err", serr)
+	}
+	return oe
+}
+
+// Destroy ends the VM's processes (SIGKILL, then confirms the exit through
+// the pidfd), releases its network, removes its directory and its record,
+// and returns its last view with status destroyed. Its snapshots are kept.
+func (r *Runtime) Destroy(ctx context.Context, id string) (microvm.VM, error) {
+	if err := microvm.ValidateID(id); err != nil {
+		return microvm.VM{}, err
+	}
+	if err := r.begin(); err != nil {
+		return microvm.VM{}, err
+	}
+	defer r.end()
+	if err := ctx.Err(); err != nil {
+		return microvm.VM{}, err
+	}
+	unlock, rec, err := r.lockLoad(ctx, id)
+	if err != nil {
+		return microvm.VM{}, err
+	}
+	defer unlock()
+	to, err := microvm.Transition(id, rec.Status, microvm.OpDestroy)
+	if err != nil {
+		return microvm.VM{}, err
+	}
+	vm := r.viewOf(rec)
+	rec.Op = opDestroy
+	if err := r.save(rec); err != nil {
+		return microvm.VM{}, &OpError{Op: "destroy", ID: id, Err: err}
+	}
+	if err := r.discard(rec, nil); err != nil {
+		return microvm.VM{}, &OpError{Op: "destroy", ID: id, Err: err}
+	}
+	vm.Status = to
+	vm.Backend.PID = 0
+	return vm, nil
+}
+
+// lockLoad takes the VM's lock and reads its record. A record left
+// mid-operation by a process that died is recovered first.
+func (r *Runtime) lockLoad(ctx context.Context, id string) (func(), *vmRecord, error) {
+	unlock, err := r.lockVM(ctx, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	rec, err := r.load(id)
+	if err == nil && rec.Op != "" {
+		// We hold the lock, so whoever wrote Op is gone.
+		rec, err = r.reconcile(ctx, rec)
+		if err == nil && rec == nil {
+			err = fmt.Errorf("vm %q: %w", id, microvm.ErrNotFound)
+		}
+	}
+	if err != nil {
+		unlock()
+		return nil, nil, err
+	}
+	return unlock, rec, nil
+}
+
+// viewOf builds the view of rec with its snapshots (an error reading them
+// leaves the list empty).
+func (r *Runtime) viewOf(rec *vmRecord) microvm.VM {
+	snaps, err := r.snapshotsOf(rec.ID)
+	if err != nil {
+		r.log.Warn("list snapshots", "vm", rec.ID, "err", err)
+	}
+	return r.view(rec, snaps)
+}

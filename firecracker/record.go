@@ -1,0 +1,177 @@
+package firecracker
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	microvm "github.com/mvm-dev/microvm"
+	"github.com/mvm-dev/microvm/registry"
+)
+
+// kindVM is the registry kind of VM records.
+const kindVM = "vm"
+
+// Operations recorded in vmRecord.Op while they run. An operation that
+// spans several steps writes its name first and clears it last; a record
+// that still names one when nobody holds the VM's lock was left by a
+// process that died mid-way, and recovery (see reconcile) finishes or
+// undoes it.
+const (
+	opCreate   = "create"
+	opRestore  = "restore"
+	opStart    = "start"
+	opStop     = "stop"
+	opSnapshot = "snapshot"
+	opDestroy  = "destroy"
+)
+
+// procRecord identifies a process across runtimes: pid, start time and
+// boot id together cannot be reused.
+type procRecord struct {
+	PID       int    `json:"pid"`
+	StartTime uint64 `json:"start_time"`
+	BootID    string `json:"boot_id,omitempty"`
+}
+
+func recordOf(p *proc) *procRecord {
+	return &procRecord{PID: p.pid, StartTime: p.startTime, BootID: bootID()}
+}
+
+func (pr *procRecord) same(p *proc) bool {
+	return pr != nil && p != nil && pr.PID == p.pid && pr.StartTime == p.startTime
+}
+
+// vmRecord is the durable state of one VM: registry kind "vm", id = VM id.
+// It holds intent and bookkeeping, never liveness: whether the recorded
+// process still runs is checked against the host every time it matters.
+type vmRecord struct {
+	ID     string         `json:"id"`
+	Spec   microvm.Spec   `json:"spec"`
+	Status microvm.Status `json:"status"`
+	// Op is the multi-step operation in progress, "" when none.
+	Op string `json:"op,omitempty"`
+	// OpSnapshot is the snapshot being written while Op is "snapshot".
+	OpSnapshot string    `json:"op_snapshot,omitempty"`
+	CreatedAt  time.Time `json:"created_at"`
+	UpdatedAt  time.Time `json:"updated_at"`
+	LastError  string    `json:"last_error,omitempty"`
+	// RestoredFrom is the snapshot the VM was restored from (kept for
+	// the VM's life).
+	RestoredFrom string `json:"restored_from,omitempty"`
+	// MemorySnapshot is the snapshot whose memory the VM's current
+	// process maps; it is cleared when that process ends (a later Start
+	// boots from the kernel).
+	MemorySnapshot string                `json:"memory_snapshot,omitempty"`
+	MemoryBackend  microvm.MemoryBackend `json:"memory_backend,omitempty"`
+	// DiffBase is the snapshot since which the current process tracks
+	// dirty pages (its latest snapshot, or the one it was restored from):
+	// the only valid parent of a diff snapshot.
+	DiffBase string `json:"diff_base,omitempty"`
+	// Process is the firecracker process, nil when none runs.
+	Process *procRecord `json:"process,omitempty"`
+	// Uffd is the page server of a VM restored with the uffd backend.
+	Uffd *procRecord `json:"uffd,omitempty"`
+	// Version is the firecracker version of the current (or last)
+	// process.
+	Version string `json:"version,omitempty"`
+	// VsockPath is the host socket of the vsock device, if any.
+	VsockPath string `json:"vsock_path,omitempty"`
+	// Net is what the network manager set up for the managed interface,
+	// if any.
+	Net *NetworkAttachment `json:"net,omitempty"`
+}
+
+// paths of one VM's directory <state>/vms/<id>.
+type vmPaths struct {
+	dir, apiSock, console, log, metrics, vsock, uffdSock string
+}
+
+// Names inside a VM directory.
+const (
+	fileAPISock  = "api.sock"
+	fileConsole  = "console.log"
+	fileLog      = "firecracker.log"
+	fileMetrics  = "metrics.json"
+	fileVsock    = "vsock.sock"
+	fileUffdSock = "uffd.sock"
+)
+
+func (r *Runtime) paths(id string) vmPaths {
+	dir := filepath.Join(r.vmsDir, id)
+	return vmPaths{
+		dir:      dir,
+		apiSock:  filepath.Join(dir, fileAPISock),
+		console:  filepath.Join(dir, fileConsole),
+		log:      filepath.Join(dir, fileLog),
+		metrics:  filepath.Join(dir, fileMetrics),
+		vsock:    filepath.Join(dir, fileVsock),
+		uffdSock: filepath.Join(dir, fileUffdSock),
+	}
+}
+
+// load reads the record of id; an unknown id gives microvm.ErrNotFound.
+func (r *Runtime) load(id string) (*vmRecord, error) {
+	var rec vmRecord
+	err := r.reg.Get(kindVM, id, &rec)
+	if errors.Is(err, registry.ErrNotFound) {
+		return nil, fmt.Errorf("vm %q: %w", id, microvm.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("vm %q: read record: %w", id, err)
+	}
+	return &rec, nil
+}
+
+// save writes rec, stamping UpdatedAt.
+func (r *Runtime) save(rec *vmRecord) error {
+	rec.UpdatedAt = time.Now().UTC()
+	if err := r.reg.Put(kindVM, rec.ID, rec); err != nil {
+		return fmt.Errorf("vm %q: write record: %w", rec.ID, err)
+	}
+	return nil
+}
+
+func nowUTC() time.Time { return time.Now().UTC() }
+
+// setStatus changes rec's status and clears the last error of a
+// successful transition into a good state.
+func (rec *vmRecord) setStatus(s microvm.Status) {
+	rec.Status = s
+	if s != microvm.StatusFailed {
+		rec.LastError = ""
+	}
+}
+
+// view builds the read view of rec.
+func (r *Runtime) view(rec *vmRecord, snaps []string) microvm.VM {
+	p := r.paths(rec.ID)
+	vm := microvm.VM{
+		ID:           rec.ID,
+		Status:       rec.Status,
+		Spec:         rec.Spec.Clone(),
+		Snapshots:    snaps,
+		RestoredFrom: rec.RestoredFrom,
+		CreatedAt:    rec.CreatedAt,
+		UpdatedAt:    rec.UpdatedAt,
+		LastError:    rec.LastError,
+		Backend: microvm.Backend{
+			Runtime:    "firecracker",
+			Dir:        p.dir,
+			APISocket:  p.apiSock,
+			ConsoleLog: p.console,
+			Log:        p.log,
+			Version:    rec.Version,
+			VsockPath:  rec.VsockPath,
+		},
+	}
+	if rec.Process != nil {
+		vm.Backend.PID = rec.Process.PID
+	}
+	if rec.Net != nil {
+		n := rec.Net.Info
+		vm.Backend.Network = &n
+	}
+	return vm
+}
