@@ -3,6 +3,8 @@ package registry_test
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -156,5 +158,62 @@ func TestCloseStopsWaiter(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("waiting Lock did not return after Close")
+	}
+}
+
+func TestTryLock(t *testing.T) {
+	r := openTemp(t)
+	unlock, ok, err := r.TryLock("vm-a")
+	if err != nil || !ok {
+		t.Fatalf("TryLock on a free lock: ok=%v err=%v", ok, err)
+	}
+	if _, ok, err := r.TryLock("vm-a"); ok || err != nil {
+		t.Fatalf("TryLock on a held lock: ok=%v err=%v, want false, nil", ok, err)
+	}
+	unlock()
+	unlock2, ok, err := r.TryLock("vm-a")
+	if err != nil || !ok {
+		t.Fatalf("TryLock after unlock: ok=%v err=%v", ok, err)
+	}
+	unlock2()
+	if _, _, err := r.TryLock("../x"); !errors.Is(err, registry.ErrInvalidName) {
+		t.Fatalf("TryLock bad name: %v", err)
+	}
+}
+
+// TestRemoveLockKeepsExclusion removes the lock file after every critical
+// section while many goroutines contend: at most one may ever be inside.
+func TestRemoveLockKeepsExclusion(t *testing.T) {
+	r := openTemp(t)
+	var inside, violations atomic.Int32
+	var wg sync.WaitGroup
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 50; i++ {
+				unlock, err := r.Lock(context.Background(), "vm-x")
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if inside.Add(1) != 1 {
+					violations.Add(1)
+				}
+				time.Sleep(50 * time.Microsecond)
+				inside.Add(-1)
+				if err := r.RemoveLock("vm-x"); err != nil {
+					t.Error(err)
+				}
+				unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if v := violations.Load(); v != 0 {
+		t.Fatalf("%d times two holders were inside at once", v)
+	}
+	if _, err := os.Stat(filepath.Join(r.Dir(), "locks", "vm-x.lock")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("lock file left after RemoveLock: %v", err)
 	}
 }
