@@ -1,0 +1,232 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+
+	"github.com/mvm-dev/microvm/internal/fcstandin"
+)
+
+var mvmBuild struct {
+	once sync.Once
+	path string
+	out  []byte
+	err  error
+}
+
+// mvmBinary builds cmd/mvm once per test process.
+func mvmBinary(t *testing.T) string {
+	t.Helper()
+	mvmBuild.once.Do(func() {
+		dir, err := os.MkdirTemp("", "mvm-cli-test-")
+		if err != nil {
+			mvmBuild.err = err
+			return
+		}
+		mvmBuild.path = filepath.Join(dir, "mvm")
+		gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
+		mvmBuild.out, mvmBuild.err = exec.Command(gobin, "build", "-o", mvmBuild.path, ".").CombinedOutput()
+	})
+	if mvmBuild.err != nil {
+		t.Fatalf("go build cmd/mvm: %v\n%s", mvmBuild.err, mvmBuild.out)
+	}
+	return mvmBuild.path
+}
+
+// cli runs mvm as its own process against the stand-in firecracker and a
+// per-test state directory.
+type cli struct {
+	t        *testing.T
+	bin, fc  string
+	stateDir string
+	env      []string
+}
+
+func newCLI(t *testing.T) *cli {
+	specDir := fcstandin.SpecDir(t)
+	c := &cli{t: t, bin: mvmBinary(t), fc: fcstandin.Build(t), stateDir: t.TempDir()}
+	c.env = append(os.Environ(), "FCSTANDIN_SPEC_DIR="+specDir, "MVM_RUNTIME=", "MVM_STATE_DIR=")
+	t.Cleanup(func() {
+		// Whatever a failed test left running is killed.
+		c.run("rm", "cli-a")
+		c.run("rm", "cli-b")
+	})
+	return c
+}
+
+func (c *cli) run(args ...string) (code int, stdout, stderr string) {
+	c.t.Helper()
+	full := append([]string{"--state-dir", c.stateDir, "--firecracker-bin", c.fc}, args...)
+	cmd := exec.Command(c.bin, full...)
+	cmd.Env = c.env
+	var out, errb strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode(), out.String(), errb.String()
+	} else if err != nil {
+		c.t.Fatalf("run mvm %v: %v", args, err)
+	}
+	return 0, out.String(), errb.String()
+}
+
+// ok runs mvm and fails the test unless it exits 0.
+func (c *cli) ok(args ...string) string {
+	c.t.Helper()
+	code, out, errs := c.run(args...)
+	if code != 0 {
+		c.t.Fatalf("mvm %s: exit %d: %s%s", strings.Join(args, " "), code, errs, out)
+	}
+	return out
+}
+
+type inspected struct {
+	ID      string `json:"id"`
+	Status  string `json:"status"`
+	Backend struct {
+		PID       int    `json:"pid"`
+		APISocket string `json:"api_socket"`
+	} `json:"backend"`
+	RestoredFrom string `json:"restored_from"`
+}
+
+func (c *cli) inspect(id string) inspected {
+	c.t.Helper()
+	var vm inspected
+	out := c.ok("inspect", id, "-o", "json")
+	if err := json.Unmarshal([]byte(out), &vm); err != nil {
+		c.t.Fatalf("inspect %s: %v\n%s", id, err, out)
+	}
+	return vm
+}
+
+// alive reports whether pid is a live process. A zombie is dead: the VMs'
+// processes outlive the mvm that spawned them and are reaped by whatever
+// adopted them, maybe late.
+func alive(pid int) bool {
+	if pid <= 0 || syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
+}
+
+// TestCLILifecycleAcrossProcesses drives one VM through its whole life, and
+// a clone restored from its snapshot, with every step a separate mvm
+// process: each adopts what the previous one left running.
+func TestCLILifecycleAcrossProcesses(t *testing.T) {
+	c := newCLI(t)
+	dir := t.TempDir()
+	kernel, rootfs := filepath.Join(dir, "vmlinux"), filepath.Join(dir, "rootfs.ext4")
+	for _, f := range []string{kernel, rootfs} {
+		if err := os.WriteFile(f, []byte("image"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	c.ok("create", "cli-a", "--kernel", kernel, "--rootfs", rootfs, "--memory", "32")
+	vm := c.inspect("cli-a")
+	if vm.Status != "created" || !alive(vm.Backend.PID) || vm.Backend.APISocket == "" {
+		t.Fatalf("after create: %+v (pid alive %v)", vm, alive(vm.Backend.PID))
+	}
+	pid := vm.Backend.PID
+
+	c.ok("start", "cli-a")
+	if vm = c.inspect("cli-a"); vm.Status != "running" || vm.Backend.PID != pid {
+		t.Fatalf("after start: %+v, want running with pid %d", vm, pid)
+	}
+	c.ok("pause", "cli-a")
+	if vm = c.inspect("cli-a"); vm.Status != "paused" {
+		t.Fatalf("after pause: %+v", vm)
+	}
+	// Pausing again is an invalid transition: the operation fails (exit 1).
+	if code, _, errs := c.run("pause", "cli-a"); code != 1 || !strings.Contains(errs, "invalid transition") {
+		t.Fatalf("second pause: exit %d %q, want 1 and invalid transition", code, errs)
+	}
+	c.ok("snapshot", "cli-a", "cli-snap")
+	if vm = c.inspect("cli-a"); vm.Status != "paused" {
+		t.Fatalf("snapshot must leave a paused VM paused: %+v", vm)
+	}
+	c.ok("resume", "cli-a")
+	if out := c.ok("snapshots", "-o", "json"); !strings.Contains(out, `"cli-snap"`) {
+		t.Fatalf("snapshots does not list cli-snap:\n%s", out)
+	}
+	if out := c.ok("logs", "cli-a", "-n", "50"); !strings.Contains(out, "login") && !strings.Contains(out, "Linux") {
+		t.Fatalf("logs show no console output:\n%s", out)
+	}
+
+	c.ok("stop", "cli-a", "--timeout", "5s")
+	if vm = c.inspect("cli-a"); vm.Status != "stopped" || alive(pid) {
+		t.Fatalf("after stop: %+v (old pid alive %v)", vm, alive(pid))
+	}
+
+	c.ok("restore", "cli-snap", "cli-b")
+	clone := c.inspect("cli-b")
+	if clone.Status != "running" || clone.RestoredFrom != "cli-snap" || !alive(clone.Backend.PID) {
+		t.Fatalf("after restore: %+v", clone)
+	}
+	out := c.ok("ls", "-o", "json")
+	var list []inspected
+	if err := json.Unmarshal([]byte(out), &list); err != nil || len(list) != 2 || list[0].ID != "cli-a" || list[1].ID != "cli-b" {
+		t.Fatalf("ls: %v %s", err, out)
+	}
+	// The snapshot is in use by the running clone.
+	if code, _, errs := c.run("rm-snapshot", "cli-snap"); code != 1 || !strings.Contains(errs, "in use") {
+		t.Fatalf("rm-snapshot while in use: exit %d %q", code, errs)
+	}
+
+	c.ok("rm", "cli-b")
+	c.ok("rm", "cli-a")
+	if alive(clone.Backend.PID) {
+		t.Fatalf("clone's firecracker %d still alive after rm", clone.Backend.PID)
+	}
+	if code, _, errs := c.run("inspect", "cli-a"); code != 1 || !strings.Contains(errs, "not found") {
+		t.Fatalf("inspect after rm: exit %d %q", code, errs)
+	}
+	c.ok("rm-snapshot", "cli-snap")
+	if out := c.ok("ls"); strings.Count(out, "\n") != 1 {
+		t.Fatalf("ls after rm should show only the header:\n%s", out)
+	}
+}
+
+// TestCLICrashShowsFailed kills a VM's firecracker between two commands:
+// the next command sees it failed and can start it again.
+func TestCLICrashShowsFailed(t *testing.T) {
+	c := newCLI(t)
+	dir := t.TempDir()
+	kernel, rootfs := filepath.Join(dir, "vmlinux"), filepath.Join(dir, "rootfs.ext4")
+	for _, f := range []string{kernel, rootfs} {
+		if err := os.WriteFile(f, []byte("image"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.ok("create", "cli-a", "--kernel", kernel, "--rootfs", rootfs, "--memory", "32", "--start")
+	vm := c.inspect("cli-a")
+	if err := syscall.Kill(vm.Backend.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if vm = c.inspect("cli-a"); vm.Status != "failed" {
+		t.Fatalf("after SIGKILL: status %q, want failed", vm.Status)
+	}
+	out := c.ok("ls")
+	if !strings.Contains(out, "failed") {
+		t.Fatalf("ls does not show the failure:\n%s", out)
+	}
+	c.ok("start", "cli-a")
+	if vm = c.inspect("cli-a"); vm.Status != "running" || !alive(vm.Backend.PID) {
+		t.Fatalf("restart after failure: %+v", vm)
+	}
+	c.ok("rm", "cli-a")
+}
