@@ -96,7 +96,7 @@ func dataRanges(t testing.TB, path string) [][2]int64 {
 	defer f.Close()
 	fi, _ := f.Stat()
 	var r [][2]int64
-	if err := dataExtents(f, fi.Size(), func(off, n int64) error {
+	if err := dataExtents(f, 0, fi.Size(), func(off, n int64) error {
 		r = append(r, [2]int64{off, off + n})
 		return nil
 	}); err != nil {

@@ -85,22 +85,26 @@ func (p *Pending) Commit(m Manifest) (Manifest, error) {
 // done) nothing is registered and the pending directory is removed. Either
 // way the Pending is ended.
 //
-// m describes the snapshot: VMID, FirecrackerVersion and Spec are
-// required; Type (default full), Parent (diff only), CreatedAt (default
-// now), SnapshotFormatVersion and MemoryMiB (default Spec.MemoryMiB) are
+// m describes the snapshot. VMID and FirecrackerVersion are required;
+// Spec is stored as given (the VM's defaulted spec); Type (default full),
+// Parent (diff only), CreatedAt (default now), SnapshotFormatVersion and
+// MemoryMiB (default Spec.MemoryMiB, else the memory file's size) are
 // optional; ID, if set, must be the id given to Begin; FormatVersion, if
 // set, must be [FormatVersion]. Files and Diff are filled in. The complete
-// manifest is returned.
+// manifest is returned. Bad values give [microvm.ErrInvalidArgument], a
+// missing parent [microvm.ErrSnapshotNotFound].
 //
 // Commit, in order: checks that Firecracker wrote both files (regular,
 // non-empty); for a diff snapshot, checks that the parent exists and has a
 // memory file of the same size, and merges the diff onto the parent's
-// memory with [MergeSparse] (the stored memory is then self-contained; the
-// diff itself is not kept); hashes both files; makes them read-only (0400:
-// Firecracker maps memory MAP_PRIVATE, the files must never change) and
-// fsyncs them; writes manifest.json (temporary file, fsync, rename);
-// fsyncs the directory; renames it to <dir>/<id> (atomic, never replacing
-// anything) and fsyncs the store directory. A crash at any point leaves
+// memory like [MergeSparse], hashing the result as it is written (the
+// stored memory is then self-contained and the diff itself is not kept;
+// the parent's memory is trusted, not re-hashed: Verify it first if in
+// doubt); hashes the other files; makes them read-only (0400: Firecracker
+// maps memory MAP_PRIVATE, the files must never change) and fsyncs them;
+// writes manifest.json (temporary file, fsync, rename); fsyncs the
+// directory; renames it to <dir>/<id> (atomic, never replacing anything)
+// and fsyncs the store directory. A process killed at any point leaves
 // either no snapshot (the pending directory is removed by the next Open)
 // or the complete one.
 func (p *Pending) CommitContext(ctx context.Context, m Manifest) (Manifest, error) {
@@ -162,14 +166,17 @@ func (p *Pending) commit(ctx context.Context, m Manifest) (Manifest, error) {
 	defer func() { mem.Close() }()
 
 	var parent Manifest
+	var memSum *digest // known when merging computed it
 	if m.Type == microvm.SnapshotDiff {
 		parent, err = p.parentOf(m)
 		if err != nil {
 			return Manifest{}, err
 		}
-		if mem, err = p.merge(ctx, &m, parent, mem); err != nil {
+		var d digest
+		if mem, d, err = p.merge(ctx, &m, parent, mem); err != nil {
 			return Manifest{}, err
 		}
+		memSum = &d
 		hook("merged")
 	}
 	memInfo, err := mem.Stat()
@@ -182,13 +189,17 @@ func (p *Pending) commit(ctx context.Context, m Manifest) (Manifest, error) {
 
 	m.Files = m.Files[:0]
 	for _, f := range []*os.File{state, mem} {
-		fi, err := f.Stat()
-		if err != nil {
-			return Manifest{}, err
-		}
-		d, err := hashFile(ctx, f, fi.Size())
-		if err != nil {
-			return Manifest{}, fmt.Errorf("hash %s: %w", f.Name(), err)
+		var d digest
+		if f == mem && memSum != nil {
+			d = *memSum
+		} else {
+			fi, err := f.Stat()
+			if err != nil {
+				return Manifest{}, err
+			}
+			if d, err = hashFile(ctx, f, fi.Size()); err != nil {
+				return Manifest{}, fmt.Errorf("hash %s: %w", f.Name(), err)
+			}
 		}
 		m.Files = append(m.Files, File{Name: filepath.Base(f.Name()), Size: d.Size, SHA256: d.SHA256})
 		if err := f.Chmod(0o400); err != nil {
@@ -306,51 +317,52 @@ func (p *Pending) parentOf(m Manifest) (Manifest, error) {
 
 // merge applies the diff memory file (diff, the pending memory file) onto
 // the parent's memory, atomically replaces the pending memory file with
-// the result and returns the result open. diff is closed unless an error
-// is returned.
-func (p *Pending) merge(ctx context.Context, m *Manifest, parent Manifest, diff *os.File) (*os.File, error) {
+// the result and returns the result open, with its digest. diff is closed
+// unless an error is returned.
+func (p *Pending) merge(ctx context.Context, m *Manifest, parent Manifest, diff *os.File) (*os.File, digest, error) {
 	ok, err := p.s.sparseSupported()
 	if err != nil {
-		return diff, err
+		return diff, digest{}, err
 	}
 	if !ok {
-		return diff, fmt.Errorf("the filesystem of %s does not report holes (SEEK_DATA/SEEK_HOLE), "+
+		return diff, digest{}, fmt.Errorf("the filesystem of %s does not report holes (SEEK_DATA/SEEK_HOLE), "+
 			"so the data of a diff memory file cannot be told from its holes: %w", p.s.dir, microvm.ErrUnsupported)
 	}
 	fi, err := diff.Stat()
 	if err != nil {
-		return diff, err
+		return diff, digest{}, err
 	}
 	pmem, _ := parent.File(MemoryFileName)
 	if fi.Size() != pmem.Size {
-		return diff, fmt.Errorf("diff memory file %s is %d bytes but parent %q's memory is %d bytes: "+
+		return diff, digest{}, fmt.Errorf("diff memory file %s is %d bytes but parent %q's memory is %d bytes: "+
 			"a diff must cover the same guest memory as its parent: %w",
 			diff.Name(), fi.Size(), parent.ID, pmem.Size, microvm.ErrInvalidArgument)
 	}
 	parentPath := filepath.Join(p.s.snapDir(parent.ID), MemoryFileName)
 	pf, psize, err := openRegular(parentPath)
 	if err != nil {
-		return diff, fmt.Errorf("parent %q: %w", parent.ID, err)
+		return diff, digest{}, fmt.Errorf("parent %q: %w", parent.ID, err)
 	}
 	defer pf.Close()
 	if psize != pmem.Size {
-		return diff, &CorruptError{ID: parent.ID, File: parentPath, Reason: sizeReason(psize, pmem.Size)}
+		return diff, digest{}, &CorruptError{ID: parent.ID, File: parentPath, Reason: sizeReason(psize, pmem.Size)}
 	}
 	var applied int64
+	var sum digest
 	if err := writeAtomic(p.MemPath(), 0o600, func(out *os.File) error {
 		var err error
-		applied, err = mergeInto(ctx, out, pf, psize, diff, fi.Size())
+		applied, sum, err = mergeAndHash(ctx, out, pf, psize, diff, fi.Size())
 		return err
 	}); err != nil {
-		return diff, fmt.Errorf("merge the diff onto parent %q's memory: %w", parent.ID, err)
+		return diff, digest{}, fmt.Errorf("merge the diff onto parent %q's memory: %w", parent.ID, err)
 	}
 	m.Diff = &DiffInfo{Size: fi.Size(), DataBytes: applied, ParentMemorySHA256: pmem.SHA256}
 	merged, _, err := openRegular(p.MemPath())
 	if err != nil {
-		return diff, err
+		return diff, digest{}, err
 	}
 	diff.Close()
-	return merged, nil
+	return merged, sum, nil
 }
 
 // publish makes the snapshot visible: under the store lock it checks that

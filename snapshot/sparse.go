@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"io/fs"
 	"os"
@@ -30,53 +31,83 @@ type digest struct {
 
 // hashFile returns the SHA-256 of f's first size bytes, sparse-aware: data
 // extents are read, holes are hashed as zeros without being read (no I/O,
-// no page cache). The result equals `sha256sum` of the file. ctx is
-// checked every copyBufSize bytes.
+// and no zero pages pulled into the page cache). The result equals
+// `sha256sum` of the file. ctx is checked every copyBufSize bytes.
 func hashFile(ctx context.Context, f *os.File, size int64) (digest, error) {
-	h := sha256.New()
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	buf := *bp
-	var pos, data int64 // pos: bytes hashed so far
-	zero := func(to int64) error {
-		for pos < to {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			n := min(to-pos, int64(len(zeros)))
-			h.Write(zeros[:n])
-			pos += n
-		}
-		return nil
-	}
-	err := dataExtents(f, size, func(off, n int64) error {
-		if err := zero(off); err != nil {
-			return err
-		}
-		data += n
-		for end := off + n; pos < end; {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			b := buf[:min(end-pos, int64(len(buf)))]
-			if _, err := f.ReadAt(b, pos); err != nil {
-				if err == io.EOF {
-					err = fmt.Errorf("read %s: %w", f.Name(), io.ErrUnexpectedEOF)
-				}
-				return fmt.Errorf("%w (at offset %d)", err, pos)
-			}
-			h.Write(b)
-			pos += int64(len(b))
-		}
-		return nil
-	})
-	if err == nil {
-		err = zero(size)
-	}
-	if err != nil {
+	h := newHasher(ctx, f)
+	defer h.close()
+	if err := h.advance(size); err != nil {
 		return digest{}, err
 	}
-	return digest{Size: size, SHA256: hex.EncodeToString(h.Sum(nil)), DataBytes: data}, nil
+	return h.digest(), nil
+}
+
+// hasher hashes a file from its start, sparse-aware, in steps: each
+// advance hashes up to a further offset. It may follow a writer that fills
+// the file in order.
+type hasher struct {
+	ctx       context.Context
+	f         *os.File
+	h         hash.Hash
+	bp        *[]byte
+	pos, data int64 // bytes hashed so far; bytes of them that were data
+}
+
+func newHasher(ctx context.Context, f *os.File) *hasher {
+	return &hasher{ctx: ctx, f: f, h: sha256.New(), bp: bufPool.Get().(*[]byte)}
+}
+
+func (x *hasher) close() { bufPool.Put(x.bp) }
+
+func (x *hasher) digest() digest {
+	return digest{Size: x.pos, SHA256: hex.EncodeToString(x.h.Sum(nil)), DataBytes: x.data}
+}
+
+// advance hashes [pos, to).
+func (x *hasher) advance(to int64) error {
+	if err := dataExtents(x.f, x.pos, to, func(off, n int64) error {
+		if err := x.hole(off); err != nil {
+			return err
+		}
+		x.data += n
+		return x.read(off + n)
+	}); err != nil {
+		return err
+	}
+	return x.hole(to)
+}
+
+// hole hashes zeros up to offset to.
+func (x *hasher) hole(to int64) error {
+	for x.pos < to {
+		if err := x.ctx.Err(); err != nil {
+			return err
+		}
+		n := min(to-x.pos, int64(len(zeros)))
+		x.h.Write(zeros[:n])
+		x.pos += n
+	}
+	return nil
+}
+
+// read hashes data up to offset to.
+func (x *hasher) read(to int64) error {
+	buf := *x.bp
+	for x.pos < to {
+		if err := x.ctx.Err(); err != nil {
+			return err
+		}
+		b := buf[:min(to-x.pos, int64(len(buf)))]
+		if _, err := x.f.ReadAt(b, x.pos); err != nil {
+			if err == io.EOF {
+				err = fmt.Errorf("read %s: %w", x.f.Name(), io.ErrUnexpectedEOF)
+			}
+			return fmt.Errorf("%w (at offset %d)", err, x.pos)
+		}
+		x.h.Write(b)
+		x.pos += int64(len(b))
+	}
+	return nil
 }
 
 // hashFileDense is hashFile without hole detection: it reads every byte.
@@ -153,30 +184,99 @@ func mergeFiles(ctx context.Context, dst, parentPath, diffPath string, perm fs.F
 	var applied int64
 	err = writeAtomic(dst, perm, func(out *os.File) error {
 		var err error
-		applied, err = mergeInto(ctx, out, parent, psize, diff, dsize)
+		applied, err = mergeInto(ctx, out, parent, psize, diff, dsize, func(int64) {})
 		return err
 	})
 	return applied, err
 }
 
+// mergeWindow is the unit in which mergeInto reports progress.
+const mergeWindow = 16 << 20
+
 // mergeInto fills the empty file out with parent overlaid by diff's data
-// extents, and returns the diff's data bytes.
-func mergeInto(ctx context.Context, out, parent *os.File, psize int64, diff *os.File, dsize int64) (int64, error) {
-	if err := copySparse(ctx, out, parent, psize); err != nil {
-		return 0, err
-	}
-	if dsize > psize {
-		if err := out.Truncate(dsize); err != nil {
-			return 0, err
-		}
-	}
+// extents, and returns the diff's data bytes. It works in offset order, a
+// window at a time, and calls done(end) once out's content before end is
+// final, so that a hasher can follow it (see Pending.merge). When the
+// filesystem can clone, the parent is cloned whole first.
+func mergeInto(ctx context.Context, out, parent *os.File, psize int64, diff *os.File, dsize int64, done func(end int64)) (int64, error) {
+	size := max(psize, dsize)
 	var c rangeCopier
 	var applied int64
-	err := dataExtents(diff, dsize, func(off, n int64) error {
-		applied += n
-		return copyChunked(ctx, &c, out, diff, off, n)
-	})
-	return applied, err
+	applyDiff := func(from, to int64) error {
+		return dataExtents(diff, from, min(to, dsize), func(off, n int64) error {
+			applied += n
+			return copyChunked(ctx, &c, out, diff, off, n)
+		})
+	}
+	cloned, err := cloneFile(out, parent)
+	if err != nil {
+		return 0, err
+	}
+	if cloned {
+		if size != psize {
+			if err := out.Truncate(size); err != nil {
+				return 0, err
+			}
+		}
+		if err := applyDiff(0, size); err != nil {
+			return 0, err
+		}
+		done(size)
+		return applied, nil
+	}
+	if err := out.Truncate(size); err != nil {
+		return 0, err
+	}
+	for w := int64(0); w < size; w += mergeWindow {
+		end := min(w+mergeWindow, size)
+		if err := dataExtents(parent, w, min(end, psize), func(off, n int64) error {
+			return copyChunked(ctx, &c, out, parent, off, n)
+		}); err != nil {
+			return 0, err
+		}
+		if err := applyDiff(w, end); err != nil {
+			return 0, err
+		}
+		done(end)
+	}
+	return applied, nil
+}
+
+// mergeAndHash merges like mergeInto and hashes the result at the same
+// time: a goroutine hashes each window as soon as the merge has finished
+// it, so the in-kernel copy and SHA-256 run on two cores instead of one
+// after the other.
+func mergeAndHash(ctx context.Context, out, parent *os.File, psize int64, diff *os.File, dsize int64) (int64, digest, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	h := newHasher(ctx, out)
+	defer h.close()
+	ends := make(chan int64, 1+max(psize, dsize)/mergeWindow) // never blocks the merge
+	hashed := make(chan error, 1)
+	go func() {
+		var err error
+		for end := range ends {
+			if err == nil {
+				if err = h.advance(end); err != nil {
+					cancel(err) // stop the merge too
+				}
+			}
+		}
+		hashed <- err
+	}()
+	applied, err := mergeInto(ctx, out, parent, psize, diff, dsize, func(end int64) { ends <- end })
+	close(ends)
+	herr := <-hashed
+	if err != nil {
+		if cause := context.Cause(ctx); cause != nil && herr != nil {
+			err = herr
+		}
+		return 0, digest{}, err
+	}
+	if herr != nil {
+		return 0, digest{}, fmt.Errorf("hash %s: %w", out.Name(), herr)
+	}
+	return applied, h.digest(), nil
 }
 
 // copySparse makes the empty file out a copy of src's first size bytes,
@@ -196,7 +296,7 @@ func copySparse(ctx context.Context, out, src *os.File, size int64) error {
 		return err
 	}
 	var c rangeCopier
-	return dataExtents(src, size, func(off, n int64) error {
+	return dataExtents(src, 0, size, func(off, n int64) error {
 		return copyChunked(ctx, &c, out, src, off, n)
 	})
 }

@@ -264,3 +264,42 @@ func TestParentDeletedDuringCommit(t *testing.T) {
 	}
 	onlyVisible(t, s.Dir())
 }
+
+// TestMergeWindows: a diff larger than several merge windows, with extents
+// across window boundaries, merges and hashes right (the hash follows the
+// merge window by window).
+func TestMergeWindows(t *testing.T) {
+	s := openStore(t)
+	const size = 2*mergeWindow + 8<<20 // 3 windows, the last one partial
+	base := pseudo(1, size)
+	createFull(t, s, "a", "vm", base)
+	exts := []extent{
+		{0, pseudo(2, page)},
+		{mergeWindow - 2*page, pseudo(3, 4*page)}, // across the first boundary
+		{2*mergeWindow - page, make([]byte, 2*page)},
+		{size - page, pseudo(4, page)},
+	}
+	m, err := createDiff(t, s, "b", "a", size, exts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := apply(base, size, exts)
+	if m.Files[1].SHA256 != sum(want) {
+		t.Fatal("the hash computed while merging is not the hash of the merged memory")
+	}
+	mf, _ := s.MemoryFile(context.Background(), "b")
+	assertContent(t, mf, want)
+	if err := s.Verify(context.Background(), "b"); err != nil {
+		t.Fatal(err)
+	}
+
+	// A canceled diff commit leaves nothing.
+	p, _ := s.Begin("c")
+	writeFile(t, p.StatePath(), []byte("s"))
+	writeSparse(t, p.MemPath(), size, exts)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err = p.CommitContext(ctx, Manifest{VMID: "vm", Type: microvm.SnapshotDiff, Parent: "a", FirecrackerVersion: testFC, Spec: testSpec(size >> 20)})
+	wantErr(t, err, context.Canceled)
+	onlyVisible(t, s.Dir(), "a", "b")
+}

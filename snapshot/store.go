@@ -452,7 +452,7 @@ func (s *Store) sparseSupported() (bool, error) {
 		return false, fmt.Errorf("snapshot store: probe for sparse files: %w", err)
 	}
 	first := int64(-1)
-	if err := dataExtents(f, size, func(off, n int64) error {
+	if err := dataExtents(f, 0, size, func(off, n int64) error {
 		if first < 0 {
 			first = off
 		}

@@ -12,17 +12,17 @@ import (
 )
 
 // dataExtents calls fn, in file order, for every data extent [off, off+n)
-// of the first size bytes of f, as lseek(2) SEEK_DATA / SEEK_HOLE report
-// them. Everything between extents is a hole and reads as zeros. On a
-// filesystem without hole reporting the kernel's generic lseek reports the
-// whole file as one data extent, which is still correct (only slower).
-func dataExtents(f *os.File, size int64, fn func(off, n int64) error) error {
+// of f within [from, to), as lseek(2) SEEK_DATA / SEEK_HOLE report them
+// (clipped to the range). Everything between extents is a hole and reads
+// as zeros. On a filesystem without hole reporting the kernel's generic
+// lseek reports the whole file as one data extent, which is still correct
+// (only slower).
+func dataExtents(f *os.File, from, to int64, fn func(off, n int64) error) error {
 	rc, err := f.SyscallConn()
 	if err != nil {
 		return err
 	}
-	var off int64
-	for off < size {
+	for off := from; off < to; {
 		var data, hole int64
 		var serr error
 		if err := rc.Control(func(fd uintptr) {
@@ -39,14 +39,14 @@ func dataExtents(f *os.File, size int64, fn func(off, n int64) error) error {
 			return nil
 		case errors.Is(serr, unix.EINVAL), errors.Is(serr, unix.EOPNOTSUPP):
 			// No SEEK_DATA at all (very old kernels, some FUSE): all data.
-			return fn(off, size-off)
+			return fn(off, to-off)
 		case serr != nil:
 			return fmt.Errorf("lseek %s: %w", f.Name(), serr)
 		}
-		if data >= size {
+		if data >= to {
 			return nil
 		}
-		hole = min(hole, size)
+		hole = min(hole, to)
 		if err := fn(data, hole-data); err != nil {
 			return err
 		}
