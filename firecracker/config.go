@@ -281,7 +281,9 @@ func (r *Runtime) client(id, version string) (*vmClient, error) {
 const logLevel = fcapi.LogLevelInfo
 
 // configure runs the pre-boot API sequence of a cold boot: logger,
-// metrics, machine, boot source, drives, network interfaces, vsock, MMDS.
+// metrics, machine, boot source, drives, network interfaces (the managed
+// one first), vsock, MMDS (configured on the managed interface when the
+// spec has none but the network has facts for the guest).
 // Errors are *microvm.BackendError naming the step.
 func (r *Runtime) configure(ctx context.Context, c *vmClient, rec *vmRecord) error {
 	spec := rec.Spec
@@ -324,20 +326,7 @@ func (r *Runtime) configure(ctx context.Context, c *vmClient, rec *vmRecord) err
 			return backendErr("configure drives", err)
 		}
 	}
-	for _, n := range spec.Network {
-		ni := fcapi.NetworkInterface{
-			IfaceID:       n.ID,
-			HostDevName:   n.HostDevName,
-			GuestMAC:      n.GuestMAC,
-			RxRateLimiter: rateLimiter(n.RxRateLimiter),
-			TxRateLimiter: rateLimiter(n.TxRateLimiter),
-		}
-		if n.HostDevName == "" && rec.Net != nil { // the managed interface
-			ni.HostDevName = rec.Net.TAP
-			if ni.GuestMAC == "" {
-				ni.GuestMAC = rec.Net.GuestMAC
-			}
-		}
+	for _, ni := range networkInterfaces(rec) {
 		if err := c.PutNetworkInterface(ctx, ni); err != nil {
 			return backendErr("configure network interfaces", err)
 		}
@@ -352,16 +341,20 @@ func (r *Runtime) configure(ctx context.Context, c *vmClient, rec *vmRecord) err
 		}
 		rec.VsockPath = abs
 	}
+	mmds := implicitMMDS(rec)
 	if m := spec.MMDS; m != nil {
-		if err := c.PutMMDSConfig(ctx, fcapi.MMDSConfig{
+		mmds = &fcapi.MMDSConfig{
 			Version:           m.Version,
 			NetworkInterfaces: m.Interfaces,
 			IPv4Address:       m.Address,
-		}); err != nil {
+		}
+	}
+	if mmds != nil {
+		if err := c.PutMMDSConfig(ctx, *mmds); err != nil {
 			return backendErr("configure mmds", err)
 		}
 	}
-	return r.putMMDSData(ctx, c, spec)
+	return r.putMMDSData(ctx, c, rec)
 }
 
 // configureOutput points firecracker's log and metrics at the VM
@@ -383,12 +376,17 @@ func (r *Runtime) configureOutput(ctx context.Context, c *vmClient, p vmPaths) e
 	return nil
 }
 
-// putMMDSData stores the spec's initial metadata.
-func (r *Runtime) putMMDSData(ctx context.Context, c *vmClient, spec microvm.Spec) error {
-	if spec.MMDS == nil || len(spec.MMDS.Data) == 0 {
+// putMMDSData stores the spec's initial metadata, with the facts of the
+// managed network (see mmdsData).
+func (r *Runtime) putMMDSData(ctx context.Context, c *vmClient, rec *vmRecord) error {
+	data, err := mmdsData(rec)
+	if err != nil {
+		return err
+	}
+	if len(data) == 0 {
 		return nil
 	}
-	if err := c.PutMMDS(ctx, spec.MMDS.Data); err != nil {
+	if err := c.PutMMDS(ctx, data); err != nil {
 		return backendErr("set mmds data", err)
 	}
 	return nil

@@ -110,9 +110,56 @@
 // # Networking
 //
 // Unmanaged interfaces (an existing TAP device named by HostDevName) are
-// passed to firecracker as they are. Managed interfaces need a [Network]
-// in Config (package network); without one they are refused with
-// [microvm.ErrUnsupported].
+// passed to firecracker as they are. A managed interface (HostDevName
+// empty; at most one per VM) needs a [Network] in Config; package
+// network/fcnet adapts package network's Manager to it. Without one,
+// Create and Restore refuse it with [microvm.ErrUnsupported], and Destroy
+// refuses a VM that holds one (its network would leak).
+//
+// Attach runs before the VM's first process is spawned (Create, Restore;
+// each restored clone gets a network of its own) and again before a cold
+// Start; Detach when the VM is destroyed or its creation undone. The
+// attachment is kept in the VM's record and shown in VM.Backend.Network.
+// Firecracker is spawned inside the attachment's network namespace (from
+// a thread switched into it and back), where it opens the TAP by name.
+// The managed interface is configured first, so a Linux guest names it
+// eth0, the device of the ip= argument appended to the kernel command
+// line.
+//
+// A restore needs no network_overrides: package network gives every slot
+// the same TAP name, guest address and MAC, so the TAP the snapshot
+// recorded exists, under that name, in each clone's own namespace.
+//
+// The attachment's facts for the guest (network.Slot.Metadata: interface,
+// mac, ip, prefix_length, netmask, gateway, host_ip) are put in the MMDS
+// data store at "mvm"/"network" ([MMDSKey], [MMDSNetworkKey]), e.g.
+//
+//	curl -H "X-metadata-token: $TOKEN" http://169.254.169.254/mvm/network
+//
+// If the spec configures MMDS, the facts are merged into its data (a key
+// "mvm" in the data must then be a JSON object; "mvm"."network" is the
+// runtime's), on the interfaces and with the version the spec chose. If
+// it does not, the runtime enables MMDS version 2 on the managed interface
+// at the default address (169.254.169.254) with just the facts: a guest
+// agent can always find them, and V2's session tokens keep them from
+// simple request forgery. The spec is not changed (it shows no MMDS). The
+// data store is written after every boot and every snapshot load (MMDS
+// data is not part of a snapshot), so each clone sees its own host_ip.
+//
+// # Live updates
+//
+// Two updates of a running VM are methods of [*Runtime] outside
+// microvm.Runtime: [Runtime.SetEgressPolicy] replaces the managed
+// interface's egress firewall (through a Network that implements
+// [PolicyUpdater]), in any status; [Runtime.UpdateRateLimits] changes the
+// rate limiters of drives and network interfaces of a running or paused
+// VM (PATCH /drives/{id}, PATCH /network-interfaces/{id}). Both check
+// their input with the rules of microvm.Spec.Validate and store the result
+// in the VM's spec, so a restart, and a snapshot's clones, keep it.
+//
+// At Open, a Network that implements [Cleaner] is asked to remove what it
+// holds for VMs that have no record (and to repair the networks of those
+// that do).
 //
 // # Tests on real KVM
 //

@@ -39,10 +39,12 @@ func (r *Runtime) Create(ctx context.Context, id string, spec microvm.Spec) (mic
 	if err := checkFiles(spec); err != nil {
 		return microvm.VM{}, err
 	}
+	if err := checkMMDSKey(spec); err != nil {
+		return microvm.VM{}, err
+	}
 	if nic, ok := managedInterface(spec); ok && r.cfg.Network == nil {
 		return microvm.VM{}, &OpError{Op: "create", ID: id, Err: fmt.Errorf(
-			"network[%s]: a managed interface (empty host_dev_name) needs a runtime with networking (Config.Network): %w",
-			nic.ID, microvm.ErrUnsupported)}
+			"network[%s]: a managed interface (empty host_dev_name): %w", nic.ID, errNoNetwork)}
 	}
 	unlock, err := r.lockVM(ctx, id)
 	if err != nil {
@@ -230,11 +232,25 @@ func (r *Runtime) Start(ctx context.Context, id string) (microvm.VM, error) {
 	return r.coldStart(ctx, rec, to)
 }
 
-// coldStart spawns, configures and boots a fresh process for rec.
+// coldStart spawns, configures and boots a fresh process for rec. A
+// managed network is attached again first, when the runtime has a
+// Network: Attach returns the VM's attachment, rebuilt if it was lost (its
+// namespace removed, the host rebooted); without one the recorded
+// attachment is used as it is.
 func (r *Runtime) coldStart(ctx context.Context, rec *vmRecord, to microvm.Status) (microvm.VM, error) {
 	r.endProcesses(rec)
 	rec.Op = opStart // written with the new process by launch
-	p, c, err := r.launch(ctx, rec, false)
+	var (
+		p   *proc
+		c   *vmClient
+		err error
+	)
+	if r.cfg.Network != nil || rec.Net == nil {
+		err = r.attachNetwork(ctx, rec)
+	}
+	if err == nil {
+		p, c, err = r.launch(ctx, rec, false)
+	}
 	if err == nil {
 		defer c.Close()
 		err = r.configure(ctx, c, rec)
@@ -516,6 +532,9 @@ func (r *Runtime) Destroy(ctx context.Context, id string) (microvm.VM, error) {
 	to, err := microvm.Transition(id, rec.Status, microvm.OpDestroy)
 	if err != nil {
 		return microvm.VM{}, err
+	}
+	if err := r.needsNetwork(rec); err != nil {
+		return microvm.VM{}, &OpError{Op: "destroy", ID: id, Err: err}
 	}
 	vm := r.viewOf(rec)
 	rec.Op = opDestroy

@@ -87,8 +87,10 @@ type Config struct {
 	// restores with the uffd backend. Default: uffd.FindBinary.
 	UffdBin string
 	// Network sets up managed network interfaces (NetworkInterface with an
-	// empty HostDevName). Nil refuses them with microvm.ErrUnsupported;
-	// unmanaged interfaces (existing TAP devices) need nothing.
+	// empty HostDevName); package network/fcnet provides one. Nil refuses
+	// them with ErrNoNetwork (and microvm.ErrUnsupported); unmanaged
+	// interfaces (existing TAP devices) need nothing. The runtime does not
+	// close it.
 	Network Network
 	// Logger receives the runtime's diagnostics. Default: discarded.
 	Logger *slog.Logger
@@ -173,6 +175,9 @@ func Open(ctx context.Context, cfg Config) (*Runtime, error) {
 	if err := r.adoptAll(ctx); err != nil {
 		r.Close()
 		return nil, fmt.Errorf("firecracker: open: %w", err)
+	}
+	if cfg.Network != nil {
+		r.cleanupNetwork(ctx)
 	}
 	if cfg.ConsoleMaxBytes > 0 {
 		r.bg.Go(r.trimLoop)

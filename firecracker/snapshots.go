@@ -304,7 +304,7 @@ func (r *Runtime) loadSnapshot(ctx context.Context, rec *vmRecord, m snapshot.Ma
 	if err := c.LoadSnapshot(ctx, params); err != nil {
 		return p, backendErr("load snapshot", err)
 	}
-	if err := r.putMMDSData(ctx, c, rec.Spec); err != nil {
+	if err := r.putMMDSData(ctx, c, rec); err != nil {
 		return p, err
 	}
 	return p, nil

@@ -25,6 +25,9 @@ func createCmd(g *globals) *cobra.Command {
 		labels []string
 		vsock  uint32
 		start  bool
+		net    bool
+		allow  []string
+		deny   bool
 	)
 	cmd := &cobra.Command{
 		Use:   "create NAME --kernel PATH --rootfs PATH",
@@ -52,6 +55,19 @@ func createCmd(g *globals) *cobra.Command {
 			if vsock != 0 {
 				spec.Vsock = &microvm.Vsock{CID: vsock}
 			}
+			if (deny || len(allow) > 0) && !net {
+				return usagef("--egress-allow and --egress-deny-all need --net")
+			}
+			if net {
+				if err := g.needNet("--net"); err != nil {
+					return err
+				}
+				egress, err := egressPolicy("--egress-allow", deny, allow)
+				if err != nil {
+					return err
+				}
+				spec.Network = append(spec.Network, microvm.NetworkInterface{Egress: egress})
+			}
 			return g.withRuntime(cmd.Context(), func(rt microvm.Runtime) error {
 				vm, err := rt.Create(cmd.Context(), args[0], spec)
 				if err != nil {
@@ -78,6 +94,9 @@ func createCmd(g *globals) *cobra.Command {
 	f.Uint32Var(&vsock, "vsock-cid", 0, "add a vsock device with this guest CID (>= 3)")
 	f.BoolVar(&spec.TrackDirtyPages, "track-dirty-pages", false, "track dirty pages (needed for diff snapshots)")
 	f.BoolVar(&start, "start", false, "boot the VM after creating it")
+	f.BoolVar(&net, "net", false, "give the VM a managed network (its own namespace, NAT, egress firewall; needs --egress-iface)")
+	f.StringArrayVar(&allow, "egress-allow", nil, "with --net: allow egress to CIDR[,tcp|udp|icmp|any[,PORT[-PORT]]] (repeatable)")
+	f.BoolVar(&deny, "egress-deny-all", false, "with --net: deny all egress except what --egress-allow lists")
 	_ = cmd.MarkFlagRequired("kernel")
 	_ = cmd.MarkFlagRequired("rootfs")
 	return cmd

@@ -63,7 +63,7 @@ func (g *globals) demoRuntime(ctx context.Context, kernel, rootfs string, forced
 	if reason != "" && (kernel == "" || rootfs == "") {
 		return nil, spec, "", fmt.Errorf("demo with --runtime firecracker: %s", reason)
 	}
-	rt, err := openFirecracker(ctx, g.stateDir, g.firecrackerBin)
+	rt, err := openFirecracker(ctx, g)
 	if err != nil {
 		return nil, spec, "", err
 	}

@@ -2,13 +2,80 @@ package main
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
 
 	microvm "github.com/mvm-dev/microvm"
 	"github.com/mvm-dev/microvm/firecracker"
+	"github.com/mvm-dev/microvm/network"
+	"github.com/mvm-dev/microvm/network/fcnet"
+	"github.com/mvm-dev/microvm/registry"
 )
 
-// openFirecracker opens the Firecracker runtime over stateDir, adopting the
-// VMs earlier mvm commands left running.
-func openFirecracker(ctx context.Context, stateDir, bin string) (microvm.Runtime, error) {
-	return firecracker.Open(ctx, firecracker.Config{StateDir: stateDir, FirecrackerBin: bin})
+// netStateDir is where, under the state directory, the network keeps its
+// leases (a registry of its own).
+const netStateDir = "network"
+
+// openFirecracker opens the Firecracker runtime over the state directory,
+// adopting the VMs earlier mvm commands left running. With --egress-iface
+// it has managed networking: a network.Manager over <state-dir>/network,
+// closed with the runtime (VM networks stay with their VMs).
+func openFirecracker(ctx context.Context, g *globals) (microvm.Runtime, error) {
+	cfg := firecracker.Config{StateDir: g.stateDir, FirecrackerBin: g.firecrackerBin}
+	if g.net.egressIface == "" {
+		return firecracker.Open(ctx, cfg)
+	}
+	ncfg, err := g.net.config()
+	if err != nil {
+		return nil, err
+	}
+	// The state directory is private (firecracker.Open makes it so when it
+	// creates it); create it first so the registry below does not.
+	if err := os.MkdirAll(g.stateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("state dir: %w", err)
+	}
+	reg, err := registry.Open(filepath.Join(g.stateDir, netStateDir))
+	if err != nil {
+		return nil, err
+	}
+	ncfg.Store = reg
+	m, err := network.New(ctx, ncfg)
+	if err != nil {
+		reg.Close()
+		return nil, fmt.Errorf("managed networking (--egress-iface %s): %w", g.net.egressIface, err)
+	}
+	cfg.Network = fcnet.New(m)
+	rt, err := firecracker.Open(ctx, cfg)
+	if err != nil {
+		m.Close()
+		reg.Close()
+		return nil, err
+	}
+	return &netRuntime{Runtime: rt, m: m, reg: reg}, nil
 }
+
+// netRuntime is the Firecracker runtime with the network it owns.
+type netRuntime struct {
+	*firecracker.Runtime
+	m   *network.Manager
+	reg *registry.Registry
+}
+
+// Close closes the runtime, then the network manager and its registry.
+func (r *netRuntime) Close() error {
+	return errors.Join(r.Runtime.Close(), r.m.Close(), r.reg.Close())
+}
+
+// liveUpdater is what `mvm egress` and `mvm ratelimit` need of a runtime:
+// the Firecracker runtime's live updates.
+type liveUpdater interface {
+	SetEgressPolicy(ctx context.Context, id string, p *microvm.EgressPolicy) (microvm.VM, error)
+	UpdateRateLimits(ctx context.Context, id string, u firecracker.RateLimitUpdate) (microvm.VM, error)
+}
+
+var (
+	_ liveUpdater = (*firecracker.Runtime)(nil)
+	_ liveUpdater = (*netRuntime)(nil)
+)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	microvm "github.com/mvm-dev/microvm"
+	"github.com/mvm-dev/microvm/firecracker"
 	"github.com/mvm-dev/microvm/memory"
 )
 
@@ -19,6 +21,7 @@ type globals struct {
 	runtime        string
 	output         string
 	firecrackerBin string
+	net            netFlags
 	stdout, stderr io.Writer
 }
 
@@ -41,7 +44,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 			default:
 				return usagef("--runtime must be firecracker or memory (got %q)", g.runtime)
 			}
-			return nil
+			return g.net.check()
 		},
 	}
 	root.SetOut(stdout)
@@ -52,11 +55,13 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	pf.StringVar(&g.runtime, "runtime", envOr("MVM_RUNTIME", "firecracker"), "runtime: firecracker or memory (memory keeps state for one process only)")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table or json")
 	pf.StringVar(&g.firecrackerBin, "firecracker-bin", os.Getenv("MVM_FIRECRACKER_BIN"), "firecracker binary (env MVM_FIRECRACKER_BIN; default: firecracker from PATH)")
+	g.net.flags(root)
 
 	root.AddCommand(
 		createCmd(g), startCmd(g), stopCmd(g), pauseCmd(g), resumeCmd(g),
 		snapshotCmd(g), restoreCmd(g), rmCmd(g), lsCmd(g), inspectCmd(g),
 		snapshotsCmd(g), rmSnapshotCmd(g), logsCmd(g), doctorCmd(g), demoCmd(g),
+		egressCmd(g), ratelimitCmd(g),
 	)
 	return root
 }
@@ -66,7 +71,7 @@ func (g *globals) open(ctx context.Context) (microvm.Runtime, error) {
 	if g.runtime == "memory" {
 		return memory.New(nil), nil
 	}
-	return openFirecracker(ctx, g.stateDir, g.firecrackerBin)
+	return openFirecracker(ctx, g)
 }
 
 // withRuntime opens the runtime, runs fn and closes the runtime.
@@ -78,6 +83,9 @@ func (g *globals) withRuntime(ctx context.Context, fn func(microvm.Runtime) erro
 	err = fn(rt)
 	if cerr := rt.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("close runtime: %w", cerr)
+	}
+	if errors.Is(err, firecracker.ErrNoNetwork) {
+		err = fmt.Errorf("%w (set --egress-iface or MVM_EGRESS_IFACE to enable managed networking)", err)
 	}
 	return err
 }
