@@ -92,7 +92,7 @@ func TestRestoreUffd(t *testing.T) {
 	uffdBin := filepath.Join(t.TempDir(), "mvm-uffd")
 	if out, err := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", uffdBin,
 		"github.com/mvm-dev/microvm/cmd/mvm-uffd").CombinedOutput(); err != nil {
-		t.Skipf("cannot build mvm-uffd: %v\n%s", err, out)
+		t.Fatalf("build mvm-uffd: %v\n%s", err, out)
 	}
 	state := t.TempDir()
 	rt := open(t, state, standin(t), func(c *firecracker.Config) { c.UffdBin = uffdBin })
