@@ -39,6 +39,10 @@
 //     MVM_REFERENCE_DIR, else a shared/reference folder found walking up
 //     from the working directory and from the executable's directory. Not
 //     found: exit 1 with a message naming FCSTANDIN_SPEC_DIR.
+//   - FCSTANDIN_SPEC_CACHE: where the prepared validator document is cached
+//     (see Validation): unset for os.UserCacheDir()/mvm-fcstandin (else a
+//     per-user folder in the temporary directory), "off" to prepare it
+//     from the spec on every start, or an absolute folder.
 //   - FCSTANDIN_CRASH: comma-separated triggers. An action type
 //     (InstanceStart, FlushMetrics, SendCtrlAltDel) or "METHOD /path" (e.g.
 //     "PUT /snapshot/create") crashes when that request arrives, before any
@@ -93,6 +97,17 @@
 // files must exist), TAPs really opened (/dev/net/tun, TUNSETIFF with
 // IFF_TAP|IFF_NO_PI|IFF_VNET_HDR), vsock bound at PUT, mmds/config
 // interfaces must exist, snapshot rules below.
+//
+// Start-up cost: preparing that document (YAML parsing, conversion,
+// tightening) is most of a start's CPU, so the result, reduced to what
+// request routing and body validation read (no descriptions, examples or
+// responses), is cached as JSON keyed by the sha256 of the spec bytes, the
+// flavour and the executable's Go build ID; the spec file is still read and
+// hashed on every start. Entries are written atomically with a checksum;
+// a damaged entry is rebuilt. With a cache hit the API socket is bound
+// while the document loads in the background, and requests wait for it;
+// without one the document is prepared before the socket is bound. Either
+// way a request is validated against the same document.
 //
 // Fault messages used verbatim from Firecracker are the Msg* constants;
 // device errors follow Firecracker's wording with Rust-style OS errors

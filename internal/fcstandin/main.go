@@ -8,7 +8,9 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -19,6 +21,14 @@ import (
 // Firecracker exits; crashes terminate the process directly.
 func Main(args []string, stdout, stderr io.Writer) int {
 	log.SetOutput(io.Discard) // net/http chatter is not Firecracker output
+	stopProfile := startupProfile(os.Getenv("FCSTANDIN_CPUPROFILE"))
+	defer stopProfile()
+	// Start-up allocates a few short-lived megabytes (the spec); collecting
+	// them before the API is ready only costs CPU. Collection resumes once
+	// the socket accepts and the validator is loaded.
+	gcPercent := debug.SetGCPercent(-1)
+	startupGC := sync.OnceFunc(func() { debug.SetGCPercent(gcPercent) })
+	defer startupGC()
 	o, err := ParseArgs(args, os.Getenv)
 	if err != nil {
 		msg := strings.TrimPrefix(err.Error(), ErrUsage.Error()+": ")
@@ -37,7 +47,19 @@ func Main(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 	}
-	spec, err := loadSpec(o.SpecDir, o.API)
+	exitCh := make(chan int, 1)
+	exit := func(code int) {
+		select {
+		case exitCh <- code:
+		default:
+		}
+	}
+	// With a cached document the API socket comes up while the validator
+	// loads; requests wait for it.
+	spec, err := openSpec(o.SpecDir, o.API, defaultSpecCache(o.SpecCache), func(err error) {
+		fmt.Fprintf(stderr, "fcstandin: %v\n", err)
+		exit(1)
+	})
 	if err != nil {
 		fmt.Fprintf(stderr, "fcstandin: %v\n", err)
 		return 1
@@ -45,13 +67,6 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	if o.ShowVersion {
 		fmt.Fprintf(stdout, "Firecracker v%s\n\n", spec.version)
 		return 0
-	}
-	exitCh := make(chan int, 1)
-	exit := func(code int) {
-		select {
-		case exitCh <- code:
-		default:
-		}
 	}
 	v := newVMM(o, spec, stdout, stderr, exit)
 	v.log(lvlInfo, "main", "src/firecracker/src/main.rs:1", "Running Firecracker v"+spec.version)
@@ -72,6 +87,11 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	ln.(*net.UnixListener).SetUnlinkOnClose(false) // Firecracker leaves the socket behind
+	go func() {
+		spec.wait()
+		startupGC()
+		stopProfile()
+	}()
 	startup := time.Since(processStart)
 	v.metrics.store("api_server", "process_startup_time_us", uint64(startup.Microseconds()))
 	v.metrics.store("api_server", "process_startup_time_cpu_us", uint64(cpuTimeUs()))

@@ -3,6 +3,7 @@ package fcstandin
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -46,6 +47,7 @@ type Options struct {
 
 	API        string        // FCSTANDIN_API: APIv10 or APILatest
 	SpecDir    string        // FCSTANDIN_SPEC_DIR (resolved later when empty)
+	SpecCache  string        // FCSTANDIN_SPEC_CACHE: "" (default folder), "off" or an absolute folder
 	Crash      []crashSpec   // FCSTANDIN_CRASH
 	StartDelay time.Duration // FCSTANDIN_START_DELAY
 	StopDelay  time.Duration // FCSTANDIN_STOP_DELAY
@@ -175,6 +177,10 @@ func ParseArgs(args []string, getenv func(string) string) (Options, error) {
 		return o, fmt.Errorf("%w: FCSTANDIN_API=%q: want %q or %q", ErrUsage, api, APIv10, APILatest)
 	}
 	o.SpecDir = getenv("FCSTANDIN_SPEC_DIR")
+	o.SpecCache = getenv("FCSTANDIN_SPEC_CACHE")
+	if o.SpecCache != "" && o.SpecCache != specCacheOff && !filepath.IsAbs(o.SpecCache) {
+		return o, fmt.Errorf("%w: FCSTANDIN_SPEC_CACHE=%q: want %q or an absolute directory", ErrUsage, o.SpecCache, specCacheOff)
+	}
 	var err error
 	if o.Crash, err = parseCrash(getenv("FCSTANDIN_CRASH")); err != nil {
 		return o, err

@@ -55,12 +55,24 @@ var strictDefinitions = []string{
 	"MsrModifier", "ArmRegisterModifier", "VcpuFeatures",
 }
 
-// apiSpec is a loaded, tightened spec with its router.
+// apiSpec is a loaded, tightened spec with its router. The document may
+// still be loading in the background (see openSpec): hasRoute and
+// validateBody wait for it.
 type apiSpec struct {
 	api     string
 	version string // info.version, e.g. "1.0.0" or "1.17.0-dev"
-	doc     *openapi3.T
-	router  routers.Router
+	cached  bool   // the document came from the spec cache
+
+	ready  chan struct{} // closed once doc and router, or err, are set
+	doc    *openapi3.T
+	router routers.Router
+	err    error // the document could not be loaded
+}
+
+// wait blocks until the document is loaded and returns the loading error.
+func (s *apiSpec) wait() error {
+	<-s.ready
+	return s.err
 }
 
 // FindSpecDir locates the directory that holds both reference specs: env
@@ -112,9 +124,31 @@ func checkSpecDir(d string) error {
 	return nil
 }
 
-// loadSpec reads the spec for api from dir, converts it to OpenAPI 3 and
-// tightens it to what Firecracker's code enforces.
-func loadSpec(dir, api string) (*apiSpec, error) {
+// loadSpec reads the spec for api from dir and returns the loaded
+// validator for it (see openSpec).
+func loadSpec(dir, api string, cache specCache) (*apiSpec, error) {
+	s, err := openSpec(dir, api, cache, nil)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.wait(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// openSpec reads the spec for api from dir and returns the validator for
+// it: the spec converted to OpenAPI 3, tightened to what Firecracker's code
+// enforces and reduced to what request validation reads (see
+// speccache.go). The spec file is read and hashed on every call.
+//
+// When cache holds the prepared document for these spec bytes, openSpec
+// returns at once with the version and decodes the document in the
+// background; should that fail, the document is prepared again from the
+// spec, and if that fails too, failed (when not nil) is called with the
+// error after every waiter has been released. Otherwise the document is
+// prepared, stored in cache, and loaded before openSpec returns.
+func openSpec(dir, api string, cache specCache, failed func(error)) (*apiSpec, error) {
 	file := specFileLatest
 	if api == APIv10 {
 		file = specFileV10
@@ -124,6 +158,91 @@ func loadSpec(dir, api string) (*apiSpec, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read spec: %w", err)
 	}
+	s := &apiSpec{api: api, ready: make(chan struct{})}
+	entry := ""
+	if cache.enabled() {
+		entry = cache.entryPath(api, raw)
+		if version, js, err := cache.read(entry); err == nil {
+			s.version, s.cached = version, true
+			go func() {
+				if err := s.setJSON(js); err != nil {
+					// Not loadable after all: start from the spec again.
+					s.cached = false
+					s.err = s.prepare(path, raw, cache, entry)
+				}
+				close(s.ready)
+				if s.err != nil && failed != nil {
+					failed(s.err)
+				}
+			}()
+			return s, nil
+		}
+	}
+	if err := s.prepare(path, raw, cache, entry); err != nil {
+		return nil, err
+	}
+	close(s.ready)
+	return s, nil
+}
+
+// prepare builds s's document from the spec bytes raw (read from path)
+// and stores it in cache under entry ("": not cached).
+func (s *apiSpec) prepare(path string, raw []byte, cache specCache, entry string) error {
+	doc3, err := prepareSpec(path, raw, s.api)
+	if err != nil {
+		return err
+	}
+	full, err := json.Marshal(doc3)
+	if err != nil {
+		return fmt.Errorf("spec %s: %w", path, err)
+	}
+	js, err := validatorDocument(full)
+	if err != nil {
+		js = full // unexpected shape: validate against the whole document
+	}
+	// Validate against the document decoded from js, as a cache hit would.
+	if err := s.setJSON(js); err != nil {
+		return fmt.Errorf("spec %s: %w", path, err)
+	}
+	if s.version != doc3.Info.Version {
+		return fmt.Errorf("spec %s: info.version %q read back as %q", path, doc3.Info.Version, s.version)
+	}
+	if entry != "" {
+		cache.write(entry, s.version, js) // best effort: the cache only saves time
+	}
+	return nil
+}
+
+// setJSON decodes the JSON of a prepared OpenAPI 3 document into s's
+// document and router. A version already set must match the document's.
+func (s *apiSpec) setJSON(js []byte) error {
+	doc, err := decodeValidatorDocument(js)
+	if err != nil {
+		return fmt.Errorf("openapi3: %w", err)
+	}
+	if err := openapi3.NewLoader().ResolveRefsIn(doc, nil); err != nil {
+		return fmt.Errorf("openapi3: %w", err)
+	}
+	if doc.Info == nil || doc.Info.Version == "" {
+		return errors.New("info.version is empty")
+	}
+	if s.version != "" && s.version != doc.Info.Version {
+		return fmt.Errorf("info.version is %q, want %q", doc.Info.Version, s.version)
+	}
+	router, err := gorillamux.NewRouter(doc)
+	if err != nil {
+		return fmt.Errorf("router: %w", err)
+	}
+	if s.version == "" {
+		s.version = doc.Info.Version
+	}
+	s.doc, s.router = doc, router
+	return nil
+}
+
+// prepareSpec converts the Swagger 2.0 YAML raw (read from path) to OpenAPI
+// 3 and tightens it to what Firecracker's code enforces.
+func prepareSpec(path string, raw []byte, api string) (*openapi3.T, error) {
 	js, err := yaml.YAMLToJSON(raw)
 	if err != nil {
 		return nil, fmt.Errorf("parse spec %s: %w", path, err)
@@ -147,18 +266,10 @@ func loadSpec(dir, api string) (*apiSpec, error) {
 	if err != nil {
 		return nil, fmt.Errorf("spec %s: convert to openapi3: %w", path, err)
 	}
-	router, err := gorillamux.NewRouter(doc3)
-	if err != nil {
-		return nil, fmt.Errorf("spec %s: router: %w", path, err)
-	}
-	version := ""
-	if doc3.Info != nil {
-		version = doc3.Info.Version
-	}
-	if version == "" {
+	if doc3.Info == nil || doc3.Info.Version == "" {
 		return nil, fmt.Errorf("spec %s: info.version is empty", path)
 	}
-	return &apiSpec{api: api, version: version, doc: doc3, router: router}, nil
+	return doc3, nil
 }
 
 // tightenSpec edits the swagger document (as generic JSON) so that schema
@@ -293,6 +404,9 @@ func (s *apiSpec) hasRoute(method, path string) bool {
 }
 
 func (s *apiSpec) findRoute(method, path string, body []byte) (*http.Request, *routers.Route, map[string]string, error) {
+	if err := s.wait(); err != nil {
+		return nil, nil, nil, err
+	}
 	req, err := http.NewRequest(method, "http://localhost"+path, bytes.NewReader(body))
 	if err != nil {
 		return nil, nil, nil, err
@@ -308,6 +422,9 @@ func (s *apiSpec) findRoute(method, path string, body []byte) (*http.Request, *r
 // validateBody validates body against the operation's body schema and
 // returns a serde-style message ("" when valid).
 func (s *apiSpec) validateBody(method, path string, body []byte) string {
+	if err := s.wait(); err != nil {
+		return "the API specification is unavailable: " + err.Error()
+	}
 	req, route, params, err := s.findRoute(method, path, body)
 	if err != nil {
 		return ""
