@@ -337,7 +337,7 @@ func (r *Runtime) adoptOne(ctx context.Context, id string) {
 			p.close()
 		}
 	}
-	unlock, ok := r.tryLockVM(ctx, id)
+	unlock, ok := r.tryLockVM(id)
 	if !ok {
 		return
 	}
@@ -393,7 +393,7 @@ func (r *Runtime) ensureWatched(rec *vmRecord) (*vmRecord, error) {
 			return rec, nil
 		}
 	}
-	unlock, ok := r.tryLockVM(r.ctx, rec.ID)
+	unlock, ok := r.tryLockVM(rec.ID)
 	if !ok {
 		return rec, nil // an operation is in progress; its owner will settle it
 	}

@@ -193,21 +193,11 @@ func (r *Runtime) discard(rec *vmRecord, p *proc) error {
 // keeps no process; a VM restored from a snapshot then boots from its
 // kernel).
 func (r *Runtime) Start(ctx context.Context, id string) (microvm.VM, error) {
-	if err := microvm.ValidateID(id); err != nil {
-		return microvm.VM{}, err
-	}
-	if err := r.begin(); err != nil {
-		return microvm.VM{}, err
-	}
-	defer r.end()
-	if err := ctx.Err(); err != nil {
-		return microvm.VM{}, err
-	}
-	unlock, rec, err := r.lockLoad(ctx, id)
+	rec, done, err := r.enterVM(ctx, id)
 	if err != nil {
 		return microvm.VM{}, err
 	}
-	defer unlock()
+	defer done()
 	to, err := microvm.Transition(id, rec.Status, microvm.OpStart)
 	if err != nil {
 		return microvm.VM{}, err
@@ -305,18 +295,11 @@ func (r *Runtime) Stop(ctx context.Context, id string, opts *microvm.StopOptions
 	if opts == nil || opts.Timeout == 0 {
 		timeout = r.cfg.StopTimeout
 	}
-	if err := r.begin(); err != nil {
-		return microvm.VM{}, err
-	}
-	defer r.end()
-	if err := ctx.Err(); err != nil {
-		return microvm.VM{}, err
-	}
-	unlock, rec, err := r.lockLoad(ctx, id)
+	rec, done, err := r.enterVM(ctx, id)
 	if err != nil {
 		return microvm.VM{}, err
 	}
-	defer unlock()
+	defer done()
 	to, err := microvm.Transition(id, rec.Status, microvm.OpStop)
 	if err != nil {
 		return microvm.VM{}, err
@@ -428,21 +411,11 @@ func (r *Runtime) Resume(ctx context.Context, id string) (microvm.VM, error) {
 // record the new status.
 func (r *Runtime) simple(ctx context.Context, id string, op microvm.Op, step string,
 	fn func(context.Context, *vmClient) error) (microvm.VM, error) {
-	if err := microvm.ValidateID(id); err != nil {
-		return microvm.VM{}, err
-	}
-	if err := r.begin(); err != nil {
-		return microvm.VM{}, err
-	}
-	defer r.end()
-	if err := ctx.Err(); err != nil {
-		return microvm.VM{}, err
-	}
-	unlock, rec, err := r.lockLoad(ctx, id)
+	rec, done, err := r.enterVM(ctx, id)
 	if err != nil {
 		return microvm.VM{}, err
 	}
-	defer unlock()
+	defer done()
 	to, err := microvm.Transition(id, rec.Status, op)
 	if err != nil {
 		return microvm.VM{}, err
@@ -514,21 +487,11 @@ func (r *Runtime) failOp(op string, rec *vmRecord, err error) error {
 // the pidfd), releases its network, removes its directory and its record,
 // and returns its last view with status destroyed. Its snapshots are kept.
 func (r *Runtime) Destroy(ctx context.Context, id string) (microvm.VM, error) {
-	if err := microvm.ValidateID(id); err != nil {
-		return microvm.VM{}, err
-	}
-	if err := r.begin(); err != nil {
-		return microvm.VM{}, err
-	}
-	defer r.end()
-	if err := ctx.Err(); err != nil {
-		return microvm.VM{}, err
-	}
-	unlock, rec, err := r.lockLoad(ctx, id)
+	rec, done, err := r.enterVM(ctx, id)
 	if err != nil {
 		return microvm.VM{}, err
 	}
-	defer unlock()
+	defer done()
 	to, err := microvm.Transition(id, rec.Status, microvm.OpDestroy)
 	if err != nil {
 		return microvm.VM{}, err

@@ -318,6 +318,28 @@ func (r *Runtime) begin() error {
 
 func (r *Runtime) end() { r.ops.Done() }
 
+// enterVM starts an operation on VM id: it checks the id, that the runtime
+// is open and ctx is live, then takes the VM's lock and loads its record.
+// done unlocks the VM and ends the operation.
+func (r *Runtime) enterVM(ctx context.Context, id string) (rec *vmRecord, done func(), err error) {
+	if err := microvm.ValidateID(id); err != nil {
+		return nil, nil, err
+	}
+	if err := r.begin(); err != nil {
+		return nil, nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		r.end()
+		return nil, nil, err
+	}
+	unlock, rec, err := r.lockLoad(ctx, id)
+	if err != nil {
+		r.end()
+		return nil, nil, err
+	}
+	return rec, func() { unlock(); r.end() }, nil
+}
+
 // lockVM takes the cross-process lock of one VM.
 func (r *Runtime) lockVM(ctx context.Context, id string) (func(), error) {
 	unlock, err := r.reg.Lock(ctx, "vm-"+id)
@@ -330,16 +352,11 @@ func (r *Runtime) lockVM(ctx context.Context, id string) (func(), error) {
 	return unlock, nil
 }
 
-// tryLockVM takes the lock of one VM if it is free now (or within a
-// millisecond); ok is false when another operation holds it.
-func (r *Runtime) tryLockVM(ctx context.Context, id string) (unlock func(), ok bool) {
-	tctx, cancel := context.WithTimeout(ctx, time.Millisecond)
-	defer cancel()
-	unlock, err := r.reg.Lock(tctx, "vm-"+id)
-	if err != nil {
-		return nil, false
-	}
-	return unlock, true
+// tryLockVM takes the lock of one VM if it is free now; ok is false when
+// another operation holds it.
+func (r *Runtime) tryLockVM(id string) (unlock func(), ok bool) {
+	unlock, ok, err := r.reg.TryLock("vm-" + id)
+	return unlock, ok && err == nil
 }
 
 // Get returns the VM's current view.

@@ -34,18 +34,11 @@ func (r *Runtime) Snapshot(ctx context.Context, id, snapID string, opts *microvm
 	if err := opts.Validate(); err != nil {
 		return microvm.Snapshot{}, err
 	}
-	if err := r.begin(); err != nil {
-		return microvm.Snapshot{}, err
-	}
-	defer r.end()
-	if err := ctx.Err(); err != nil {
-		return microvm.Snapshot{}, err
-	}
-	unlock, rec, err := r.lockLoad(ctx, id)
+	rec, done, err := r.enterVM(ctx, id)
 	if err != nil {
 		return microvm.Snapshot{}, err
 	}
-	defer unlock()
+	defer done()
 	if _, err := microvm.Transition(id, rec.Status, microvm.OpSnapshot); err != nil {
 		return microvm.Snapshot{}, err
 	}

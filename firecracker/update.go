@@ -27,21 +27,11 @@ import (
 // nil or cannot update policies ([PolicyUpdater]) gives
 // [microvm.ErrUnsupported].
 func (r *Runtime) SetEgressPolicy(ctx context.Context, id string, p *microvm.EgressPolicy) (microvm.VM, error) {
-	if err := microvm.ValidateID(id); err != nil {
-		return microvm.VM{}, err
-	}
-	if err := r.begin(); err != nil {
-		return microvm.VM{}, err
-	}
-	defer r.end()
-	if err := ctx.Err(); err != nil {
-		return microvm.VM{}, err
-	}
-	unlock, rec, err := r.lockLoad(ctx, id)
+	rec, done, err := r.enterVM(ctx, id)
 	if err != nil {
 		return microvm.VM{}, err
 	}
-	defer unlock()
+	defer done()
 	i := managedIndex(rec.Spec)
 	if i < 0 {
 		return microvm.VM{}, invalidArg("set egress policy of vm %q: it has no managed network interface (one with an empty host_dev_name)", id)
