@@ -507,6 +507,11 @@ func (r *Runtime) Destroy(ctx context.Context, id string) (microvm.VM, error) {
 	if err := r.discard(rec, nil); err != nil {
 		return microvm.VM{}, &OpError{Op: "destroy", ID: id, Err: err}
 	}
+	// The VM is gone for good: its lock file goes too (we hold the lock,
+	// so waiters retry on a fresh file).
+	if err := r.reg.RemoveLock("vm-" + id); err != nil {
+		r.log.Warn("remove lock file", "vm", id, "err", err)
+	}
 	vm.Status = to
 	vm.Backend.PID = 0
 	return vm, nil

@@ -137,3 +137,18 @@ func TestRestoreUffd(t *testing.T) {
 		t.Errorf("page servers left: %v", pids)
 	}
 }
+
+// TestDestroyRemovesLockFile: a destroyed VM leaves no lock file behind.
+func TestDestroyRemovesLockFile(t *testing.T) {
+	rt, state := newRuntime(t)
+	ctx := context.Background()
+	if _, err := rt.Create(ctx, "gone", testSpec(t)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rt.Destroy(ctx, "gone"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(state, "registry", "locks", "vm-gone.lock")); !os.IsNotExist(err) {
+		t.Fatalf("lock file of a destroyed VM: %v, want it removed", err)
+	}
+}
