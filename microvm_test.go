@@ -254,7 +254,7 @@ func fullSpec() Spec {
 				Egress: &EgressPolicy{DenyAll: true, Allow: []EgressRule{
 					{CIDR: netip.MustParsePrefix("10.0.0.0/8")},
 					{CIDR: netip.MustParsePrefix("1.1.1.1/32"), Protocol: "udp", FromPort: 53},
-					{CIDR: netip.MustParsePrefix("2001:db8::/32"), Protocol: "tcp", FromPort: 80, ToPort: 443},
+					{CIDR: netip.MustParsePrefix("203.0.113.0/24"), Protocol: "tcp", FromPort: 80, ToPort: 443},
 					{CIDR: netip.MustParsePrefix("0.0.0.0/0"), Protocol: "icmp"},
 				}}},
 			{ID: "eth1", HostDevName: "tap-extra", GuestMAC: "02:fc:00:00:00:02"},
@@ -379,6 +379,8 @@ func TestValidateRules(t *testing.T) {
 		{"bucket refill missing", bucket(TokenBucket{Size: 1}), []string{"root_drive.rate_limiter.bandwidth.refill_time"}, "at least 1ms"},
 		{"egress cidr missing", rule(EgressRule{}), []string{"network[0].egress.allow[0].cidr"}, "is required"},
 		{"egress cidr host bits", rule(EgressRule{CIDR: cidr("10.1.2.3/8")}), []string{"network[0].egress.allow[0].cidr"}, "want 10.0.0.0/8"},
+		{"egress cidr ipv6", rule(EgressRule{CIDR: cidr("2001:db8::/32")}), []string{"network[0].egress.allow[0].cidr"}, "IPv4 only"},
+		{"egress cidr ipv4-mapped", rule(EgressRule{CIDR: cidr("::ffff:10.0.0.0/104")}), []string{"network[0].egress.allow[0].cidr"}, "IPv4 only"},
 		{"egress protocol", rule(EgressRule{CIDR: cidr("0.0.0.0/0"), Protocol: "TCP"}), []string{"network[0].egress.allow[0].protocol"}, `"TCP"`},
 		{"egress ports without protocol", rule(EgressRule{CIDR: cidr("0.0.0.0/0"), FromPort: 1}),
 			[]string{"network[0].egress.allow[0].from_port"}, "tcp or udp"},

@@ -550,6 +550,8 @@ func (v *validator) egress(f string, e *EgressPolicy) {
 		rf := fmt.Sprintf("%s.allow[%d]", f, i)
 		if !r.CIDR.IsValid() {
 			v.add(rf+".cidr", "is required and must be a valid CIDR")
+		} else if !r.CIDR.Addr().Is4() || r.CIDR.Addr().Is4In6() {
+			v.add(rf+".cidr", fmt.Sprintf("must be an IPv4 network: managed networking is IPv4 only (got %s)", r.CIDR))
 		} else if r.CIDR != r.CIDR.Masked() {
 			v.add(rf+".cidr", fmt.Sprintf("must have no host bits set (got %s, want %s)", r.CIDR, r.CIDR.Masked()))
 		}
