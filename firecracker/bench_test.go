@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"runtime"
 	"sync"
 	"testing"
@@ -21,27 +19,8 @@ import (
 //
 //	go test -run '^$' -bench . -benchtime 3x ./firecracker/
 
-// minifc builds the minimal responder once.
-var minifc = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "minifc-")
-	if err != nil {
-		return "", err
-	}
-	bin := filepath.Join(dir, "firecracker")
-	out, err := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin,
-		"github.com/mvm-dev/microvm/firecracker/internal/minifc").CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("build minifc: %v\n%s", err, out)
-	}
-	return bin, nil
-})
-
 func minifcBin(b testing.TB) string {
-	bin, err := minifc()
-	if err != nil {
-		b.Fatal(err)
-	}
-	return bin
+	return buildCmd(b, "github.com/mvm-dev/microvm/firecracker/internal/minifc", "firecracker")
 }
 
 // benchCreate creates n VMs in parallel per iteration (and Starts them

@@ -15,41 +15,46 @@ import (
 func TestConformance(t *testing.T) {
 	for _, api := range []string{"v1.0", "latest"} {
 		t.Run(api, func(t *testing.T) {
-			bin := standin(t, "FCSTANDIN_API="+api)
-			kernelSpec := testSpec(t)
-			states := map[microvm.Runtime]string{}
-			conformance.Run(t, conformance.Harness{
-				New: func(t *testing.T) microvm.Runtime {
-					state := t.TempDir()
-					rt := open(t, state, bin)
-					states[rt] = state
-					return rt
-				},
-				Spec: func(t *testing.T) microvm.Spec { return kernelSpec.Clone() },
-				Reopen: func(t *testing.T, rt microvm.Runtime) microvm.Runtime {
-					state := states[rt]
-					if err := rt.Close(); err != nil {
-						t.Fatalf("Close: %v", err)
-					}
-					nrt := open(t, state, bin)
-					states[nrt] = state
-					return nrt
-				},
-				Crash: func(t *testing.T, rt microvm.Runtime, id string) {
-					vm, err := rt.Get(context.Background(), id)
-					if err != nil {
-						t.Fatalf("Crash: Get(%q): %v", id, err)
-					}
-					if vm.Backend.PID == 0 {
-						t.Fatalf("Crash: VM %q (%s) has no process", id, vm.Status)
-					}
-					if err := syscall.Kill(vm.Backend.PID, syscall.SIGKILL); err != nil {
-						t.Fatalf("Crash: kill %d: %v", vm.Backend.PID, err)
-					}
-				},
-				Parallelism: 8,
-			})
+			conformance.Run(t, harness(standin(t, "FCSTANDIN_API="+api), testSpec(t), 8))
 		})
+	}
+}
+
+// harness is the conformance harness of a Firecracker runtime running bin
+// with spec: every runtime over a fresh state directory, Reopen = Close +
+// Open over the same directory, Crash = SIGKILL of the VM's firecracker.
+func harness(bin string, spec microvm.Spec, parallelism int) conformance.Harness {
+	states := map[microvm.Runtime]string{}
+	return conformance.Harness{
+		New: func(t *testing.T) microvm.Runtime {
+			state := t.TempDir()
+			rt := open(t, state, bin)
+			states[rt] = state
+			return rt
+		},
+		Spec: func(t *testing.T) microvm.Spec { return spec.Clone() },
+		Reopen: func(t *testing.T, rt microvm.Runtime) microvm.Runtime {
+			state := states[rt]
+			if err := rt.Close(); err != nil {
+				t.Fatalf("Close: %v", err)
+			}
+			nrt := open(t, state, bin)
+			states[nrt] = state
+			return nrt
+		},
+		Crash: func(t *testing.T, rt microvm.Runtime, id string) {
+			vm, err := rt.Get(context.Background(), id)
+			if err != nil {
+				t.Fatalf("Crash: Get(%q): %v", id, err)
+			}
+			if vm.Backend.PID == 0 {
+				t.Fatalf("Crash: VM %q (%s) has no process", id, vm.Status)
+			}
+			if err := syscall.Kill(vm.Backend.PID, syscall.SIGKILL); err != nil {
+				t.Fatalf("Crash: kill %d: %v", vm.Backend.PID, err)
+			}
+		},
+		Parallelism: parallelism,
 	}
 }
 

@@ -5,10 +5,13 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -24,6 +27,7 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	fcstandin.RemoveBuild()
+	removeBuilds()
 	os.Exit(code)
 }
 
@@ -232,5 +236,52 @@ func waitStatus(t testing.TB, rt microvm.Runtime, id string, st microvm.Status) 
 			t.Fatalf("VM %q is %s after 5s, want %s (last error %q)", id, vm.Status, st, vm.LastError)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// builds holds the binaries buildCmd made, by package.
+var builds struct {
+	sync.Mutex
+	bins map[string]string
+	dirs []string
+}
+
+// buildCmd builds the main package pkg once per test process, as name in a
+// temporary directory (removed by TestMain), and returns its path. A failed
+// build fails the test.
+func buildCmd(t testing.TB, pkg, name string) string {
+	t.Helper()
+	builds.Lock()
+	defer builds.Unlock()
+	if bin, ok := builds.bins[pkg]; ok {
+		return bin
+	}
+	dir, err := os.MkdirTemp("", "mvm-test-bin-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	builds.dirs = append(builds.dirs, dir)
+	bin := filepath.Join(dir, name)
+	out, err := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, pkg).CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
+	}
+	if builds.bins == nil {
+		builds.bins = map[string]string{}
+	}
+	builds.bins[pkg] = bin
+	return bin
+}
+
+// uffdBin returns the page server binary (cmd/mvm-uffd).
+func uffdBin(t testing.TB) string {
+	return buildCmd(t, "github.com/mvm-dev/microvm/cmd/mvm-uffd", "mvm-uffd")
+}
+
+func removeBuilds() {
+	builds.Lock()
+	defer builds.Unlock()
+	for _, d := range builds.dirs {
+		os.RemoveAll(d)
 	}
 }

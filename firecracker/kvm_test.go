@@ -1,10 +1,8 @@
 package firecracker_test
 
 import (
-	"context"
 	"os"
 	"strconv"
-	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -30,31 +28,5 @@ func TestKVMConformance(t *testing.T) {
 		VCPUs:     1,
 		MemoryMiB: mem,
 	}
-	states := map[microvm.Runtime]string{}
-	conformance.Run(t, conformance.Harness{
-		New: func(t *testing.T) microvm.Runtime {
-			state := t.TempDir()
-			rt := open(t, state, bin)
-			states[rt] = state
-			return rt
-		},
-		Spec: func(t *testing.T) microvm.Spec { return spec.Clone() },
-		Reopen: func(t *testing.T, rt microvm.Runtime) microvm.Runtime {
-			state := states[rt]
-			if err := rt.Close(); err != nil {
-				t.Fatalf("Close: %v", err)
-			}
-			nrt := open(t, state, bin)
-			states[nrt] = state
-			return nrt
-		},
-		Crash: func(t *testing.T, rt microvm.Runtime, id string) {
-			vm, err := rt.Get(context.Background(), id)
-			if err != nil || vm.Backend.PID == 0 {
-				t.Fatalf("Crash: Get(%q): pid %d, %v", id, vm.Backend.PID, err)
-			}
-			syscall.Kill(vm.Backend.PID, syscall.SIGKILL)
-		},
-		Parallelism: 4,
-	})
+	conformance.Run(t, harness(bin, spec, 4))
 }

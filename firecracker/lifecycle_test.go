@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 
@@ -89,13 +87,8 @@ func TestRestoreUffd(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("userfaultfd needs root here (vm.unprivileged_userfaultfd=0)")
 	}
-	uffdBin := filepath.Join(t.TempDir(), "mvm-uffd")
-	if out, err := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", uffdBin,
-		"github.com/mvm-dev/microvm/cmd/mvm-uffd").CombinedOutput(); err != nil {
-		t.Fatalf("build mvm-uffd: %v\n%s", err, out)
-	}
 	state := t.TempDir()
-	rt := open(t, state, standin(t), func(c *firecracker.Config) { c.UffdBin = uffdBin })
+	rt := open(t, state, standin(t), func(c *firecracker.Config) { c.UffdBin = uffdBin(t) })
 	defer rt.Close()
 	ctx := context.Background()
 	if _, err := rt.Create(ctx, "us", testSpec(t)); err != nil {
@@ -133,7 +126,7 @@ func TestRestoreUffd(t *testing.T) {
 		t.Errorf("DeleteSnapshot after the VMs are gone: %v", err)
 	}
 	assertClean(t, state, "ur")
-	if pids := procsUnder(uffdBin); len(pids) > 0 {
+	if pids := procsUnder(uffdBin(t)); len(pids) > 0 {
 		t.Errorf("page servers left: %v", pids)
 	}
 }

@@ -4,9 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -14,29 +11,6 @@ import (
 	microvm "github.com/mvm-dev/microvm"
 	"github.com/mvm-dev/microvm/firecracker"
 )
-
-// uffdBuild builds cmd/mvm-uffd once.
-var uffdBuild = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "mvm-uffd-")
-	if err != nil {
-		return "", err
-	}
-	bin := filepath.Join(dir, "mvm-uffd")
-	out, err := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin,
-		"github.com/mvm-dev/microvm/cmd/mvm-uffd").CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("build mvm-uffd: %v\n%s", err, out)
-	}
-	return bin, nil
-})
-
-func uffdBin(b testing.TB) string {
-	bin, err := uffdBuild()
-	if err != nil {
-		b.Fatal(err)
-	}
-	return bin
-}
 
 // BenchmarkRestoreClones restores 20 clones from one snapshot in parallel
 // against the stand-in, with both memory backends, and reports the wall time
