@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/nftables"
 	"github.com/mvm-dev/microvm/network/internal/netnsutil"
 	"github.com/mvm-dev/microvm/network/internal/nstest"
 	"github.com/mvm-dev/microvm/registry"
@@ -211,25 +210,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func hostTables(t testing.TB, nsPath string) []string {
-	t.Helper()
-	ns := nstest.Netns(t, nsPath)
-	defer ns.Close()
-	c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ts, err := c.ListTables()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, x := range ts {
-		names = append(names, x.Name)
-	}
-	slices.Sort(names)
-	return names
-}
+func hostTables(t testing.TB, nsPath string) []string { return nstest.Tables(t, nsPath) }
 
 func nsTables(t testing.TB, nsPath string) []string { return hostTables(t, nsPath) }
 

@@ -9,12 +9,10 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/google/nftables"
 	"golang.org/x/sys/unix"
 
 	microvm "github.com/mvm-dev/microvm"
@@ -206,25 +204,7 @@ func (w *world) checkNoSlots() {
 }
 
 // tables lists the nftables tables of the namespace at path.
-func tables(t testing.TB, path string) []string {
-	t.Helper()
-	ns := nstest.Netns(t, path)
-	defer ns.Close()
-	c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ts, err := c.ListTables()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, x := range ts {
-		names = append(names, x.Name)
-	}
-	slices.Sort(names)
-	return names
-}
+func tables(t testing.TB, path string) []string { return nstest.Tables(t, path) }
 
 // client returns an API client of the VM's firecracker.
 func client(t testing.TB, vm microvm.VM) *fcapi.Client {
