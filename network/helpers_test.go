@@ -156,30 +156,8 @@ func (h *harness) checkClean() {
 // checkNoSlots asserts that no slot namespace, host link, lease or vm
 // record exists.
 func (h *harness) checkNoSlots() {
-	t := h.t
-	t.Helper()
-	if ents, err := os.ReadDir(h.env.RunDir); err != nil {
-		t.Errorf("read run dir: %v", err)
-	} else if len(ents) > 0 {
-		var names []string
-		for _, e := range ents {
-			names = append(names, e.Name())
-		}
-		t.Errorf("namespaces left in %s: %v", h.env.RunDir, names)
-	}
-	for _, l := range nstest.Links(t, h.env.Host) {
-		if strings.HasPrefix(l, testPrefix) {
-			t.Errorf("link left in host namespace: %s", l)
-		}
-	}
-	for _, kind := range []string{kindLease, kindVM} {
-		ids, err := h.store.List(kind)
-		if err != nil {
-			t.Errorf("list %s: %v", kind, err)
-		} else if len(ids) > 0 {
-			t.Errorf("records left in %s: %v", kind, ids)
-		}
-	}
+	h.t.Helper()
+	h.env.CheckNoSlots(h.t, testPrefix, h.store.List, kindLease, kindVM)
 }
 
 func TestMain(m *testing.M) {

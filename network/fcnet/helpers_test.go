@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -178,29 +177,8 @@ func (w *world) open(n firecracker.Network) *firecracker.Runtime {
 // checkNoSlots asserts that no slot namespace, host-side link, lease or
 // vm record of the network is left.
 func (w *world) checkNoSlots() {
-	t := w.t
-	t.Helper()
-	if ents, err := os.ReadDir(w.env.RunDir); err != nil {
-		t.Errorf("read run dir: %v", err)
-	} else if len(ents) > 0 {
-		var names []string
-		for _, e := range ents {
-			names = append(names, e.Name())
-		}
-		t.Errorf("namespaces left in %s: %v", w.env.RunDir, names)
-	}
-	for _, l := range nstest.Links(t, w.env.Host) {
-		if strings.HasPrefix(l, testPrefix) {
-			t.Errorf("link left in the host namespace: %s", l)
-		}
-	}
-	for _, kind := range []string{"netlease", "netvm"} {
-		if ids, err := w.reg.List(kind); err != nil {
-			t.Errorf("list %s: %v", kind, err)
-		} else if len(ids) > 0 {
-			t.Errorf("records left in %s: %v", kind, ids)
-		}
-	}
+	w.t.Helper()
+	w.env.CheckNoSlots(w.t, testPrefix, w.reg.List, "netlease", "netvm")
 }
 
 // tables lists the nftables tables of the namespace at path.
