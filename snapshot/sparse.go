@@ -404,3 +404,29 @@ func samePath(a, b string) (bool, error) {
 	}
 	return os.SameFile(fa, fb), nil
 }
+
+// readWrite copies src[off, off+n) to dst[off, off+n) through the
+// copier's buffer (pread/pwrite): the portable path of rangeCopier.copy.
+func (c *rangeCopier) readWrite(dst, src *os.File, off, n int64) error {
+	if n <= 0 {
+		return nil
+	}
+	if c.buf == nil {
+		c.buf = make([]byte, copyBufSize)
+	}
+	for n > 0 {
+		b := c.buf[:min(n, int64(len(c.buf)))]
+		if _, err := src.ReadAt(b, off); err != nil {
+			if err == io.EOF {
+				err = fmt.Errorf("read %s: %w", src.Name(), io.ErrUnexpectedEOF)
+			}
+			return fmt.Errorf("%w (at offset %d)", err, off)
+		}
+		if _, err := dst.WriteAt(b, off); err != nil {
+			return fmt.Errorf("%w (at offset %d)", err, off)
+		}
+		off += int64(len(b))
+		n -= int64(len(b))
+	}
+	return nil
+}

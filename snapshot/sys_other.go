@@ -3,8 +3,6 @@
 package snapshot
 
 import (
-	"fmt"
-	"io"
 	"os"
 	"syscall"
 )
@@ -25,24 +23,7 @@ func cloneFile(dst, src *os.File) (bool, error) { return false, nil }
 type rangeCopier struct{ buf []byte }
 
 func (c *rangeCopier) copy(dst, src *os.File, off, n int64) error {
-	if c.buf == nil {
-		c.buf = make([]byte, copyBufSize)
-	}
-	for n > 0 {
-		b := c.buf[:min(n, int64(len(c.buf)))]
-		if _, err := src.ReadAt(b, off); err != nil {
-			if err == io.EOF {
-				err = fmt.Errorf("read %s: %w", src.Name(), io.ErrUnexpectedEOF)
-			}
-			return fmt.Errorf("%w (at offset %d)", err, off)
-		}
-		if _, err := dst.WriteAt(b, off); err != nil {
-			return fmt.Errorf("%w (at offset %d)", err, off)
-		}
-		off += int64(len(b))
-		n -= int64(len(b))
-	}
-	return nil
+	return c.readWrite(dst, src, off, n)
 }
 
 func renameNoReplace(oldpath, newpath string) error {
