@@ -7,7 +7,7 @@
 // # Layout
 //
 //	<dir>/                      mode 0700, created by Open
-//	├── locks/                  lock files, never deleted
+//	├── locks/                  lock files (removed only by RemoveLock)
 //	│   └── <name>.lock         flock(2) target of Lock(ctx, name), mode 0600
 //	└── <kind>/                 one directory per kind, created on first write
 //	    ├── <id>.json           one record, mode 0600
@@ -73,7 +73,10 @@
 // take no lock themselves: Put and Create are atomic per record, and callers
 // that read, modify and write a record, or keep several records consistent,
 // hold a Lock around the sequence (for example one per VM id plus one for
-// allocations such as leases).
+// allocations such as leases). TryLock does not wait. A lock file stays
+// until its holder removes it with RemoveLock (when what it guards is gone
+// for good); a waiter that then acquires the removed file notices and retries
+// on the path's new file, so removal never admits two holders.
 //
 // A Registry is safe for concurrent use; any number of processes may open
 // the same directory.
