@@ -62,10 +62,7 @@ func (c *Client) PutMachineConfig(ctx context.Context, mc MachineConfig) error {
 	}
 	checkHugePages(ck, mc.HugePages)
 	checkCPUTemplate(ck, mc.CPUTemplate)
-	if ck.err != nil {
-		return ck.err
-	}
-	return c.do(ctx, call{method: http.MethodPut, path: "/machine-config", body: mc})
+	return c.send(ctx, ck, call{method: http.MethodPut, path: "/machine-config", body: mc})
 }
 
 // PatchMachineConfig sends PATCH /machine-config (pre-boot) with the set
@@ -83,10 +80,7 @@ func (c *Client) PatchMachineConfig(ctx context.Context, u MachineConfigUpdate) 
 	}
 	checkHugePages(ck, u.HugePages)
 	checkCPUTemplate(ck, u.CPUTemplate)
-	if ck.err != nil {
-		return ck.err
-	}
-	return c.do(ctx, call{method: http.MethodPatch, path: "/machine-config", body: u})
+	return c.send(ctx, ck, call{method: http.MethodPatch, path: "/machine-config", body: u})
 }
 
 func checkHugePages(ck *checker, hp HugePages) {
@@ -123,10 +117,7 @@ func checkCPUTemplate(ck *checker, t CPUTemplate) {
 func (c *Client) PutBootSource(ctx context.Context, bs BootSource) error {
 	ck := c.newChecker("PUT /boot-source")
 	ck.required("kernel_image_path", bs.KernelImagePath)
-	if ck.err != nil {
-		return ck.err
-	}
-	return c.do(ctx, call{method: http.MethodPut, path: "/boot-source", body: bs})
+	return c.send(ctx, ck, call{method: http.MethodPut, path: "/boot-source", body: bs})
 }
 
 // ---- Drives and network interfaces -----------------------------------------
@@ -155,10 +146,7 @@ func (c *Client) PutDrive(ctx context.Context, d Drive) error {
 	oneOf(ck, "cache_type", d.CacheType, CacheTypeUnsafe, CacheTypeWriteback)
 	oneOf(ck, "io_engine", d.IOEngine, IOEngineSync, IOEngineAsync)
 	ck.rateLimiter("rate_limiter", d.RateLimiter)
-	if ck.err != nil {
-		return ck.err
-	}
-	return c.do(ctx, call{method: http.MethodPut, path: "/drives/" + d.DriveID, body: d})
+	return c.send(ctx, ck, call{method: http.MethodPut, path: "/drives/" + d.DriveID, body: d})
 }
 
 // PatchDrive sends PATCH /drives/{drive_id} (post-boot): swap the backing
@@ -167,10 +155,7 @@ func (c *Client) PatchDrive(ctx context.Context, d PartialDrive) error {
 	ck := c.newChecker("PATCH /drives/{drive_id}")
 	ck.id("drive_id", d.DriveID)
 	ck.rateLimiter("rate_limiter", d.RateLimiter)
-	if ck.err != nil {
-		return ck.err
-	}
-	return c.do(ctx, call{method: http.MethodPatch, path: "/drives/" + d.DriveID, body: d})
+	return c.send(ctx, ck, call{method: http.MethodPatch, path: "/drives/" + d.DriveID, body: d})
 }
 
 // PutNetworkInterface sends PUT /network-interfaces/{iface_id} (pre-boot).
@@ -191,10 +176,7 @@ func (c *Client) PutNetworkInterface(ctx context.Context, ni NetworkInterface) e
 	}
 	ck.rateLimiter("rx_rate_limiter", ni.RxRateLimiter)
 	ck.rateLimiter("tx_rate_limiter", ni.TxRateLimiter)
-	if ck.err != nil {
-		return ck.err
-	}
-	return c.do(ctx, call{method: http.MethodPut, path: "/network-interfaces/" + ni.IfaceID, body: ni})
+	return c.send(ctx, ck, call{method: http.MethodPut, path: "/network-interfaces/" + ni.IfaceID, body: ni})
 }
 
 // PatchNetworkInterface sends PATCH /network-interfaces/{iface_id}
@@ -204,10 +186,7 @@ func (c *Client) PatchNetworkInterface(ctx context.Context, ni PartialNetworkInt
 	ck.id("iface_id", ni.IfaceID)
 	ck.rateLimiter("rx_rate_limiter", ni.RxRateLimiter)
 	ck.rateLimiter("tx_rate_limiter", ni.TxRateLimiter)
-	if ck.err != nil {
-		return ck.err
-	}
-	return c.do(ctx, call{method: http.MethodPatch, path: "/network-interfaces/" + ni.IfaceID, body: ni})
+	return c.send(ctx, ck, call{method: http.MethodPatch, path: "/network-interfaces/" + ni.IfaceID, body: ni})
 }
 
 // ---- vsock, entropy, serial -------------------------------------------------
@@ -220,10 +199,7 @@ func (c *Client) PutVsock(ctx context.Context, v Vsock) error {
 		ck.invalid("guest_cid", "must be >= 3, got %d", v.GuestCID)
 	}
 	ck.required("uds_path", v.UDSPath)
-	if ck.err != nil {
-		return ck.err
-	}
-	return c.do(ctx, call{method: http.MethodPut, path: "/vsock", body: v})
+	return c.send(ctx, ck, call{method: http.MethodPut, path: "/vsock", body: v})
 }
 
 // PutEntropy sends PUT /entropy (pre-boot; 1.4+). The zero EntropyDevice
@@ -232,10 +208,7 @@ func (c *Client) PutEntropy(ctx context.Context, e EntropyDevice) error {
 	ck := c.newChecker("PUT /entropy")
 	ck.need(FeatureEntropy)
 	ck.rateLimiter("rate_limiter", e.RateLimiter)
-	if ck.err != nil {
-		return ck.err
-	}
-	return c.do(ctx, call{method: http.MethodPut, path: "/entropy", body: e})
+	return c.send(ctx, ck, call{method: http.MethodPut, path: "/entropy", body: e})
 }
 
 // PutSerial sends PUT /serial (pre-boot; 1.14+): where the guest console
@@ -247,10 +220,7 @@ func (c *Client) PutSerial(ctx context.Context, s SerialDevice) error {
 		ck.need(FeatureSerialRateLimiter)
 		ck.tokenBucket("rate_limiter", s.RateLimiter)
 	}
-	if ck.err != nil {
-		return ck.err
-	}
-	return c.do(ctx, call{method: http.MethodPut, path: "/serial", body: s})
+	return c.send(ctx, ck, call{method: http.MethodPut, path: "/serial", body: s})
 }
 
 // ---- MMDS -------------------------------------------------------------------
@@ -289,20 +259,14 @@ func mmdsBody(ck *checker, data any) []byte {
 func (c *Client) PutMMDS(ctx context.Context, data any) error {
 	ck := c.newChecker("PUT /mmds")
 	body := mmdsBody(ck, data)
-	if ck.err != nil {
-		return ck.err
-	}
-	return c.do(ctx, call{method: http.MethodPut, path: "/mmds", rawBody: body})
+	return c.send(ctx, ck, call{method: http.MethodPut, path: "/mmds", rawBody: body})
 }
 
 // PatchMMDS sends PATCH /mmds: a JSON merge patch (RFC 7396) of the store.
 func (c *Client) PatchMMDS(ctx context.Context, data any) error {
 	ck := c.newChecker("PATCH /mmds")
 	body := mmdsBody(ck, data)
-	if ck.err != nil {
-		return ck.err
-	}
-	return c.do(ctx, call{method: http.MethodPatch, path: "/mmds", rawBody: body})
+	return c.send(ctx, ck, call{method: http.MethodPatch, path: "/mmds", rawBody: body})
 }
 
 // MMDS sends GET /mmds and decodes the store into out (a pointer, as for
@@ -333,10 +297,7 @@ func (c *Client) PutMMDSConfig(ctx context.Context, mc MMDSConfig) error {
 	if mc.IMDSCompat {
 		ck.need(FeatureMMDSIMDSCompat)
 	}
-	if ck.err != nil {
-		return ck.err
-	}
-	return c.do(ctx, call{method: http.MethodPut, path: "/mmds/config", body: mc})
+	return c.send(ctx, ck, call{method: http.MethodPut, path: "/mmds/config", body: mc})
 }
 
 // ---- Logger and metrics ----------------------------------------------------
@@ -364,10 +325,7 @@ func (c *Client) PutLogger(ctx context.Context, l Logger) error {
 	if l.Module != "" {
 		ck.need(FeatureLoggerModule)
 	}
-	if ck.err != nil {
-		return ck.err
-	}
-	return c.do(ctx, call{method: http.MethodPut, path: "/logger", body: l})
+	return c.send(ctx, ck, call{method: http.MethodPut, path: "/logger", body: l})
 }
 
 // PutMetrics sends PUT /metrics (pre-boot, once).
@@ -380,10 +338,7 @@ func (c *Client) PutMetrics(ctx context.Context, m Metrics) error {
 	if len(m.Properties) > 0 {
 		ck.need(FeatureMetricsProperties)
 	}
-	if ck.err != nil {
-		return ck.err
-	}
-	return c.do(ctx, call{method: http.MethodPut, path: "/metrics", body: m})
+	return c.send(ctx, ck, call{method: http.MethodPut, path: "/metrics", body: m})
 }
 
 // ---- Actions and VM state ----------------------------------------------------
@@ -435,10 +390,7 @@ func (c *Client) CreateSnapshot(ctx context.Context, p SnapshotCreateParams) err
 	ck.required("mem_file_path", p.MemFilePath)
 	ck.required("snapshot_path", p.SnapshotPath)
 	oneOf(ck, "snapshot_type", p.SnapshotType, SnapshotTypeFull, SnapshotTypeDiff)
-	if ck.err != nil {
-		return ck.err
-	}
-	return c.do(ctx, call{method: http.MethodPut, path: "/snapshot/create", body: p, snapshot: true})
+	return c.send(ctx, ck, call{method: http.MethodPut, path: "/snapshot/create", body: p, snapshot: true})
 }
 
 // LoadSnapshot sends PUT /snapshot/load (fresh process, before any
@@ -546,10 +498,7 @@ func (c *Client) PutBalloon(ctx context.Context, b Balloon) error {
 	if b.FreePageReporting {
 		ck.need(FeatureBalloonFreePageReporting)
 	}
-	if ck.err != nil {
-		return ck.err
-	}
-	return c.do(ctx, call{method: http.MethodPut, path: "/balloon", body: b})
+	return c.send(ctx, ck, call{method: http.MethodPut, path: "/balloon", body: b})
 }
 
 // PatchBalloon sends PATCH /balloon (post-boot): a new target size.
@@ -558,10 +507,7 @@ func (c *Client) PatchBalloon(ctx context.Context, u BalloonUpdate) error {
 	if u.AmountMiB < 0 {
 		ck.invalid("amount_mib", "must be >= 0, got %d", u.AmountMiB)
 	}
-	if ck.err != nil {
-		return ck.err
-	}
-	return c.do(ctx, call{method: http.MethodPatch, path: "/balloon", body: u})
+	return c.send(ctx, ck, call{method: http.MethodPatch, path: "/balloon", body: u})
 }
 
 // Balloon returns GET /balloon (400 when no balloon is configured).
@@ -587,8 +533,5 @@ func (c *Client) PatchBalloonStats(ctx context.Context, u BalloonStatsUpdate) er
 	if u.StatsPollingIntervalS < 1 {
 		ck.invalid("stats_polling_interval_s", "must be > 0 (statistics cannot be switched off after boot), got %d", u.StatsPollingIntervalS)
 	}
-	if ck.err != nil {
-		return ck.err
-	}
-	return c.do(ctx, call{method: http.MethodPatch, path: "/balloon/statistics", body: u})
+	return c.send(ctx, ck, call{method: http.MethodPatch, path: "/balloon/statistics", body: u})
 }

@@ -1,6 +1,7 @@
 package fcapi
 
 import (
+	"context"
 	"fmt"
 	"slices"
 )
@@ -144,6 +145,15 @@ func Supported(v Version, f Feature) bool {
 // version. It keeps one problem: the first [*FieldError] if any, else the
 // [*UnsupportedError] with the highest minimum version (so the error names
 // the version that supports the whole request).
+// send sends cl unless ck found a problem with the request, which it
+// then returns without sending anything.
+func (c *Client) send(ctx context.Context, ck *checker, cl call) error {
+	if ck.err != nil {
+		return ck.err
+	}
+	return c.do(ctx, cl)
+}
+
 type checker struct {
 	op     string
 	target *Version // nil = newest: every feature is allowed
