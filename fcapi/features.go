@@ -141,10 +141,6 @@ func Supported(v Version, f Feature) bool {
 	return v.AtLeast(mv.Major, mv.Minor)
 }
 
-// checker validates one request body against the API rules and the target
-// version. It keeps one problem: the first [*FieldError] if any, else the
-// [*UnsupportedError] with the highest minimum version (so the error names
-// the version that supports the whole request).
 // send sends cl unless ck found a problem with the request, which it
 // then returns without sending anything.
 func (c *Client) send(ctx context.Context, ck *checker, cl call) error {
@@ -154,6 +150,10 @@ func (c *Client) send(ctx context.Context, ck *checker, cl call) error {
 	return c.do(ctx, cl)
 }
 
+// checker validates one request body against the API rules and the target
+// version. It keeps one problem: the first [*FieldError] if any, else the
+// [*UnsupportedError] with the highest minimum version (so the error names
+// the version that supports the whole request).
 type checker struct {
 	op     string
 	target *Version // nil = newest: every feature is allowed
