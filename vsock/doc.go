@@ -1,0 +1,14 @@
+// Package vsock connects the host and a Firecracker guest over virtio-vsock.
+//
+// Firecracker exposes a guest's vsock device on the host as a unix socket
+// (the VM's Spec.Vsock path, VM.Backend.VsockPath). A host program reaches
+// a guest port by connecting to that socket and writing "CONNECT <port>\n";
+// Firecracker answers "OK <host port>\n" and from then on the connection is
+// a byte stream to the guest's listener. [Dial] does that handshake, and
+// retries while the guest has no listener yet (Firecracker then closes the
+// connection without an answer), until its context ends.
+//
+// Inside the guest, [Listen] opens an AF_VSOCK listener on a port (Linux
+// only). Guest context ids need not be unique across the host: the host side
+// of every VM is a unix socket of its own, so no CID allocator is needed.
+package vsock
