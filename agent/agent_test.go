@@ -218,7 +218,8 @@ func TestClientSkipsNoiseAndReportsErrors(t *testing.T) {
 	ctx := ctxT(t)
 	a, b := net.Pipe()
 	defer a.Close()
-	// A peer that prints console noise before each answer.
+	// A peer that echoes each request and prints console noise before
+	// its answer.
 	go func() {
 		defer b.Close()
 		r := bufio.NewReader(b)
@@ -229,6 +230,7 @@ func TestClientSkipsNoiseAndReportsErrors(t *testing.T) {
 				return
 			}
 			resp, _ := s.Handle(ctx, line[:len(line)-1])
+			b.Write(line) // a terminal's echo of the request
 			fmt.Fprintf(b, "[    3.1] random: crng init done\r\n\n")
 			if err := writeJSON(b, resp); err != nil {
 				return

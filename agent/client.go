@@ -123,17 +123,26 @@ func (c *Client) exchange(line []byte, id uint64) (Response, error) {
 		if len(b) == 0 || b[0] != '{' {
 			continue
 		}
-		var resp Response
+		var resp struct {
+			Response
+			Op string `json:"op"`
+		}
 		if err := json.Unmarshal(b, &resp); err != nil {
 			return Response{}, fmt.Errorf("bad response line %q: %w", truncate(string(b), 120), err)
 		}
+		if resp.Op != "" {
+			continue // a request echoed by a terminal not yet in raw mode
+		}
+		if resp.Result == nil && resp.Error == nil {
+			return Response{}, fmt.Errorf("response line %q has neither result nor error", truncate(string(b), 120))
+		}
 		if resp.ID != id {
 			if resp.ID == 0 && resp.Error != nil {
-				return resp, nil // the agent could not read the request at all
+				return resp.Response, nil // the agent could not read the request at all
 			}
 			return Response{}, fmt.Errorf("response to request %d while waiting for %d", resp.ID, id)
 		}
-		return resp, nil
+		return resp.Response, nil
 	}
 }
 

@@ -1,0 +1,131 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// mount is one file system the agent mounts as PID 1.
+type mount struct {
+	source, target, fstype string
+	flags                  uintptr
+	data                   string
+}
+
+// initMounts are mounted in order and unmounted in reverse at shutdown.
+var initMounts = []mount{
+	{"proc", "/proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+	{"sysfs", "/sys", "sysfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+	{"devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID, "mode=0755"},
+	{"devpts", "/dev/pts", "devpts", unix.MS_NOSUID | unix.MS_NOEXEC, "mode=0620,ptmxmode=0666"},
+	{"tmpfs", "/tmp", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
+	{"tmpfs", "/run", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755"},
+}
+
+// mountAll mounts initMounts; a target already mounted (the kernel mounts
+// /dev itself with CONFIG_DEVTMPFS_MOUNT) is kept. Failures are logged,
+// not fatal: the agent serves as much as it can.
+func mountAll(logf func(string, ...any)) {
+	for _, m := range initMounts {
+		if err := os.MkdirAll(m.target, 0o755); err != nil {
+			logf("mkdir %s: %v", m.target, err)
+			continue
+		}
+		err := unix.Mount(m.source, m.target, m.fstype, m.flags, m.data)
+		if err != nil && !errors.Is(err, unix.EBUSY) {
+			logf("mount %s on %s: %v", m.fstype, m.target, err)
+		}
+	}
+}
+
+// startReaper reaps every child that exits, orphans included, for as long
+// as the process runs. (The agent starts no children of its own yet; when
+// it does, their waits must go through this reaper.)
+func startReaper() {
+	ch := make(chan os.Signal, 16)
+	signal.Notify(ch, unix.SIGCHLD)
+	go func() {
+		for range ch {
+			reapAll()
+		}
+	}()
+}
+
+// reapAll collects every exited child without blocking; it reports
+// whether no child is left.
+func reapAll() bool {
+	for {
+		var ws unix.WaitStatus
+		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if errors.Is(err, unix.ECHILD) {
+			return true
+		}
+		if pid <= 0 || err != nil {
+			return false
+		}
+	}
+}
+
+// shutdownSystem ends the guest: every other process is sent SIGTERM, then
+// SIGKILL after up to 2 s; file systems are synced, what the agent mounted
+// is unmounted, / is remounted read-only, and the machine is reset. It
+// returns only if the reset fails.
+func shutdownSystem(logf func(string, ...any)) error {
+	unix.Kill(-1, unix.SIGTERM)
+	deadline := time.Now().Add(2 * time.Second)
+	for !reapAll() && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	unix.Kill(-1, unix.SIGKILL)
+	reapAll()
+	unix.Sync()
+	for i := len(initMounts) - 1; i >= 0; i-- {
+		t := initMounts[i].target
+		if t == "/dev" || t == "/proc" {
+			continue // the console is open on /dev; /proc costs nothing
+		}
+		if err := unix.Unmount(t, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+			logf("unmount %s: %v", t, err)
+		}
+	}
+	if err := unix.Mount("", "/", "", unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+		logf("remount / read-only: %v", err)
+	}
+	unix.Sync()
+	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART); err != nil {
+		return fmt.Errorf("reboot: %w", err)
+	}
+	return nil
+}
+
+// catchCtrlAltDel makes the kernel send SIGINT to PID 1 on Ctrl-Alt-Del
+// instead of rebooting at once.
+func catchCtrlAltDel() error {
+	return unix.Reboot(unix.LINUX_REBOOT_CMD_CAD_OFF)
+}
+
+// rawConsole puts the terminal f in raw mode (no echo, no line editing, no
+// signals from input, no CR/NL translation on input) so request lines pass
+// unchanged. Output keeps ONLCR, so the console stays readable.
+func rawConsole(f *os.File) error {
+	fd := int(f.Fd())
+	t, err := unix.IoctlGetTermios(fd, unix.TCGETS)
+	if err != nil {
+		return err
+	}
+	t.Iflag &^= unix.IGNBRK | unix.BRKINT | unix.PARMRK | unix.ISTRIP | unix.INLCR | unix.IGNCR | unix.ICRNL | unix.IXON
+	t.Lflag &^= unix.ECHO | unix.ECHONL | unix.ICANON | unix.ISIG | unix.IEXTEN
+	t.Cflag &^= unix.CSIZE | unix.PARENB
+	t.Cflag |= unix.CS8
+	t.Cc[unix.VMIN] = 1
+	t.Cc[unix.VTIME] = 0
+	return unix.IoctlSetTermios(fd, unix.TCSETS, t)
+}
