@@ -1,0 +1,23 @@
+// Package image builds bootable guest root file systems without root
+// privileges, loop devices or mounts.
+//
+// [BuildExt4] turns a directory into an ext4 image with e2fsprogs'
+// `mke2fs -d` (Debian package e2fsprogs), run as a plain process with an
+// argument vector, never a shell. [BuildRootFS] stages a minimal image
+// around the project's guest agent (cmd/mvm-agent, package agent): the
+// agent as /sbin/init (and /init), a static busybox (Debian package
+// busybox-static) with its applets linked in /bin, a few /etc files and the
+// mount points the agent uses (/proc, /sys, /dev, /tmp, /run), optionally
+// over a directory of the caller's own files. Booted with a kernel such as
+// Firecracker's CI guest kernel (root=/dev/vda, console=ttyS0), the image
+// prints the agent's ready marker on the console and serves the agent's
+// protocol on vsock and on the console.
+//
+// Images are written atomically: mke2fs writes a temporary file beside the
+// output, which is renamed over it only when complete, so a failed or
+// cancelled build leaves nothing at the output path.
+//
+// File ownership in the image is that of the staged files: built as root,
+// every file is owned by root; built by another user, the files keep that
+// user's ids (the agent, running as PID 1, does not mind).
+package image

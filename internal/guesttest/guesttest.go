@@ -1,0 +1,223 @@
+// Package guesttest gives tests real guests: the mvm-agent binary built
+// from this repository, a minimal agent image built with package image, and
+// the real Firecracker binaries and guest kernel of the workplace's shared
+// folder (../shared/firecracker beside the repository).
+//
+// What a test needs and does not find is a skip with one line, or a failure
+// when CI=true (CI installs e2fsprogs and busybox-static and has the shared
+// folder); /dev/kvm is never required by CI: tests that need it call
+// RequireKVM, which skips.
+package guesttest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/mvm-dev/microvm/image"
+)
+
+// agentPackage is the import path of the guest program.
+const agentPackage = "github.com/mvm-dev/microvm/cmd/mvm-agent"
+
+// missing skips t, or fails it when CI=true.
+func missing(t testing.TB, format string, args ...any) {
+	t.Helper()
+	if os.Getenv("CI") == "true" {
+		t.Fatalf(format, args...)
+	}
+	t.Skipf(format, args...)
+}
+
+// Agent builds mvm-agent (static: CGO_ENABLED=0) into a temporary directory
+// of t and returns its path. The go command's cache makes later builds
+// cheap (a link, about a second).
+func Agent(t testing.TB) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "mvm-agent")
+	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	if _, err := os.Stat(gobin); err != nil {
+		gobin = "go"
+	}
+	cmd := exec.Command(gobin, "build", "-ldflags=-X main.version="+AgentVersion, "-o", bin, agentPackage)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("guesttest: go build %s: %v\n%s", agentPackage, err, out)
+	}
+	return bin
+}
+
+// AgentVersion is the version the agent built by Agent reports.
+const AgentVersion = "test"
+
+// Image builds a minimal agent image (package image, BuildRootFS) into a
+// temporary directory of t and returns its path. It skips (fails under
+// CI=true) when mke2fs or a static busybox is missing.
+func Image(t testing.TB) string {
+	t.Helper()
+	RequireImageTools(t)
+	out := filepath.Join(t.TempDir(), "rootfs.ext4")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := image.BuildRootFS(ctx, image.RootFSOptions{Agent: Agent(t)}, out); err != nil {
+		t.Fatalf("guesttest: build image: %v", err)
+	}
+	return out
+}
+
+// RequireImageTools skips t (fails it under CI=true) unless mke2fs and a
+// static busybox are installed.
+func RequireImageTools(t testing.TB) {
+	t.Helper()
+	for _, tool := range []struct{ name, pkg string }{{"mke2fs", "e2fsprogs"}, {"debugfs", "e2fsprogs"}, {"e2fsck", "e2fsprogs"}} {
+		if Tool(tool.name) == "" {
+			missing(t, "guesttest: %s not found: install %s", tool.name, tool.pkg)
+		}
+	}
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		missing(t, "guesttest: /bin/busybox not found: install busybox-static")
+	}
+}
+
+// Tool returns the path of an e2fsprogs (or other) program, looking in the
+// sbin directories too, or "".
+func Tool(name string) string {
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	for _, d := range []string{"/usr/sbin", "/sbin"} {
+		if _, err := os.Stat(filepath.Join(d, name)); err == nil {
+			return filepath.Join(d, name)
+		}
+	}
+	return ""
+}
+
+// SharedDir returns the workplace's folder of real Firecracker binaries
+// and guest kernel: $MVM_SHARED_FIRECRACKER, or shared/firecracker in the
+// working directory or one of its parents. It skips t (fails it under
+// CI=true) when there is none.
+func SharedDir(t testing.TB) string {
+	t.Helper()
+	if d := os.Getenv("MVM_SHARED_FIRECRACKER"); d != "" {
+		return d
+	}
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for d := wd; ; d = filepath.Dir(d) {
+		cand := filepath.Join(d, "shared", "firecracker")
+		if _, err := os.Stat(filepath.Join(cand, "vmlinux-6.1")); err == nil {
+			return cand
+		}
+		if filepath.Dir(d) == d {
+			break
+		}
+	}
+	missing(t, "guesttest: no shared/firecracker with vmlinux-6.1 above %s (set MVM_SHARED_FIRECRACKER)", wd)
+	return ""
+}
+
+// Kernel returns the guest kernel: $MVM_KERNEL, or vmlinux-6.1 of
+// SharedDir.
+func Kernel(t testing.TB) string {
+	t.Helper()
+	if k := os.Getenv("MVM_KERNEL"); k != "" {
+		return k
+	}
+	return filepath.Join(SharedDir(t), "vmlinux-6.1")
+}
+
+// Firecrackers returns the real firecracker binaries by version ("v1.7.0"):
+// $MVM_FIRECRACKER_BIN alone (as "env") when set, else every
+// firecracker-v* of SharedDir.
+func Firecrackers(t testing.TB) map[string]string {
+	t.Helper()
+	if b := os.Getenv("MVM_FIRECRACKER_BIN"); b != "" {
+		return map[string]string{"env": b}
+	}
+	dir := SharedDir(t)
+	matches, err := filepath.Glob(filepath.Join(dir, "firecracker-v*"))
+	if err != nil || len(matches) == 0 {
+		missing(t, "guesttest: no firecracker-v* binaries in %s", dir)
+	}
+	bins := map[string]string{}
+	for _, m := range matches {
+		bins[strings.TrimPrefix(filepath.Base(m), "firecracker-")] = m
+	}
+	return bins
+}
+
+// Versions returns the keys of a Firecrackers map, sorted.
+func Versions(bins map[string]string) []string {
+	vs := make([]string, 0, len(bins))
+	for v := range bins {
+		vs = append(vs, v)
+	}
+	sort.Strings(vs)
+	return vs
+}
+
+// RequireKVM skips t with one line unless /dev/kvm opens read-write.
+func RequireKVM(t testing.TB) {
+	t.Helper()
+	if err := kvmUsable(); err != nil {
+		t.Skipf("real-KVM test: %v", err)
+	}
+}
+
+func kvmUsable() error {
+	fd, err := unix.Open("/dev/kvm", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("needs read-write /dev/kvm: %w", err)
+	}
+	unix.Close(fd)
+	return nil
+}
+
+// KernelHasConfig reports whether the kernel's configuration (the file
+// kernel+".config" beside it) sets every option given (e.g.
+// "CONFIG_SERIO_I8042=y"). It returns an error when the file is missing.
+func KernelHasConfig(kernel string, opts ...string) (missingOpts []string, err error) {
+	b, err := os.ReadFile(kernel + ".config")
+	if err != nil {
+		return nil, err
+	}
+	have := map[string]bool{}
+	for _, l := range strings.Split(string(b), "\n") {
+		have[strings.TrimSpace(l)] = true
+	}
+	for _, o := range opts {
+		if !have[o] {
+			missingOpts = append(missingOpts, o)
+		}
+	}
+	return missingOpts, nil
+}
+
+// ErrTimeout is returned by WaitFor when the condition did not hold in
+// time.
+var ErrTimeout = errors.New("guesttest: timed out")
+
+// WaitFor polls cond every 20 ms until it returns true or ctx ends.
+func WaitFor(ctx context.Context, cond func() bool) error {
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %w", ErrTimeout, context.Cause(ctx))
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return nil
+}
