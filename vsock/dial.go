@@ -59,8 +59,7 @@ func (e *protocolError) Error() string {
 
 // dialOnce makes one connection attempt and handshake.
 func dialOnce(ctx context.Context, uds string, port uint32) (net.Conn, error) {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", uds)
+	c, err := dialUnix(ctx, uds)
 	if err != nil {
 		return nil, err
 	}

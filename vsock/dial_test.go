@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -90,6 +92,40 @@ func TestDialHandshakeKeepsGuestBytes(t *testing.T) {
 	if line, err := r.ReadString('\n'); err != nil || line != "ping\n" {
 		t.Fatalf("echo = %q, %v", line, err)
 	}
+}
+
+func TestDialLongSocketPath(t *testing.T) {
+	dir := t.TempDir()
+	for len(dir) < 120 {
+		dir = filepath.Join(dir, "a-long-directory-name")
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeFirecracker{path: filepath.Join(dir, "v.sock"), answer: "OK 5\n", ports: make(chan string, 4)}
+	d, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	ln, err := net.Listen("unix", fmt.Sprintf("/proc/self/fd/%d/v.sock", d.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			f.serve(c, 1)
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := vsock.Dial(ctx, f.path, 7)
+	if err != nil {
+		t.Fatalf("Dial of a %d-byte socket path: %v", len(f.path), err)
+	}
+	c.Close()
 }
 
 func TestDialNoListener(t *testing.T) {
