@@ -163,15 +163,16 @@
 //
 // # Tests on real KVM
 //
-// The tests run against the stand-in firecracker (internal/fcstandin). The
-// conformance suite also runs against a real firecracker when the host has
-// /dev/kvm and these variables are set (otherwise it is skipped):
+// The tests run against the stand-in firecracker (internal/fcstandin).
+// Where /dev/kvm opens read-write, TestKVMConformance and TestKVMGuest (and
+// TestKVMNetwork in network/fcnet) boot real guests under each firecracker-v*
+// binary of ../shared/firecracker, with its vmlinux-6.1 and the agent image
+// built by package image (otherwise they are skipped):
 //
-//	MVM_FIRECRACKER_BIN=/usr/local/bin/firecracker \
-//	MVM_KERNEL=/path/to/vmlinux \
-//	MVM_ROOTFS=/path/to/rootfs.ext4 \
-//	go test -run TestKVM -v ./firecracker/
+//	go test -run TestKVM -v ./firecracker/ ./network/fcnet/
 //
-// The root file system is attached read-only (the suite boots many VMs
-// from it); MVM_KVM_MEMORY_MIB sets the guest memory (default 128).
+// MVM_FIRECRACKER_BIN, MVM_KERNEL and MVM_ROOTFS (conformance only) replace
+// the binaries, the kernel and the image; MVM_KVM_MEMORY_MIB sets the guest
+// memory (default 128). Root file systems are attached read-only (the
+// suites boot many VMs from one image).
 package firecracker
