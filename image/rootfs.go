@@ -224,7 +224,10 @@ func installFile(src, dst string, perm fs.FileMode) error {
 	if err := out.Close(); err != nil {
 		return fmt.Errorf("image: copy %s: %w", src, err)
 	}
-	return os.Chmod(dst, perm) // not reduced by the umask
+	if err := os.Chmod(dst, perm); err != nil { // not reduced by the umask
+		return fmt.Errorf("image: staging: %w", err)
+	}
+	return nil
 }
 
 func replaceSymlink(target, link string) error {
