@@ -73,6 +73,46 @@ func TestKVMConformance(t *testing.T) {
 	}
 }
 
+// TestKVMSpecsOnRealBinaries runs everywhere, KVM or not: each real
+// firecracker accepts the configuration of every VM the KVM suite boots
+// (Create runs the whole pre-boot API sequence: machine, boot source with
+// vmlinux-6.1, the agent image and rate-limited drives, vsock, dirty-page
+// tracking), so a KVM host finds only what needs KVM.
+func TestKVMSpecsOnRealBinaries(t *testing.T) {
+	kernel := guesttest.Kernel(t)
+	bins := guesttest.Firecrackers(t)
+	rootfs := guesttest.Image(t)
+	snap := guestSpec(kernel, rootfs)
+	snap.TrackDirtyPages = true
+	specs := map[string]microvm.Spec{
+		"guest":      guestSpec(kernel, rootfs),
+		"snapshots":  snap,
+		"rate-limit": rateLimitSpec(t, kernel, rootfs),
+	}
+	ctx := context.Background()
+	for _, v := range guesttest.Versions(bins) {
+		t.Run(v, func(t *testing.T) {
+			state := t.TempDir()
+			rt := open(t, state, bins[v])
+			defer rt.Close()
+			for name, spec := range specs {
+				vm, err := rt.Create(ctx, name, spec)
+				if err != nil {
+					t.Errorf("Create(%s) with firecracker %s: %v", name, v, err)
+					continue
+				}
+				if vm.Status != microvm.StatusCreated || vm.Backend.VsockPath == "" {
+					t.Errorf("%s: %s, vsock %q", name, vm.Status, vm.Backend.VsockPath)
+				}
+				if _, err := rt.Destroy(ctx, name); err != nil {
+					t.Errorf("Destroy(%s): %v", name, err)
+				}
+				assertClean(t, state, name)
+			}
+		})
+	}
+}
+
 // kvmGuest is one firecracker version's runtime for the guest cases.
 type kvmGuest struct {
 	rt     *firecracker.Runtime
@@ -242,7 +282,7 @@ func (g *kvmGuest) testPauseResume(t *testing.T) {
 func (g *kvmGuest) testSnapshots(t *testing.T) {
 	ctx := kvmCtx(t)
 	spec := guestSpec(g.kernel, g.rootfs)
-	spec.TrackDirtyPages = true
+	spec.TrackDirtyPages = true // for the diff snapshot
 	g.boot(t, ctx, "src", spec)
 	if v := g.counter(t, ctx, "src"); v != 1 {
 		t.Fatalf("counter = %d, want 1", v)
@@ -298,25 +338,9 @@ func (g *kvmGuest) testSnapshots(t *testing.T) {
 // reads at full speed.
 func (g *kvmGuest) testDriveRateLimit(t *testing.T) {
 	ctx := kvmCtx(t)
-	dir := t.TempDir()
-	const size = 16 << 20
-	const rate = 4 << 20 // bytes per second: a full bucket per second
-	var paths []string
-	for _, name := range []string{"limited.img", "free.img"} {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, make([]byte, size), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		paths = append(paths, p)
-	}
-	spec := guestSpec(g.kernel, g.rootfs)
-	spec.Drives = []microvm.Drive{
-		{ID: "limited", Path: paths[0], ReadOnly: true, RateLimiter: &microvm.RateLimiter{
-			Bandwidth: &microvm.TokenBucket{Size: rate, RefillTime: time.Second}}},
-		{ID: "free", Path: paths[1], ReadOnly: true},
-	}
-	g.boot(t, ctx, "rl", spec)
+	g.boot(t, ctx, "rl", rateLimitSpec(t, g.kernel, g.rootfs))
 	c := g.dial(t, ctx, "rl")
+	const size, rate = rateDriveSize, rateLimit
 	limited, err := c.Read(ctx, agent.ReadArgs{Path: "/dev/vdb", Bytes: size})
 	if err != nil || limited.Bytes != size || !limited.Direct {
 		t.Fatalf("read of the limited drive = %+v, %v", limited, err)
@@ -335,6 +359,34 @@ func (g *kvmGuest) testDriveRateLimit(t *testing.T) {
 		t.Errorf("limited drive read in %s, want at least %s: the rate limit is not applied", time.Duration(limited.ElapsedNS), floor)
 	}
 	g.destroy(t, "rl")
+}
+
+// Drive sizes and limit of the rate-limit case.
+const (
+	rateDriveSize = 16 << 20
+	rateLimit     = 4 << 20 // bytes per second: a full bucket per second
+)
+
+// rateLimitSpec is guestSpec with two extra read-only drives of
+// rateDriveSize zero bytes: /dev/vdb limited to rateLimit bytes per
+// second, /dev/vdc unlimited.
+func rateLimitSpec(t *testing.T, kernel, rootfs string) microvm.Spec {
+	dir := t.TempDir()
+	var paths []string
+	for _, name := range []string{"limited.img", "free.img"} {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, make([]byte, rateDriveSize), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		paths = append(paths, p)
+	}
+	spec := guestSpec(kernel, rootfs)
+	spec.Drives = []microvm.Drive{
+		{ID: "limited", Path: paths[0], ReadOnly: true, RateLimiter: &microvm.RateLimiter{
+			Bandwidth: &microvm.TokenBucket{Size: rateLimit, RefillTime: time.Second}}},
+		{ID: "free", Path: paths[1], ReadOnly: true},
+	}
+	return spec
 }
 
 // testSIGKILL: a firecracker killed under a running guest turns the VM

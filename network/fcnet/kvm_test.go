@@ -52,6 +52,42 @@ func netGuestSpec(kernel, rootfs string) microvm.Spec {
 	}
 }
 
+// TestKVMNetworkSpecOnRealBinaries runs everywhere, KVM or not: each real
+// firecracker, started by the runtime in a slot's namespace, accepts the
+// configuration TestKVMNetwork boots (the slot's TAP, the ip= argument,
+// the implicit MMDS V2, vsock, the agent image).
+func TestKVMNetworkSpecOnRealBinaries(t *testing.T) {
+	nstest.RequireRoot(t)
+	kernel := guesttest.Kernel(t)
+	bins := guesttest.Firecrackers(t)
+	rootfs := guesttest.Image(t)
+	for _, v := range guesttest.Versions(bins) {
+		t.Run(v, func(t *testing.T) {
+			w := kvmWorld(t, bins[v])
+			ctx := ctxT(t)
+			vm, err := w.rt.Create(ctx, "net", netGuestSpec(kernel, rootfs))
+			if err != nil {
+				t.Fatalf("Create with firecracker %s: %v", v, err)
+			}
+			sameNetNS(t, vm.Backend.PID, vm.Backend.Network.NetNS)
+			cfg := vmConfig(t, vm)
+			wantArg := "ip=169.254.0.21::169.254.0.22:255.255.255.252::eth0:off"
+			if cfg.BootSource == nil || !strings.HasSuffix(cfg.BootSource.BootArgs, " "+wantArg) {
+				t.Errorf("boot args = %+v, want them to end with %q", cfg.BootSource, wantArg)
+			}
+			if len(cfg.NetworkInterfaces) != 1 || cfg.NetworkInterfaces[0].HostDevName != network.TAPName {
+				t.Errorf("network interfaces = %+v", cfg.NetworkInterfaces)
+			}
+			if cfg.MMDSConfig == nil || cfg.MMDSConfig.Version != "V2" {
+				t.Errorf("mmds-config = %+v, want V2", cfg.MMDSConfig)
+			}
+			if _, err := w.rt.Destroy(ctx, "net"); err != nil {
+				t.Fatalf("Destroy: %v", err)
+			}
+		})
+	}
+}
+
 func TestKVMNetwork(t *testing.T) {
 	guesttest.RequireKVM(t)
 	nstest.RequireRoot(t)
