@@ -33,27 +33,34 @@ type Server struct {
 	// Dialer makes the connections of dial and mmds; nil means a plain
 	// net.Dialer.
 	Dialer *net.Dialer
-
-	mu    sync.Mutex
-	conns map[io.Closer]struct{}
 }
 
 // NewServer returns a Server that reports version and counts its uptime
 // from now.
 func NewServer(version string) *Server {
-	return &Server{version: version, started: time.Now(), conns: map[io.Closer]struct{}{}}
+	return &Server{version: version, started: time.Now()}
 }
 
 // Serve accepts connections on ln and serves each in a goroutine until ln
 // fails (is closed) or ctx ends; it then closes ln and every connection it
-// opened, waits for their goroutines, and returns the accept error (nil
+// accepted, waits for their goroutines, and returns the accept error (nil
 // after ctx ended).
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
-	var wg sync.WaitGroup
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns = map[net.Conn]struct{}{}
+	)
 	defer wg.Wait()
-	defer s.closeAll()
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for c := range conns {
+			c.Close()
+		}
+	}()
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -63,32 +70,20 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			}
 			return err
 		}
-		s.track(c, true)
+		mu.Lock()
+		conns[c] = struct{}{}
+		mu.Unlock()
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer s.track(c, false)
-			defer c.Close()
+			defer func() {
+				mu.Lock()
+				delete(conns, c)
+				mu.Unlock()
+				c.Close()
+			}()
 			s.ServeConn(ctx, c)
 		}()
-	}
-}
-
-func (s *Server) track(c io.Closer, add bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if add {
-		s.conns[c] = struct{}{}
-	} else {
-		delete(s.conns, c)
-	}
-}
-
-func (s *Server) closeAll() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for c := range s.conns {
-		c.Close()
 	}
 }
 

@@ -106,6 +106,9 @@ func run(ctx context.Context, cfg config) error {
 		return nil
 	}
 	log.SetOutput(os.Stderr) // the console server's descriptor is closed
+	// Give the answer to a poweroff request time to leave through the
+	// virtqueues before the machine resets.
+	time.Sleep(100 * time.Millisecond)
 	err := shutdownSystem(logf)
 	logf("%v; halting here", err)
 	select {} // PID 1 must not exit
