@@ -15,26 +15,33 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mvm-dev/microvm/internal/uffdguest"
 	"golang.org/x/sys/unix"
 )
 
-// Fault benchmark: one guest thread (in a child process) touches every
-// 4 KiB page of a 64 MiB region once, prefetch off, memory file in the page
-// cache and pre-faulted in the handler, served by this package (go) and by
-// testdata/chandler.c (c), compiled with cc. Only the touch loop is timed
-// (the guest measures it). Each iteration is one round that runs both
-// handlers back to back, alternating which goes first, so that a noisy
-// machine affects both alike; go/c-median is the median of the per-round
-// ratios (C's touch time over Go's: above 1 when Go is faster), go/c-min the
-// worst round. CPU figures are per fault and cover the touch loop only (the
-// C handler reports its own getrusage from the handshake to its exit).
+// Fault benchmark: a guest thread (in a child process) touches every 4 KiB
+// page of a 16 MiB region once, prefetch off, memory file in the page cache
+// and pre-faulted in the handler. Two guests run side by side, one served by
+// this package (go), one by testdata/chandler.c (c, compiled with cc), and
+// the touches alternate between them 1 MiB at a time (256 faults, a few
+// ms), which handler goes first alternating too, so that whatever else the
+// machine does at any moment weighs on both alike. Only the touch loops are
+// timed (the guests measure them). Each iteration is one round over the
+// whole region; go/c-median is the median of the per-round ratios (C's touch
+// time over Go's: above 1 when Go is faster), go/c-min the worst round. CPU
+// figures are per fault: the Go process's CPU during its touches, and the C
+// handler's own getrusage from the handshake to its exit (it sleeps in poll
+// while the other guest runs).
 //
 // Sub-benchmarks: load=none, and load=spin with a busy-looping process
-// beside (one more runnable thread than the handler and the guest, on a
-// 2-CPU machine: every wake-up competes for a CPU). Run with e.g.
-// -bench 'Fault$' -benchtime 15x.
+// beside (on a 2-CPU machine, one more runnable thread than the handler and
+// the guest: every wake-up competes for a CPU). Run with e.g.
+// -bench 'Fault$' -benchtime 20x.
 
-const benchFaultSize = 16 * mib
+const (
+	benchFaultSize  = 16 * mib
+	benchFaultChunk = 1 * mib
+)
 
 func BenchmarkFault(b *testing.B) {
 	skipUnlessUFFD(b)
@@ -73,19 +80,91 @@ func startSpinner(b *testing.B) {
 	})
 }
 
+// cHandler is a running testdata/chandler.c.
+type cHandler struct {
+	cmd *exec.Cmd
+	out *bufio.Reader
+}
+
+func startCHandler(b *testing.B, bin, sock, mf string) *cHandler {
+	cmd := exec.Command(bin, sock, mf)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	c := &cHandler{cmd: cmd, out: bufio.NewReader(out)}
+	b.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	})
+	if l, err := c.out.ReadString('\n'); err != nil || l != "ready\n" {
+		b.Fatalf("chandler: %q %v", l, err)
+	}
+	return c
+}
+
+// finish waits for the handler to exit (its peer hung up) and returns the
+// CPU it used serving.
+func (c *cHandler) finish(b *testing.B, wantFaults int64) time.Duration {
+	l, err := c.out.ReadString('\n')
+	var faults, cpuNS int64
+	if _, err2 := fmt.Sscanf(l, "faults %d cpu-ns %d\n", &faults, &cpuNS); err != nil || err2 != nil || faults != wantFaults {
+		b.Fatalf("chandler: %q %v %v (want %d faults)", l, err, err2, wantFaults)
+	}
+	if err := c.cmd.Wait(); err != nil {
+		b.Fatalf("chandler: %v", err)
+	}
+	return time.Duration(cpuNS)
+}
+
 func benchFault(b *testing.B, mf, bin string) {
-	g := startGuest(b)
 	const pages = benchFaultSize / 4096
+	gGo := startGuest(b)
+	var gC *uffdguest.Child
+	if bin != "" {
+		gC = startGuest(b)
+	}
 	var goCPU, cCPU time.Duration
-	runGo := func() time.Duration {
+	var gos, cs, ratios []float64
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
 		s := startServer(b, Config{MemFile: mf, Populate: true})
 		<-s.populateDone
-		do(b, g, "%s", connectCmd(s.Server, benchFaultSize, 4096))
-		u0, s0 := selfCPU()
-		d := touch(b, g)
-		u1, s1 := selfCPU()
-		goCPU += u1 - u0 + s1 - s0
-		do(b, g, "close")
+		do(b, gGo, "%s", connectCmd(s.Server, benchFaultSize, 4096))
+		var c *cHandler
+		if bin != "" {
+			sock := filepath.Join(b.TempDir(), "c.sock")
+			c = startCHandler(b, bin, sock, mf)
+			do(b, gC, "connect %s %s %d 4096", sock, mf, benchFaultSize)
+		}
+		var dg, dc time.Duration
+		for k := int64(0); k < benchFaultSize/benchFaultChunk; k++ {
+			runGo := func() {
+				u0, s0 := selfCPU()
+				dg += touchCmd(b, gGo, "touch", k*benchFaultChunk, benchFaultChunk)
+				u1, s1 := selfCPU()
+				goCPU += u1 - u0 + s1 - s0
+			}
+			runC := func() {
+				if c != nil {
+					dc += touchCmd(b, gC, "touch", k*benchFaultChunk, benchFaultChunk)
+				}
+			}
+			if (int64(i)+k)%2 == 0 {
+				runGo()
+				runC()
+			} else {
+				runC()
+				runGo()
+			}
+		}
+		do(b, gGo, "close")
 		if err := s.wait(b); err != nil {
 			b.Fatal(err)
 		}
@@ -93,51 +172,10 @@ func benchFault(b *testing.B, mf, bin string) {
 			b.Fatalf("served %d faults, want %d", st.Faults, pages)
 		}
 		s.Close()
-		return d
-	}
-	runC := func() time.Duration {
-		sock := filepath.Join(b.TempDir(), "c.sock")
-		cmd := exec.Command(bin, sock, mf)
-		cmd.Stderr = os.Stderr
-		out, _ := cmd.StdoutPipe()
-		if err := cmd.Start(); err != nil {
-			b.Fatal(err)
-		}
-		defer cmd.Wait()
-		defer cmd.Process.Kill()
-		rd := bufio.NewReader(out)
-		if l, err := rd.ReadString('\n'); err != nil || l != "ready\n" {
-			b.Fatalf("chandler: %q %v", l, err)
-		}
-		do(b, g, "connect %s %s %d 4096", sock, mf, benchFaultSize)
-		d := touch(b, g)
-		do(b, g, "close")
-		l, err := rd.ReadString('\n')
-		var faults, cpuNS int64
-		if _, err2 := fmt.Sscanf(l, "faults %d cpu-ns %d\n", &faults, &cpuNS); err != nil || err2 != nil || faults != pages {
-			b.Fatalf("chandler: %q %v %v (want %d faults)", l, err, err2, pages)
-		}
-		if err := cmd.Wait(); err != nil {
-			b.Fatalf("chandler: %v", err)
-		}
-		cCPU += time.Duration(cpuNS)
-		return d
-	}
-
-	var gos, cs, ratios []float64
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		var dg, dc time.Duration
-		switch {
-		case bin == "":
-			dg = runGo()
-		case i%2 == 0:
-			dg, dc = runGo(), runC()
-		default:
-			dc, dg = runC(), runGo()
-		}
 		gos = append(gos, pages/dg.Seconds())
-		if bin != "" {
+		if c != nil {
+			do(b, gC, "close")
+			cCPU += c.finish(b, pages)
 			cs = append(cs, pages/dc.Seconds())
 			ratios = append(ratios, dc.Seconds()/dg.Seconds())
 		}
@@ -186,7 +224,7 @@ func BenchmarkFaultDuringPrefetch(b *testing.B) {
 				s := startServer(b, Config{MemFile: mf, Populate: true, Prefetch: prefetch})
 				<-s.populateDone
 				do(b, g, "%s", connectCmd(s.Server, benchFaultSize, 4096))
-				total += touchCmd(b, g, "touchback")
+				total += touchCmd(b, g, "touchback", 0, benchFaultSize)
 				do(b, g, "close")
 				s.wait(b)
 				faults += s.Stats().Faults
@@ -198,16 +236,10 @@ func BenchmarkFaultDuringPrefetch(b *testing.B) {
 	}
 }
 
-func touch(b *testing.B, g interface {
-	Do(time.Duration, string) (string, error)
-}) time.Duration {
-	return touchCmd(b, g, "touch")
-}
-
-func touchCmd(b *testing.B, g interface {
-	Do(time.Duration, string) (string, error)
-}, cmd string) time.Duration {
-	out, err := g.Do(120*time.Second, cmd+" 0 "+strconv.Itoa(benchFaultSize))
+// touchCmd has the guest read one byte of each page of [off, off+n) with
+// cmd (touch or touchback) and returns the time it took.
+func touchCmd(b *testing.B, g *uffdguest.Child, cmd string, off, n int64) time.Duration {
+	out, err := g.Do(120*time.Second, fmt.Sprintf("%s %d %d", cmd, off, n))
 	if err != nil {
 		b.Fatal(err)
 	}
