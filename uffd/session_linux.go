@@ -24,7 +24,7 @@ const maxBatch = 64
 // away while it sits in a system call and goes back to checking every 20 µs,
 // and the loop wins a P back on its way out of the next call. Measured with
 // BenchmarkFault before this yield: ≈ 3,000 sysmon wake-ups per 16,384
-// faults and 20–60 % more CPU per fault than the C handler. A
+// faults and 20–50 % more CPU per fault than the C handler. A
 // runtime.Gosched (a hand-off to another thread and back: tens of µs) every
 // few milliseconds keeps the count from reaching the limit; 5 ms leaves room
 // for a wake-up that comes late. A variable for tests.
