@@ -28,7 +28,8 @@ import (
 // machine does at any moment weighs on both alike. Only the touch loops are
 // timed (the guests measure them). Each iteration is one round over the
 // whole region; go/c-median is the median of the per-round ratios (C's touch
-// time over Go's: above 1 when Go is faster), go/c-min the worst round. CPU
+// time over Go's: above 1 when Go is faster), go/c-min the worst round,
+// go/c-median-chunk the median over every pair of 1 MiB touches. CPU
 // figures are per fault: the Go process's CPU during its touches, and the C
 // handler's own getrusage from the handshake to its exit (it sleeps in poll
 // while the other guest runs).
@@ -131,7 +132,7 @@ func benchFault(b *testing.B, mf, bin string) {
 		gC = startGuest(b)
 	}
 	var goCPU, cCPU time.Duration
-	var gos, cs, ratios []float64
+	var gos, cs, ratios, chunkRatios []float64
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		s := startServer(b, Config{MemFile: mf, Populate: true})
@@ -145,15 +146,16 @@ func benchFault(b *testing.B, mf, bin string) {
 		}
 		var dg, dc time.Duration
 		for k := int64(0); k < benchFaultSize/benchFaultChunk; k++ {
+			var kg, kc time.Duration
 			runGo := func() {
 				u0, s0 := selfCPU()
-				dg += touchCmd(b, gGo, "touch", k*benchFaultChunk, benchFaultChunk)
+				kg = touchCmd(b, gGo, "touch", k*benchFaultChunk, benchFaultChunk)
 				u1, s1 := selfCPU()
 				goCPU += u1 - u0 + s1 - s0
 			}
 			runC := func() {
 				if c != nil {
-					dc += touchCmd(b, gC, "touch", k*benchFaultChunk, benchFaultChunk)
+					kc = touchCmd(b, gC, "touch", k*benchFaultChunk, benchFaultChunk)
 				}
 			}
 			if (int64(i)+k)%2 == 0 {
@@ -163,6 +165,8 @@ func benchFault(b *testing.B, mf, bin string) {
 				runC()
 				runGo()
 			}
+			dg, dc = dg+kg, dc+kc
+			chunkRatios = append(chunkRatios, kc.Seconds()/kg.Seconds())
 		}
 		do(b, gGo, "close")
 		if err := s.wait(b); err != nil {
@@ -190,6 +194,7 @@ func benchFault(b *testing.B, mf, bin string) {
 	b.ReportMetric(median(ratios), "go/c-median")
 	b.ReportMetric(slices.Min(ratios), "go/c-min")
 	b.ReportMetric(slices.Max(ratios), "go/c-max")
+	b.ReportMetric(median(chunkRatios), "go/c-median-chunk")
 }
 
 // median returns the median of xs (which it sorts).
