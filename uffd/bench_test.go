@@ -23,10 +23,11 @@ import (
 // page of a 16 MiB region once, prefetch off, memory file in the page cache
 // and pre-faulted in the handler. Two guests run side by side, one served by
 // this package (go), one by testdata/chandler.c (c, compiled with cc), and
-// the touches alternate between them 1 MiB at a time (256 faults, a few
-// ms), which handler goes first alternating too, so that whatever else the
-// machine does at any moment weighs on both alike. Only the touch loops are
-// timed (the guests measure them). Each iteration is one round over the
+// the touches alternate between them 1 MiB at a time (256 faults: 3 to
+// 50 ms on the machines measured so far), which handler goes first
+// alternating too, so that whatever else the machine does at any moment
+// weighs on both alike. Only the touch loops are timed (the guests measure
+// them). Each iteration is one round over the
 // whole region; go/c-median is the median of the per-round ratios (C's touch
 // time over Go's: above 1 when Go is faster), go/c-min the worst round,
 // go/c-median-chunk the median over every pair of 1 MiB touches. CPU
