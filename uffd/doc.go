@@ -21,9 +21,13 @@
 // # Serving
 //
 // One goroutine, locked to its OS thread, runs the fault path: epoll_wait on
-// the userfaultfd, the connection and the peer's pidfd; read(2) a batch of
-// up to 64 uffd_msg; resolve each fault with a single ioctl (raw system
-// calls, no allocation, no goroutine handoff).
+// the userfaultfd, the connection and the peer's pidfd; read(2) batches of
+// up to 64 uffd_msg until none is left; resolve each fault with a single
+// ioctl (raw system calls, no allocation, no goroutine handoff). A fault on
+// the page the previous fault of the batch filled costs nothing more (the
+// fill woke every thread waiting there). Every 5 ms of serving it passes
+// through the Go scheduler (runtime.Gosched): a goroutine that only makes
+// system calls would otherwise have its P taken away by sysmon over and over.
 //   - UFFD_EVENT_PAGEFAULT: UFFDIO_COPY of the whole page (4 KiB or 2 MiB)
 //     from a read-only MAP_SHARED mapping of the memory file at
 //     offset + (page - base_host_virt_addr). Pages entirely inside a hole of
@@ -46,8 +50,9 @@
 // present, in UFFDIO_COPY chunks of up to 128 KiB (one page for 2 MiB
 // pages; a chunk that hits a present page continues after it), skipping
 // removed pages, then fills the holes with zero pages. Faults take priority: the fault loop
-// flags that it is waiting and the prefetch yields between chunks. Reading
-// events and prefetch copies are serialised by a mutex, because once read(2)
+// flags that it is waiting and the prefetch yields between chunks. While the
+// prefetch runs, reading events and prefetch copies are serialised by a
+// mutex (afterwards the fault loop reads without it), because once read(2)
 // returns a REMOVE event the guest's madvise goes on to zap the range, and a
 // copy decided before the range was marked removed must not land after the
 // zap. Per-page state (present, removed) lives in bitmaps with atomic

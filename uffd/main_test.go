@@ -17,7 +17,8 @@ import (
 )
 
 // The test binary doubles as Firecracker's side (role "guest") and as a
-// handler process that can be killed (role "handler").
+// handler process that can be killed (role "handler"), and busy-loops to
+// load the machine in benchmarks (role "spin").
 func TestMain(m *testing.M) {
 	switch os.Getenv("UFFD_TEST_ROLE") {
 	case "guest":
@@ -28,6 +29,8 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	case "handler":
 		os.Exit(handlerRole())
+	case "spin":
+		spinRole()
 	}
 	os.Exit(m.Run())
 }
@@ -54,6 +57,17 @@ func handlerRole() int {
 	fmt.Println("ok served", err)
 	s.Close()
 	return 0
+}
+
+// spinRole busy-loops for at most ten minutes (its parent kills it
+// earlier).
+func spinRole() {
+	deadline := time.Now().Add(10 * time.Minute)
+	for x := uint64(1); ; x = x*6364136223846793005 + 1 {
+		if x%(1<<20) == 0 && time.Now().After(deadline) {
+			os.Exit(0)
+		}
+	}
 }
 
 const (
