@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -251,6 +253,47 @@ func (s Spec) WithDefaults() Spec {
 		}
 	}
 	return s
+}
+
+// AbsPaths returns a copy of s whose host paths (Kernel, Initrd, every
+// drive's Path and Vsock.Path) are absolute: a relative path is joined to
+// the caller's working directory, as it is when AbsPaths is called, so the
+// spec means the same files wherever the hypervisor runs. Absolute and empty
+// paths are kept as they are. Every runtime calls it on Create, before
+// Validate, and stores the result. It fails only when s has a relative path
+// and the working directory cannot be found; the [*SpecError] names each
+// such field.
+func (s Spec) AbsPaths() (Spec, error) {
+	s = s.Clone()
+	var wd string
+	var wdErr error
+	v := &validator{}
+	abs := func(field string, p *string) {
+		if *p == "" || filepath.IsAbs(*p) {
+			return
+		}
+		if wd == "" && wdErr == nil {
+			wd, wdErr = os.Getwd()
+		}
+		if wdErr != nil {
+			v.add(field, fmt.Sprintf("is relative (%q) and the working directory cannot be found: %v", truncate(*p, 40), wdErr))
+			return
+		}
+		*p = filepath.Join(wd, *p)
+	}
+	abs("kernel", &s.Kernel)
+	abs("initrd", &s.Initrd)
+	abs("root_drive.path", &s.RootDrive.Path)
+	for i := range s.Drives {
+		abs(fmt.Sprintf("drives[%d].path", i), &s.Drives[i].Path)
+	}
+	if s.Vsock != nil {
+		abs("vsock.path", &s.Vsock.Path)
+	}
+	if err := v.err(); err != nil {
+		return Spec{}, err
+	}
+	return s, nil
 }
 
 // Clone returns a deep copy of s.

@@ -828,9 +828,8 @@ func (v *vmm) putBootSource(body []byte) response {
 		if err := checkReadable(*b.InitrdPath); err != nil {
 			return v.fault("Boot source error: The initrd file cannot be opened due to invalid path or invalid permissions. " + err.Error())
 		}
-		if v.cfg.Machine.HugePages == "2M" {
-			return v.fault("Machine config error: Firecracker's huge pages support is incompatible with initrds.")
-		}
+		// Releases up to v1.7 refused an initrd with huge pages; the newest
+		// (v1.14.2, checked against the real binary) accept it.
 	}
 	v.cfg.Boot = &b
 	return v.noContent()
@@ -902,9 +901,6 @@ func (v *vmm) applyMachine(m machineConfig, u machineConfigUpdate, body []byte) 
 	if m.HugePages == "2M" {
 		if v.cfg.Balloon != nil {
 			return v.fault("Machine config error: Firecracker's huge pages support is incompatible with memory ballooning.")
-		}
-		if v.cfg.Boot != nil && v.cfg.Boot.InitrdPath != nil {
-			return v.fault("Machine config error: Firecracker's huge pages support is incompatible with initrds.")
 		}
 	}
 	if v.cfg.Balloon != nil && m.MemSizeMib < v.cfg.Balloon.AmountMib {
