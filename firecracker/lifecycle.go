@@ -216,13 +216,18 @@ func (r *Runtime) Start(ctx context.Context, id string) (microvm.VM, error) {
 				}
 				return r.viewOf(rec), nil
 			}
-			if !p.exited() {
+			// call records the exit (rec.Process nil) when the process
+			// died; while it dumps core, its pidfd may not be readable yet.
+			if rec.Process != nil && !p.exited() {
 				return microvm.VM{}, r.failOp("start", rec, err)
 			}
 			// InstanceStart itself ended the process (firecracker v1.0
 			// aborts when KVM is missing): booting a fresh one would only
-			// do it again. call has recorded the exit; the error carries
-			// firecracker's last lines, which say why.
+			// do it again. The error carries firecracker's last lines,
+			// which say why.
+			if rec.Process != nil {
+				r.crashed(rec)
+			}
 			oe := &OpError{Op: "start", ID: id, Err: err, Output: r.lastOutput(id)}
 			rec.LastError = oe.Error()
 			if serr := r.save(rec); serr != nil {
