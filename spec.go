@@ -193,8 +193,8 @@ type Vsock struct {
 type MMDS struct {
 	// Version is "V1" or "V2" (session tokens). Default "V2".
 	Version string `json:"version,omitempty"`
-	// Address is the guest-visible IPv4 address, link-local
-	// (169.254.0.0/16). Default [DefaultMMDSAddress].
+	// Address is the guest-visible IPv4 address, link-local: 169.254.1.0
+	// to 169.254.254.255 (RFC 3927). Default [DefaultMMDSAddress].
 	Address string `json:"address,omitempty"`
 	// Interfaces lists the ids of the network interfaces that may reach
 	// the service. Default: all of the VM's interfaces.
@@ -621,8 +621,11 @@ func (v *validator) mmds(m *MMDS, netIDs map[string]bool) {
 	if m.Version != "V1" && m.Version != "V2" {
 		v.add("mmds.version", fmt.Sprintf(`must be "V1" or "V2" (got %q)`, m.Version))
 	}
-	if a, err := netip.ParseAddr(m.Address); err != nil || !a.Is4() || !netip.MustParsePrefix("169.254.0.0/16").Contains(a) {
-		v.add("mmds.address", fmt.Sprintf("must be a link-local IPv4 address in 169.254.0.0/16 (got %q)", truncate(m.Address, 40)))
+	// RFC 3927 keeps 169.254.0.0/24 and 169.254.255.0/24 reserved, and
+	// Firecracker refuses them ("The MMDS IPv4 address is not link local").
+	if a, err := netip.ParseAddr(m.Address); err != nil || !a.Is4() || !netip.MustParsePrefix("169.254.0.0/16").Contains(a) ||
+		a.As4()[2] == 0 || a.As4()[2] == 255 {
+		v.add("mmds.address", fmt.Sprintf("must be a link-local IPv4 address from 169.254.1.0 to 169.254.254.255 (got %q)", truncate(m.Address, 40)))
 	}
 	if len(m.Interfaces) == 0 {
 		v.add("mmds.interfaces", "needs at least one network interface")

@@ -315,3 +315,159 @@ func checkStartWithoutKVM(t *testing.T, rt *firecracker.Runtime, id string) {
 		t.Error("second Start without /dev/kvm succeeded")
 	}
 }
+
+// faultTarget is a firecracker the fault table runs on: a real binary or
+// the stand-in in one of its dialects.
+type faultTarget struct {
+	name, path string
+	// api is the feature level: 10 (v1.0), 17 (v1.7) or 99 (newer).
+	api int
+}
+
+// faultTargets are the real binaries and the stand-in's two dialects: the
+// stand-in must give the real binaries' fault messages.
+func faultTargets(t *testing.T) []faultTarget {
+	var out []faultTarget
+	for _, b := range realfc.Binaries(t) {
+		api := 99
+		switch {
+		case !b.AtLeast(1, 1):
+			api = 10
+		case !b.AtLeast(1, 8):
+			api = 17
+		}
+		out = append(out, faultTarget{b.Name(), b.Path, api})
+	}
+	return append(out,
+		faultTarget{"standin-v1.0", standin(t, "FCSTANDIN_API=v1.0"), 10},
+		faultTarget{"standin-latest", standin(t), 99})
+}
+
+// TestRealFaults gives each real binary (and the stand-in) inputs that
+// pass mvm's checks but that firecracker refuses, and checks that Create
+// fails with firecracker's own fault message in a *microvm.BackendError
+// naming the step, leaving nothing behind.
+func TestRealFaults(t *testing.T) {
+	type fault struct {
+		name string
+		mod  func(t *testing.T, s *microvm.Spec)
+		// step and part: the BackendError expected, by feature level
+		// (nil: Create succeeds at that level).
+		want func(api int) (step, part string, ok bool)
+		// minAPI is the first feature level the input applies to.
+		minAPI int
+	}
+	always := func(step, part string) func(int) (string, string, bool) {
+		return func(int) (string, string, bool) { return step, part, true }
+	}
+	faults := []fault{
+		{"vsock path is a file", func(t *testing.T, s *microvm.Spec) {
+			p := filepath.Join(t.TempDir(), "v.sock")
+			if err := os.WriteFile(p, nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			s.Vsock = &microvm.Vsock{Path: p}
+		}, always("configure vsock", "Address in use"), 0},
+		{"mmds data too big", func(t *testing.T, s *microvm.Spec) {
+			s.MMDS = &microvm.MMDS{Data: json.RawMessage(`{"k":"` + strings.Repeat("x", 60000) + `"}`)}
+		}, always("set mmds data", "larger than the limit of 51200"), 0},
+		{"host device not a tap", func(t *testing.T, s *microvm.Spec) {
+			s.Network = append(s.Network, microvm.NetworkInterface{HostDevName: "lo"})
+		}, always("configure network interfaces", "Invalid argument"), 0},
+		{"tap used twice", func(t *testing.T, s *microvm.Spec) {
+			s.Network = append(s.Network, microvm.NetworkInterface{HostDevName: "ftap0"})
+		}, always("configure network interfaces", "Resource busy"), 0},
+		{"mac used twice", func(t *testing.T, s *microvm.Spec) {
+			s.Network = append(s.Network, microvm.NetworkInterface{HostDevName: "t1", GuestMAC: "06:00:00:00:00:01"})
+		}, always("configure network interfaces", "already in use"), 0},
+		{"boot args too long", func(t *testing.T, s *microvm.Spec) {
+			s.BootArgs = strings.Repeat("a", 2048)
+		}, func(api int) (string, string, bool) {
+			return "configure boot source", "Invalid cmdline capacity provided", api >= 17
+		}, 0},
+		{"huge pages with an initrd", func(t *testing.T, s *microvm.Spec) {
+			s.HugePages, s.Initrd = microvm.HugePages2M, s.RootDrive.Path
+		}, func(api int) (string, string, bool) {
+			return "configure boot source", "huge pages support is incompatible with initrds", api == 17
+		}, 17},
+	}
+	for _, ft := range faultTargets(t) {
+		t.Run(ft.name, func(t *testing.T) {
+			t.Parallel()
+			for _, f := range faults {
+				t.Run(strings.ReplaceAll(f.name, " ", "_"), func(t *testing.T) {
+					if ft.api < f.minAPI {
+						t.Skipf("%s has no such feature", ft.name)
+					}
+					fn := newFakeNet(t)
+					state := t.TempDir()
+					rt := open(t, state, ft.path, func(c *firecracker.Config) { c.Network = fn })
+					defer rt.Close()
+					spec := realSpec(t)
+					spec.Network = []microvm.NetworkInterface{{}} // managed: a namespace of the test's own
+					f.mod(t, &spec)
+					_, err := rt.Create(t.Context(), "f", spec)
+					step, part, fails := f.want(ft.api)
+					if !fails {
+						if err != nil {
+							t.Fatalf("Create: %v", err)
+						}
+						if _, err := rt.Destroy(t.Context(), "f"); err != nil {
+							t.Fatalf("Destroy: %v", err)
+						}
+					} else {
+						if err == nil {
+							t.Fatal("Create succeeded")
+						}
+						wantBackendMessage(t, err, step, part)
+					}
+					assertClean(t, state, "f")
+				})
+			}
+		})
+	}
+}
+
+// TestRealHugePagesUnsupported: v1.0 has no huge pages; the client refuses
+// the field before firecracker sees it, and nothing is left.
+func TestRealHugePagesUnsupported(t *testing.T) {
+	b := realfc.Binaries(t)[0]
+	if b.AtLeast(1, 7) {
+		t.Skipf("the oldest real binary, %s, has huge pages", b.Name())
+	}
+	rt, state := realRuntime(t, b)
+	spec := realSpec(t)
+	spec.HugePages = microvm.HugePages2M
+	_, err := rt.Create(t.Context(), "hp", spec)
+	if !errors.Is(err, microvm.ErrUnsupported) || !strings.Contains(err.Error(), "huge_pages needs firecracker >= 1.7") {
+		t.Errorf("Create with huge pages on %s: %v, want ErrUnsupported naming the version", b.Name(), err)
+	}
+	assertClean(t, state, "hp")
+}
+
+// TestRealVsockPathInUse: a vsock path some process listens on (another
+// VM's) is refused and left alone, on every real binary.
+func TestRealVsockPathInUse(t *testing.T) {
+	eachReal(t, func(t *testing.T, b realfc.Binary) {
+		rt, state := realRuntime(t, b)
+		sock := filepath.Join(t.TempDir(), "taken.sock")
+		ln, err := net.Listen("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		spec := realSpec(t)
+		spec.Vsock = &microvm.Vsock{Path: sock}
+		_, err = rt.Create(t.Context(), "vs", spec)
+		var be *microvm.BackendError
+		if !errors.As(err, &be) || be.Op != "configure vsock" || !strings.Contains(err.Error(), "is in use") {
+			t.Errorf("Create: %v, want a configure vsock error saying the path is in use", err)
+		}
+		if c, err := net.Dial("unix", sock); err != nil {
+			t.Errorf("the listener's socket was taken over: %v", err)
+		} else {
+			c.Close()
+		}
+		assertClean(t, state, "vs")
+	})
+}

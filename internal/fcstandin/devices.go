@@ -17,12 +17,25 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// osErr renders an errno like Rust's io::Error Display: "No such file or
-// directory (os error 2)".
+// muslErrno holds the errno texts where musl's strerror (Firecracker's
+// release builds link musl) differs from Go's.
+var muslErrno = map[syscall.Errno]string{
+	syscall.EBUSY:         "Resource busy",
+	syscall.EADDRINUSE:    "Address in use",
+	syscall.EADDRNOTAVAIL: "Address not available",
+	syscall.ENOTTY:        "Not a tty",
+	syscall.ENAMETOOLONG:  "Filename too long",
+}
+
+// osErr renders an errno like Rust's io::Error Display in Firecracker's
+// musl builds: "No such file or directory (os error 2)".
 func osErr(err error) string {
 	var errno syscall.Errno
 	if errors.As(err, &errno) {
-		s := errno.Error()
+		s, ok := muslErrno[errno]
+		if !ok {
+			s = errno.Error()
+		}
 		if s != "" {
 			s = strings.ToUpper(s[:1]) + s[1:]
 		}

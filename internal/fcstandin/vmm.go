@@ -831,6 +831,12 @@ func (v *vmm) putBootSource(body []byte) response {
 		// Releases up to v1.7 refused an initrd with huge pages; the newest
 		// (v1.14.2, checked against the real binary) accept it.
 	}
+	// Releases from v1.7 (checked against v1.7.0 and v1.14.2) keep the
+	// command line in a 2048-byte buffer with its NUL; v1.0 takes more.
+	if b.BootArgs != nil && len(*b.BootArgs) >= 2048 && v.api == APILatest {
+		v.metrics.inc("put_api_requests", "boot_source_fails", 1)
+		return v.fault("Boot source error: The kernel command line is invalid: Invalid cmdline capacity provided.")
+	}
 	v.cfg.Boot = &b
 	return v.noContent()
 }
@@ -1084,7 +1090,10 @@ func (v *vmm) putNet(body []byte, id string, hasID bool) response {
 	if n.GuestMac != nil {
 		for _, o := range v.cfg.Nets {
 			if o.IfaceID != id && o.GuestMac != nil && strings.EqualFold(*o.GuestMac, *n.GuestMac) {
-				return fail("Net config error: The MAC address is already in use: " + strings.ToLower(*n.GuestMac))
+				if v.api == APIv10 {
+					return fail(fmt.Sprintf("The guest MAC address %s is already in use.", strings.ToLower(*n.GuestMac)))
+				}
+				return fail("Network config error: The MAC address is already in use: " + strings.ToLower(*n.GuestMac))
 			}
 		}
 	}
@@ -1101,7 +1110,7 @@ func (v *vmm) putNet(body []byte, id string, hasID bool) response {
 	}
 	tap, msg := openTap(n.HostDevName)
 	if msg != "" {
-		return fail("Net config error: " + msg)
+		return fail("Network config error: " + msg)
 	}
 	v.taps[id] = tap
 	v.cfg.Nets = append(v.cfg.Nets, n)
@@ -1145,7 +1154,7 @@ func (v *vmm) patchNet(body []byte, id string, hasID bool) response {
 			return v.noContent()
 		}
 	}
-	return fail("Net config error: Unable to update the net device: Device manager error: Failed to find the device. Device not found: " + id)
+	return fail("Network config error: Unable to update the net device: Device manager error: Failed to find the device. Device not found: " + id)
 }
 
 func (v *vmm) putLogger(body []byte) response {
@@ -1495,7 +1504,11 @@ func (v *vmm) putMmdsConfig(body []byte) response {
 		if ip == nil {
 			return v.fault(msgSerdePrefix + "invalid IPv4 address syntax.")
 		}
-		if !ip.IsLinkLocalUnicast() || ip[2] == 0 && ip[3] == 0 || ip[2] == 255 && ip[3] == 255 {
+		// Like Firecracker (every release): 169.254.1.0-169.254.254.255.
+		if !ip.IsLinkLocalUnicast() || ip[2] == 0 || ip[2] == 255 {
+			if v.api == APIv10 {
+				return v.fault("The MMDS IPv4 address is not link local.")
+			}
 			return v.fault("MMMDS config error: The MMDS IPv4 address is not link local.")
 		}
 		addr = ip.String()
