@@ -471,3 +471,152 @@ func TestRealVsockPathInUse(t *testing.T) {
 		assertClean(t, state, "vs")
 	})
 }
+
+// TestRealRelativePaths creates a VM from paths relative to the working
+// directory on each real binary: the runtime resolves them against the
+// caller's directory once, so firecracker (which runs in the VM directory)
+// gets absolute paths. Before the fix v1.0 answered "The kernel file
+// cannot be opened".
+func TestRealRelativePaths(t *testing.T) {
+	bins := realfc.Binaries(t)
+	kernel := realfc.Kernel(t)
+	dir := t.TempDir()
+	if err := os.Symlink(kernel, filepath.Join(dir, "vmlinux")); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"rootfs.ext4", "data.img"} {
+		if err := os.WriteFile(filepath.Join(dir, f), make([]byte, 1<<20), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Mkdir(filepath.Join(dir, "run"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(dir)
+	for _, b := range bins {
+		t.Run(b.Name(), func(t *testing.T) {
+			rt, state := realRuntime(t, b)
+			spec := microvm.Spec{
+				Kernel: "vmlinux", RootDrive: microvm.Drive{Path: "./rootfs.ext4"},
+				Drives: []microvm.Drive{{Path: "data.img", ReadOnly: true}},
+				Vsock:  &microvm.Vsock{Path: "run/v.sock"},
+				VCPUs:  1, MemoryMiB: 128,
+			}
+			vm, err := rt.Create(t.Context(), "rel", spec)
+			if err != nil {
+				t.Fatalf("Create with relative paths: %v", err)
+			}
+			want := []string{filepath.Join(dir, "vmlinux"), filepath.Join(dir, "rootfs.ext4"), filepath.Join(dir, "data.img"), filepath.Join(dir, "run/v.sock")}
+			got := []string{vm.Spec.Kernel, vm.Spec.RootDrive.Path, vm.Spec.Drives[0].Path, vm.Spec.Vsock.Path}
+			if !slices.Equal(got, want) {
+				t.Errorf("stored paths %q, want %q", got, want)
+			}
+			var cfg fcapi.FullVMConfig
+			apiGet(t, vm.Backend.APISocket, "/vm/config", &cfg)
+			got = []string{cfg.BootSource.KernelImagePath, cfg.Drives[0].PathOnHost, cfg.Drives[1].PathOnHost, cfg.Vsock.UDSPath}
+			if !slices.Equal(got, want) {
+				t.Errorf("firecracker got paths %q, want %q", got, want)
+			}
+			if st, err := os.Stat(want[3]); err != nil || st.Mode().Type() != os.ModeSocket {
+				t.Errorf("vsock socket not bound at %s: %v", want[3], err)
+			}
+			if _, err := rt.Destroy(t.Context(), "rel"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := os.Lstat(want[3]); err == nil {
+				t.Errorf("vsock socket %s left after Destroy", want[3])
+			}
+			assertClean(t, state, "rel")
+		})
+	}
+}
+
+// TestRealCrashCreated kills the firecracker of a created VM on each real
+// binary: the runtime notices, keeps the VM created with the exit in
+// LastError and no process, removes the API socket, and the VM can be
+// started again (which spawns a fresh process) and destroyed.
+func TestRealCrashCreated(t *testing.T) {
+	eachReal(t, func(t *testing.T, b realfc.Binary) {
+		rt, state := realRuntime(t, b)
+		ctx := t.Context()
+		vm, err := rt.Create(ctx, "cr", realSpec(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		kill(t, rt, "cr")
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			vm, err = rt.Get(ctx, "cr")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if vm.Backend.PID == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the killed firecracker is still reported (pid %d) after 5s", vm.Backend.PID)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		if vm.Status != microvm.StatusCreated || !strings.Contains(vm.LastError, "SIGKILL") {
+			t.Errorf("after SIGKILL: %s, LastError %q; want created, naming SIGKILL", vm.Status, vm.LastError)
+		}
+		if _, err := os.Stat(vm.Backend.APISocket); err == nil {
+			t.Errorf("the dead process's API socket %s is left", vm.Backend.APISocket)
+		}
+		checkStartWithoutKVM(t, rt, "cr")
+		if _, err := rt.Destroy(ctx, "cr"); err != nil {
+			t.Fatal(err)
+		}
+		assertClean(t, state, "cr")
+	})
+}
+
+// TestRealAdoption: a VM created by another process (which exits) is
+// adopted by Open with its live real firecracker (checked with GET /),
+// across Close and Open in one process too; a firecracker killed while no
+// runtime runs is found dead at the next Open.
+func TestRealAdoption(t *testing.T) {
+	eachReal(t, func(t *testing.T, b realfc.Binary) {
+		state := t.TempDir()
+		born := runChild(t, childJob{State: state, Bin: b.Path, ID: "ad", Spec: realSpec(t), Ops: []string{"create"}})
+		if born.Status != microvm.StatusCreated || born.Backend.PID == 0 {
+			t.Fatalf("child made VM %s with pid %d, want created", born.Status, born.Backend.PID)
+		}
+		for round := range 2 {
+			rt := open(t, state, b.Path)
+			vm, err := rt.Get(t.Context(), "ad")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if vm.Status != microvm.StatusCreated || vm.Backend.PID != born.Backend.PID || vm.LastError != "" {
+				t.Fatalf("round %d: adopted VM %s pid %d (%q), want created pid %d", round, vm.Status, vm.Backend.PID, vm.LastError, born.Backend.PID)
+			}
+			var info fcapi.InstanceInfo
+			apiGet(t, vm.Backend.APISocket, "/", &info)
+			if info.ID != "ad" || info.State != "Not started" {
+				t.Errorf("round %d: GET / = %+v", round, info)
+			}
+			if err := rt.Close(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := syscall.Kill(born.Backend.PID, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		waitGone(t, born.Backend.PID)
+		rt := open(t, state, b.Path)
+		defer rt.Close()
+		vm, err := rt.Get(t.Context(), "ad")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if vm.Status != microvm.StatusCreated || vm.Backend.PID != 0 || vm.LastError == "" {
+			t.Errorf("VM killed while closed: %s pid %d LastError %q; want created, no pid, a reason", vm.Status, vm.Backend.PID, vm.LastError)
+		}
+		if _, err := rt.Destroy(t.Context(), "ad"); err != nil {
+			t.Fatal(err)
+		}
+		assertClean(t, state, "ad")
+	})
+}
