@@ -8,6 +8,8 @@ import (
 	"go/token"
 	"io/fs"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"slices"
@@ -781,5 +783,47 @@ func TestErrorMessages(t *testing.T) {
 				t.Errorf("errors.Is(%v, %v) = %v", a, b, i != j)
 			}
 		}
+	}
+}
+
+func TestAbsPaths(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	s := Spec{
+		Kernel: "vmlinux", Initrd: "../boot/initrd", RootDrive: Drive{Path: "/abs/rootfs.ext4"},
+		Drives: []Drive{{Path: "./data.img"}, {Path: ""}}, Vsock: &Vsock{Path: "run/v.sock"},
+	}
+	got, err := s.AbsPaths()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{filepath.Join(dir, "vmlinux"), filepath.Join(filepath.Dir(dir), "boot/initrd"), "/abs/rootfs.ext4", filepath.Join(dir, "data.img"), "", filepath.Join(dir, "run/v.sock")}
+	if g := []string{got.Kernel, got.Initrd, got.RootDrive.Path, got.Drives[0].Path, got.Drives[1].Path, got.Vsock.Path}; !slices.Equal(g, want) {
+		t.Errorf("AbsPaths = %q, want %q", g, want)
+	}
+	if s.Kernel != "vmlinux" || s.Drives[0].Path != "./data.img" || s.Vsock.Path != "run/v.sock" {
+		t.Errorf("AbsPaths changed its receiver: %+v", s)
+	}
+	// Absolute paths are kept verbatim (not cleaned): the spec says what
+	// the caller wrote.
+	if got, _ := (Spec{Kernel: "/a/../b//k"}).AbsPaths(); got.Kernel != "/a/../b//k" {
+		t.Errorf("absolute kernel path changed to %q", got.Kernel)
+	}
+	// No working directory: each relative field is named.
+	gone := filepath.Join(dir, "gone")
+	if err := os.Mkdir(gone, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(gone)
+	if err := os.Remove(gone); err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.AbsPaths()
+	var se *SpecError
+	if !errors.As(err, &se) || !errors.Is(err, ErrInvalidSpec) || len(se.Problems) != 4 || se.Problems[0].Field != "kernel" {
+		t.Errorf("AbsPaths without a working directory: %v, want a SpecError naming kernel, initrd, drives[0].path, vsock.path", err)
+	}
+	if _, err := (Spec{Kernel: "/k", RootDrive: Drive{Path: "/r"}}).AbsPaths(); err != nil {
+		t.Errorf("absolute paths need no working directory: %v", err)
 	}
 }
