@@ -149,7 +149,9 @@ type mutant struct {
 
 // noBoot reports whether m plays a backend that cannot boot: Start of a
 // created VM fails with a BackendError, recorded in LastError.
-func (m *mutant) noBoot() bool { return strings.HasPrefix(m.kind, "noboot") && m.kind != "noboot-boots" }
+func (m *mutant) noBoot() bool {
+	return strings.HasPrefix(m.kind, "noboot") && m.kind != "noboot-boots"
+}
 
 // fail records why VM id failed to boot or lost its process (noBoot).
 func (m *mutant) fail(id, why string) {
