@@ -102,22 +102,6 @@ func wantBackendMessage(t *testing.T, err error, step, part string) {
 	}
 }
 
-// tapOpenBy reports whether process pid holds a TUN/TAP file attached to
-// the interface name (fdinfo of /dev/net/tun shows "iff:\tNAME").
-func tapOpenBy(pid int, name string) bool {
-	dir := fmt.Sprintf("/proc/%d/fdinfo", pid)
-	ents, _ := os.ReadDir(dir)
-	for _, e := range ents {
-		b, _ := os.ReadFile(filepath.Join(dir, e.Name()))
-		for _, l := range strings.Split(string(b), "\n") {
-			if f := strings.Fields(l); len(f) == 2 && f[0] == "iff:" && f[1] == name {
-				return true
-			}
-		}
-	}
-	return false
-}
-
 // TestRealEveryFeature creates a VM using every Spec feature on each real
 // binary and checks, through the binary's own API, log and sockets, what
 // firecracker got.
@@ -237,7 +221,7 @@ func checkEveryFeature(t *testing.T, b realfc.Binary, rt *firecracker.Runtime, m
 		t.Errorf("network-interfaces = %q, want %q", nics, wantNICs)
 	}
 	for _, tap := range []string{"ftap0", "ext0"} {
-		if !tapOpenBy(vm.Backend.PID, tap) {
+		if !realfc.TAPOpenBy(vm.Backend.PID, tap) {
 			t.Errorf("firecracker (pid %d) holds no TAP file of %s", vm.Backend.PID, tap)
 		}
 	}

@@ -176,3 +176,20 @@ func KVM() bool {
 	unix.Close(fd)
 	return true
 }
+
+// TAPOpenBy reports whether process pid holds a TUN/TAP file attached to
+// the interface name: what firecracker does when it accepts a network
+// interface (its fdinfo of /dev/net/tun shows "iff:\tNAME").
+func TAPOpenBy(pid int, name string) bool {
+	dir := fmt.Sprintf("/proc/%d/fdinfo", pid)
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		b, _ := os.ReadFile(filepath.Join(dir, e.Name()))
+		for _, l := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(l); len(f) == 2 && f[0] == "iff:" && f[1] == name {
+				return true
+			}
+		}
+	}
+	return false
+}

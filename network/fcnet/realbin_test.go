@@ -5,9 +5,6 @@ package fcnet_test
 import (
 	"encoding/json"
 	"errors"
-	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -18,22 +15,6 @@ import (
 	"github.com/mvm-dev/microvm/network"
 	"github.com/mvm-dev/microvm/network/fcnet"
 )
-
-// tapOpenBy reports whether process pid holds a TUN/TAP file attached to
-// the interface name (fdinfo of /dev/net/tun shows "iff:\tNAME").
-func tapOpenBy(pid int, name string) bool {
-	dir := fmt.Sprintf("/proc/%d/fdinfo", pid)
-	ents, _ := os.ReadDir(dir)
-	for _, e := range ents {
-		b, _ := os.ReadFile(filepath.Join(dir, e.Name()))
-		for _, l := range strings.Split(string(b), "\n") {
-			if f := strings.Fields(l); len(f) == 2 && f[0] == "iff:" && f[1] == name {
-				return true
-			}
-		}
-	}
-	return false
-}
 
 // TestRealBinaries runs managed networking through the runtime with each
 // real Firecracker build: the real firecracker is spawned in the slot's
@@ -61,7 +42,7 @@ func TestRealBinaries(t *testing.T) {
 				t.Fatalf("Backend.Network = %+v", n)
 			}
 			sameNetNS(t, vm.Backend.PID, n.NetNS)
-			if !tapOpenBy(vm.Backend.PID, network.TAPName) {
+			if !realfc.TAPOpenBy(vm.Backend.PID, network.TAPName) {
 				t.Errorf("firecracker (pid %d) holds no TAP file of %s", vm.Backend.PID, network.TAPName)
 			}
 			cfg := vmConfig(t, vm)
