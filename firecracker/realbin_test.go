@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -327,20 +328,22 @@ func faultTargets(t *testing.T) []faultTarget {
 		faultTarget{"standin-latest", standin(t), 99})
 }
 
+// fault is one input of TestRealFaults.
+type fault struct {
+	name string
+	mod  func(t *testing.T, s *microvm.Spec)
+	// want gives the BackendError expected at a feature level: its step
+	// and a part of firecracker's message; ok false: Create succeeds.
+	want func(api int) (step, part string, ok bool)
+	// minAPI is the first feature level the input applies to.
+	minAPI int
+}
+
 // TestRealFaults gives each real binary (and the stand-in) inputs that
 // pass mvm's checks but that firecracker refuses, and checks that Create
 // fails with firecracker's own fault message in a *microvm.BackendError
 // naming the step, leaving nothing behind.
 func TestRealFaults(t *testing.T) {
-	type fault struct {
-		name string
-		mod  func(t *testing.T, s *microvm.Spec)
-		// step and part: the BackendError expected, by feature level
-		// (nil: Create succeeds at that level).
-		want func(api int) (step, part string, ok bool)
-		// minAPI is the first feature level the input applies to.
-		minAPI int
-	}
 	always := func(step, part string) func(int) (string, string, bool) {
 		return func(int) (string, string, bool) { return step, part, true }
 	}
@@ -375,39 +378,75 @@ func TestRealFaults(t *testing.T) {
 			return "configure boot source", "huge pages support is incompatible with initrds", api == 17
 		}, 17},
 	}
-	for _, ft := range faultTargets(t) {
-		t.Run(ft.name, func(t *testing.T) {
-			t.Parallel()
-			for _, f := range faults {
-				t.Run(strings.ReplaceAll(f.name, " ", "_"), func(t *testing.T) {
-					if ft.api < f.minAPI {
-						t.Skipf("%s has no such feature", ft.name)
-					}
-					fn := newFakeNet(t)
-					state := t.TempDir()
-					rt := open(t, state, ft.path, func(c *firecracker.Config) { c.Network = fn })
-					defer rt.Close()
-					spec := realSpec(t)
-					spec.Network = []microvm.NetworkInterface{{}} // managed: a namespace of the test's own
-					f.mod(t, &spec)
-					_, err := rt.Create(t.Context(), "f", spec)
-					step, part, fails := f.want(ft.api)
-					if !fails {
-						if err != nil {
-							t.Fatalf("Create: %v", err)
-						}
-						if _, err := rt.Destroy(t.Context(), "f"); err != nil {
-							t.Fatalf("Destroy: %v", err)
-						}
-					} else {
-						if err == nil {
-							t.Fatal("Create succeeded")
-						}
-						wantBackendMessage(t, err, step, part)
-					}
-					assertClean(t, state, "f")
-				})
+	msgs := &faultMessages{m: map[[2]string]string{}}
+	t.Run("targets", func(t *testing.T) {
+		for _, ft := range faultTargets(t) {
+			t.Run(ft.name, func(t *testing.T) {
+				t.Parallel()
+				runFaults(t, ft, faults, msgs)
+			})
+		}
+	})
+	// The stand-in's dialects say exactly what the real v1.0 and the
+	// newest real binary say.
+	bins := realfc.Binaries(t)
+	for _, pair := range [][2]string{{"standin-v1.0", bins[0].Name()}, {"standin-latest", bins[len(bins)-1].Name()}} {
+		for _, f := range faults {
+			got, ok1 := msgs.m[[2]string{pair[0], f.name}]
+			want, ok2 := msgs.m[[2]string{pair[1], f.name}]
+			if ok1 && ok2 && got != want {
+				t.Errorf("%s: %s says %q\n%s says %q", f.name, pair[0], got, pair[1], want)
 			}
+		}
+	}
+}
+
+// faultMessages collects the fault messages of TestRealFaults by target
+// and fault.
+type faultMessages struct {
+	mu sync.Mutex
+	m  map[[2]string]string
+}
+
+func (f *faultMessages) put(target, fault, msg string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.m[[2]string{target, fault}] = msg
+}
+
+func runFaults(t *testing.T, ft faultTarget, faults []fault, msgs *faultMessages) {
+	for _, f := range faults {
+		t.Run(strings.ReplaceAll(f.name, " ", "_"), func(t *testing.T) {
+			if ft.api < f.minAPI {
+				t.Skipf("%s has no such feature", ft.name)
+			}
+			fn := newFakeNet(t)
+			state := t.TempDir()
+			rt := open(t, state, ft.path, func(c *firecracker.Config) { c.Network = fn })
+			defer rt.Close()
+			spec := realSpec(t)
+			spec.Network = []microvm.NetworkInterface{{}} // managed: a namespace of the test's own
+			f.mod(t, &spec)
+			_, err := rt.Create(t.Context(), "f", spec)
+			step, part, fails := f.want(ft.api)
+			if !fails {
+				if err != nil {
+					t.Fatalf("Create: %v", err)
+				}
+				if _, err := rt.Destroy(t.Context(), "f"); err != nil {
+					t.Fatalf("Destroy: %v", err)
+				}
+			} else {
+				if err == nil {
+					t.Fatal("Create succeeded")
+				}
+				wantBackendMessage(t, err, step, part)
+				var be *microvm.BackendError
+				if errors.As(err, &be) {
+					msgs.put(ft.name, f.name, strings.ReplaceAll(be.Message, filepath.Dir(spec.RootDrive.Path), "DIR"))
+				}
+			}
+			assertClean(t, state, "f")
 		})
 	}
 }

@@ -101,7 +101,7 @@ func TestTapOverrideOnLoad(t *testing.T) {
 	// fatally; with network_overrides pointing at a free TAP it works.
 	busyAndTap := func(tap string) func() error {
 		return func() error {
-			f, msg := openTap("fcstap1") // creates it (we are root) and holds it
+			f, msg := openTap("fcstap1", false) // creates it (we are root) and holds it
 			if msg != "" {
 				return errors.New(msg)
 			}

@@ -1108,8 +1108,11 @@ func (v *vmm) putNet(body []byte, id string, hasID bool) response {
 			}
 		}
 	}
-	tap, msg := openTap(n.HostDevName)
+	tap, msg := openTap(n.HostDevName, v.api == APIv10)
 	if msg != "" {
+		if v.api == APIv10 {
+			return fail(msg)
+		}
 		return fail("Network config error: " + msg)
 	}
 	v.taps[id] = tap
@@ -1263,7 +1266,10 @@ func (v *vmm) putVsock(body []byte) response {
 	}
 	dev, err := bindVsock(c.UdsPath, v.gate)
 	if err != nil {
-		return fail("Vsock config error: Cannot create backend for vsock device: Error binding to the host-side Unix socket: " + err.Error())
+		if v.api == APIv10 {
+			return fail("Cannot create backend for vsock device: UnixBind(" + rustOsDebug(err) + ")")
+		}
+		return fail("Vsock config error: Cannot create backend for vsock device: Error binding to the host-side Unix socket: " + osErr(err))
 	}
 	if v.vsock != nil {
 		v.vsock.close(true) // re-PUT replaces the device; the old socket file goes
@@ -1301,6 +1307,9 @@ func (v *vmm) getBalloon() response {
 	if v.cfg.Balloon == nil {
 		if v.started() {
 			return v.fault("Internal VMM error: Balloon: Device not found.")
+		}
+		if v.api == APIv10 {
+			return v.fault("No balloon device found.")
 		}
 		return v.fault("Balloon config error: No balloon device found.")
 	}
