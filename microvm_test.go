@@ -327,7 +327,7 @@ func TestValidateRules(t *testing.T) {
 		{"kernel NUL", func(s *Spec) { s.Kernel = "/a\x00" }, []string{"kernel"}, "NUL"},
 		{"kernel too long", func(s *Spec) { s.Kernel = "/" + long(4095) }, []string{"kernel"}, "4095"},
 		{"initrd NUL", func(s *Spec) { s.Initrd = "\x00" }, []string{"initrd"}, "NUL"},
-		{"boot args too long", func(s *Spec) { s.BootArgs = long(MaxBootArgsLen + 1) }, []string{"boot_args"}, "at most 4096 bytes (got 4097)"},
+		{"boot args too long", func(s *Spec) { s.BootArgs = long(MaxBootArgsLen + 1) }, []string{"boot_args"}, "at most 2047 bytes (got 2048)"},
 		{"boot args newline", func(s *Spec) { s.BootArgs = "a\nb" }, []string{"boot_args"}, "newline"},
 		{"boot args NUL", func(s *Spec) { s.BootArgs = "a\x00" }, []string{"boot_args"}, "NUL"},
 		{"root drive id missing", func(s *Spec) { s.RootDrive.ID = "" }, []string{"root_drive.id"}, "is required"},

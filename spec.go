@@ -64,8 +64,12 @@ type Spec struct {
 const (
 	// MaxVCPUs is the most vCPUs Firecracker gives a VM.
 	MaxVCPUs = 32
-	// MaxBootArgsLen is the longest kernel command line accepted.
-	MaxBootArgsLen = 4096
+	// MaxBootArgsLen is the longest kernel command line accepted:
+	// Firecracker (v1.7 and newer, checked against the real binaries)
+	// keeps the command line in 2048 bytes with its NUL, and x86 Linux
+	// reads at most 2048 bytes of it. Arguments a runtime appends (such as
+	// a managed interface's ip=) must fit too, or Firecracker refuses them.
+	MaxBootArgsLen = 2047
 	// DefaultBootArgs is the kernel command line used when Spec.BootArgs is
 	// empty: serial console on ttyS0, reboot on a triple fault (so a guest
 	// reboot ends the VM's process), and no legacy PS/2 probing.

@@ -367,8 +367,10 @@ func TestRealFaults(t *testing.T) {
 		{"mac used twice", func(t *testing.T, s *microvm.Spec) {
 			s.Network = append(s.Network, microvm.NetworkInterface{HostDevName: "t1", GuestMAC: "06:00:00:00:00:01"})
 		}, always("configure network interfaces", "already in use"), 0},
-		{"boot args too long", func(t *testing.T, s *microvm.Spec) {
-			s.BootArgs = strings.Repeat("a", 2048)
+		// At the limit, plus the managed network's ip= argument: v1.7 and
+		// newer refuse it, v1.0 takes it.
+		{"boot args too long with the network's", func(t *testing.T, s *microvm.Spec) {
+			s.BootArgs = strings.Repeat("a", microvm.MaxBootArgsLen)
 		}, func(api int) (string, string, bool) {
 			return "configure boot source", "Invalid cmdline capacity provided", api >= 17
 		}, 0},
@@ -449,6 +451,29 @@ func runFaults(t *testing.T, ft faultTarget, faults []fault, msgs *faultMessages
 			assertClean(t, state, "f")
 		})
 	}
+}
+
+// TestRealBootArgsLimit: every real binary takes a command line of
+// microvm.MaxBootArgsLen bytes (and mvm refuses one byte more).
+func TestRealBootArgsLimit(t *testing.T) {
+	eachReal(t, func(t *testing.T, b realfc.Binary) {
+		rt, _ := realRuntime(t, b)
+		spec := realSpec(t)
+		spec.BootArgs = strings.Repeat("a", microvm.MaxBootArgsLen)
+		vm, err := rt.Create(t.Context(), "ba", spec)
+		if err != nil {
+			t.Fatalf("Create with %d bytes of boot args: %v", microvm.MaxBootArgsLen, err)
+		}
+		var cfg fcapi.FullVMConfig
+		apiGet(t, vm.Backend.APISocket, "/vm/config", &cfg)
+		if cfg.BootSource == nil || cfg.BootSource.BootArgs != spec.BootArgs {
+			t.Errorf("firecracker did not get the %d-byte command line", microvm.MaxBootArgsLen)
+		}
+		spec.BootArgs += "a"
+		if _, err := rt.Create(t.Context(), "ba2", spec); !errors.Is(err, microvm.ErrInvalidSpec) {
+			t.Errorf("Create with %d bytes of boot args: %v, want ErrInvalidSpec", len(spec.BootArgs), err)
+		}
+	})
 }
 
 // TestRealHugePagesUnsupported: v1.0 has no huge pages; the client refuses
