@@ -668,3 +668,41 @@ func TestRealAdoption(t *testing.T) {
 		assertClean(t, state, "ad")
 	})
 }
+
+// TestRealRestoreForeignSnapshot: a snapshot made by another firecracker
+// (the stand-in, whose versions are 1.0.0 and 1.17.0-dev) is refused by
+// Restore on each real binary, with both memory backends, as incompatible
+// and without leaving anything behind.
+func TestRealRestoreForeignSnapshot(t *testing.T) {
+	eachReal(t, func(t *testing.T, b realfc.Binary) {
+		api := "latest"
+		if !b.AtLeast(1, 1) {
+			api = "v1.0"
+		}
+		state := t.TempDir()
+		rt := open(t, state, standin(t, "FCSTANDIN_API="+api))
+		if _, err := rt.Create(t.Context(), "src", realSpec(t)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rt.Start(t.Context(), "src"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rt.Snapshot(t.Context(), "src", "snap", nil); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rt.Destroy(t.Context(), "src"); err != nil {
+			t.Fatal(err)
+		}
+		rt.Close()
+		rt = open(t, state, b.Path, func(c *firecracker.Config) { c.UffdBin = uffdBin(t) })
+		defer rt.Close()
+		for _, mb := range []microvm.MemoryBackend{microvm.MemoryBackendFile, microvm.MemoryBackendUffd} {
+			_, err := rt.Restore(t.Context(), "r", "snap", &microvm.RestoreOptions{MemoryBackend: mb})
+			if !errors.Is(err, microvm.ErrSnapshotCorrupt) || !strings.Contains(err.Error(), "incompatible") ||
+				!strings.Contains(err.Error(), b.Version) {
+				t.Errorf("Restore (%s) of a stand-in snapshot on %s: %v, want incompatible naming %s", mb, b.Name(), err, b.Version)
+			}
+			assertClean(t, state, "r")
+		}
+	})
+}
