@@ -904,11 +904,8 @@ func (v *vmm) applyMachine(m machineConfig, u machineConfigUpdate, body []byte) 
 	if m.MemSizeMib == 0 || (m.HugePages == "2M" || m.HugePages == "Transparent") && m.MemSizeMib%2 != 0 {
 		return v.fault(MsgMemSize)
 	}
-	if m.HugePages == "2M" {
-		if v.cfg.Balloon != nil {
-			return v.fault("Machine config error: Firecracker's huge pages support is incompatible with memory ballooning.")
-		}
-	}
+	// v1.7 refused huge pages with a balloon (and with an initrd); the
+	// newest real binary (v1.14.2) takes both, and so does the stand-in.
 	if v.cfg.Balloon != nil && m.MemSizeMib < v.cfg.Balloon.AmountMib {
 		return v.fault("Machine config error: The memory size (MiB) is smaller than the previously set balloon device target size.")
 	}
@@ -1293,9 +1290,6 @@ func (v *vmm) putBalloon(body []byte) response {
 		return v.fault(MsgPostBoot)
 	}
 	v.bootPath = true
-	if v.cfg.Machine.HugePages == "2M" {
-		return v.fault("Balloon config error: Firecracker's huge pages support is incompatible with memory ballooning.")
-	}
 	if b.AmountMib > v.cfg.Machine.MemSizeMib {
 		return v.fault("Balloon config error: Amount of pages requested is too large.")
 	}

@@ -1,0 +1,163 @@
+package fcapi_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mvm-dev/microvm/fcapi"
+	"github.com/mvm-dev/microvm/internal/realfc"
+)
+
+// TestRealPreBoot drives each real Firecracker build through the client's
+// whole pre-boot API with every field the build has (the client gates the
+// rest): logger, metrics, machine config and its PATCH, boot source,
+// drives with cache types and rate limiters, a network interface (in a
+// network namespace of its own, as root), MMDS config and data with PATCH,
+// vsock, balloon, entropy and serial where the build has them, and GET
+// /vm/config. The real binary accepts exactly what the client sends and
+// refuses what the client gates, so the client's feature table is checked
+// against reality.
+func TestRealPreBoot(t *testing.T) {
+	for _, b := range realfc.Binaries(t) {
+		t.Run(b.Name(), func(t *testing.T) {
+			t.Parallel()
+			realPreBoot(t, b)
+		})
+	}
+}
+
+func realPreBoot(t *testing.T, b realfc.Binary) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "api.sock")
+	cmd := exec.Command(b.Path, "--api-sock", sock, "--id", "pre")
+	var stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stderr, &stderr
+	netns := canTap()
+	if netns {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET} // its TAP lives and dies with it
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() { cmd.Process.Kill(); <-exited })
+	s := &standin{cmd: cmd, sock: sock, stderr: &stderr, exited: exited}
+
+	c := fcapi.New(sock, &fcapi.Options{Timeout: 10 * time.Second})
+	defer c.Close()
+	waitReady(t, s, c)
+	v, raw, err := c.FirecrackerVersion(ctx)
+	if err != nil || !strings.HasPrefix(raw, b.Version) {
+		t.Fatalf("FirecrackerVersion = %q, %v; want %s", raw, err, b.Version)
+	}
+	c.SetVersion(v)
+	must := func(what string, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("%s on %s: %v", what, b.Name(), err)
+		}
+	}
+	logPath, metricsPath := touch(t, filepath.Join(dir, "fc.log"), 0), touch(t, filepath.Join(dir, "fc.metrics"), 0)
+	kernel := realfc.Kernel(t)
+	rootfs, data := touch(t, filepath.Join(dir, "rootfs.ext4"), 1<<20), touch(t, filepath.Join(dir, "data.ext4"), 1<<20)
+
+	must("PutLogger", c.PutLogger(ctx, fcapi.Logger{LogPath: logPath, Level: fcapi.LogLevelDebug, ShowLevel: true, ShowLogOrigin: true}))
+	metrics := fcapi.Metrics{MetricsPath: metricsPath}
+	if c.Supports(fcapi.FeatureMetricsEmitID) {
+		metrics.EmitID, metrics.Properties = true, map[string]string{"test": "fcapi"}
+	}
+	must("PutMetrics", c.PutMetrics(ctx, metrics))
+	mc := fcapi.MachineConfig{VCPUCount: 2, MemSizeMiB: 256, SMT: true, TrackDirtyPages: true}
+	if c.Supports(fcapi.FeatureMachineHugePages) {
+		mc.HugePages = fcapi.HugePages2M
+	} else if err := c.PutMachineConfig(ctx, fcapi.MachineConfig{VCPUCount: 1, MemSizeMiB: 128, HugePages: fcapi.HugePages2M}); !errors.Is(err, fcapi.ErrUnsupported) {
+		t.Errorf("huge_pages on %s: %v, want ErrUnsupported", b.Name(), err)
+	}
+	must("PutMachineConfig", c.PutMachineConfig(ctx, mc))
+	must("PatchMachineConfig", c.PatchMachineConfig(ctx, fcapi.MachineConfigUpdate{MemSizeMiB: ptr(128)}))
+	got, err := c.MachineConfig(ctx)
+	if err != nil || got.VCPUCount != 2 || got.MemSizeMiB != 128 || !got.SMT || !got.TrackDirtyPages || got.HugePages != mc.HugePages && !(mc.HugePages == "" && got.HugePages == fcapi.HugePagesNone) {
+		t.Errorf("MachineConfig = %+v, %v; want %+v with 128 MiB", got, err, mc)
+	}
+	must("PutBootSource", c.PutBootSource(ctx, fcapi.BootSource{KernelImagePath: kernel, BootArgs: "console=ttyS0 reboot=k panic=1"}))
+	must("PutDrive rootfs", c.PutDrive(ctx, fcapi.Drive{DriveID: "rootfs", PathOnHost: rootfs, IsRootDevice: true}))
+	must("PutDrive data", c.PutDrive(ctx, fcapi.Drive{DriveID: "data", PathOnHost: data, IsReadOnly: true, CacheType: fcapi.CacheTypeWriteback,
+		IOEngine: fcapi.IOEngineSync, RateLimiter: &fcapi.RateLimiter{Bandwidth: &fcapi.TokenBucket{Size: 1 << 20, RefillTime: 100, OneTimeBurst: 1 << 20}}}))
+	if netns {
+		ni := fcapi.NetworkInterface{IfaceID: "eth0", HostDevName: "tap0", GuestMAC: "06:00:AC:10:00:02",
+			RxRateLimiter: &fcapi.RateLimiter{Ops: &fcapi.TokenBucket{Size: 1000, RefillTime: 1000}}}
+		if c.Supports(fcapi.FeatureNetMTU) {
+			ni.MTU = 1400
+		}
+		must("PutNetworkInterface", c.PutNetworkInterface(ctx, ni))
+		must("PutMMDSConfig", c.PutMMDSConfig(ctx, fcapi.MMDSConfig{Version: fcapi.MMDSVersionV2, NetworkInterfaces: []string{"eth0"},
+			IPv4Address: "169.254.169.254", IMDSCompat: c.Supports(fcapi.FeatureMMDSIMDSCompat)}))
+	} else {
+		t.Log("not root or no /dev/net/tun: no network interface or MMDS config")
+	}
+	must("PutMMDS", c.PutMMDS(ctx, map[string]any{"latest": map[string]any{"meta-data": map[string]string{"instance-id": "pre"}}}))
+	must("PatchMMDS", c.PatchMMDS(ctx, map[string]any{"latest": map[string]any{"user-data": "hello"}}))
+	var mmds map[string]map[string]any
+	must("MMDS", c.MMDS(ctx, &mmds))
+	if mmds["latest"]["user-data"] != "hello" || mmds["latest"]["meta-data"] == nil {
+		t.Errorf("MMDS = %v", mmds)
+	}
+	vsockPath := filepath.Join(dir, "v.sock")
+	must("PutVsock", c.PutVsock(ctx, fcapi.Vsock{GuestCID: 3, UDSPath: vsockPath}))
+	// v1.7 refuses a balloon with huge pages; v1.14 takes both.
+	noBalloon := mc.HugePages != "" && !b.AtLeast(1, 8)
+	err = c.PutBalloon(ctx, fcapi.Balloon{AmountMiB: 16, DeflateOnOOM: true, StatsPollingIntervalS: 1,
+		FreePageReporting: c.Supports(fcapi.FeatureBalloonFreePageReporting)})
+	var ae *fcapi.APIError
+	switch {
+	case noBalloon:
+		if !errors.As(err, &ae) || ae.FaultMessage != "Balloon config error: Firecracker's huge pages support is incompatible with memory ballooning." {
+			t.Errorf("PutBalloon with huge pages on %s: %v, want its refusal", b.Name(), err)
+		}
+	case err != nil:
+		t.Fatalf("PutBalloon on %s: %v", b.Name(), err)
+	default:
+		if bal, err := c.Balloon(ctx); err != nil || bal.AmountMiB != 16 || !bal.DeflateOnOOM {
+			t.Errorf("Balloon = %+v, %v", bal, err)
+		}
+	}
+	if c.Supports(fcapi.FeatureSerial) {
+		must("PutSerial", c.PutSerial(ctx, fcapi.SerialDevice{SerialOutPath: touch(t, filepath.Join(dir, "console.log"), 0)}))
+	}
+	if c.Supports(fcapi.FeatureEntropy) {
+		must("PutEntropy", c.PutEntropy(ctx, fcapi.EntropyDevice{}))
+	} else if err := c.PutEntropy(ctx, fcapi.EntropyDevice{}); !errors.Is(err, fcapi.ErrUnsupported) {
+		t.Errorf("PutEntropy on %s: %v, want ErrUnsupported", b.Name(), err)
+	}
+	cfg, err := c.VMConfig(ctx)
+	must("VMConfig", err)
+	if len(cfg.Drives) != 2 || cfg.BootSource == nil || cfg.BootSource.KernelImagePath != kernel || cfg.MachineConfig == nil ||
+		cfg.MachineConfig.MemSizeMiB != 128 || cfg.Vsock == nil || cfg.Vsock.UDSPath != vsockPath || (cfg.Balloon == nil) != noBalloon ||
+		netns && (len(cfg.NetworkInterfaces) != 1 || cfg.MMDSConfig == nil) {
+		t.Errorf("VMConfig = %+v", cfg)
+	}
+	if st, err := os.Stat(vsockPath); err != nil || st.Mode().Type() != os.ModeSocket {
+		t.Errorf("vsock socket %s: %v", vsockPath, err)
+	}
+	if info, err := c.InstanceInfo(ctx); err != nil || info.State != fcapi.StateNotStarted || info.ID != "pre" {
+		t.Errorf("InstanceInfo = %+v, %v", info, err)
+	}
+	if !realfc.KVM() {
+		// Without KVM the boot fails: with a 400 naming KVM (newer), or the
+		// process aborts (v1.0).
+		err := c.InstanceStart(ctx)
+		if err == nil || errors.As(err, &ae) && !strings.Contains(ae.FaultMessage, "KVM") && !strings.Contains(ae.FaultMessage, "Kvm") &&
+			!strings.Contains(ae.FaultMessage, "Cannot load kernel") {
+			t.Errorf("InstanceStart without KVM on %s: %v", b.Name(), err)
+		}
+	}
+}
