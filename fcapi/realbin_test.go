@@ -3,6 +3,7 @@ package fcapi_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -159,5 +160,145 @@ func realPreBoot(t *testing.T, b realfc.Binary) {
 			!strings.Contains(ae.FaultMessage, "Cannot load kernel") {
 			t.Errorf("InstanceStart without KVM on %s: %v", b.Name(), err)
 		}
+	}
+}
+
+// startReal starts the real binary b on a fresh socket (in a network
+// namespace of its own when root) and returns a client that does not gate
+// (it sends every field), stopped at the end of the test.
+func startReal(t *testing.T, b realfc.Binary, dir, id string) *fcapi.Client {
+	t.Helper()
+	sock := filepath.Join(dir, id+".sock")
+	cmd := exec.Command(b.Path, "--api-sock", sock, "--id", id)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if canTap() {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET}
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() { cmd.Process.Kill(); <-exited })
+	c := fcapi.New(sock, &fcapi.Options{Timeout: 10 * time.Second})
+	t.Cleanup(func() { c.Close() })
+	waitReady(t, &standin{cmd: cmd, sock: sock, stderr: &out, exited: exited}, c)
+	return c
+}
+
+// TestRealFeatureTable checks the client's feature table (the first
+// release of each gated field, endpoint or value) against each real
+// binary: sent without gating, a feature the table says the binary has is
+// not refused as unknown, and one it says the binary lacks is.
+func TestRealFeatureTable(t *testing.T) {
+	tap := canTap()
+	send := map[fcapi.Feature]func(ctx context.Context, c *fcapi.Client, dir string) error{
+		fcapi.FeatureEntropy: func(ctx context.Context, c *fcapi.Client, dir string) error {
+			return c.PutEntropy(ctx, fcapi.EntropyDevice{})
+		},
+		fcapi.FeatureSerial: func(ctx context.Context, c *fcapi.Client, dir string) error {
+			return c.PutSerial(ctx, fcapi.SerialDevice{SerialOutPath: touch(t, filepath.Join(dir, "serial.out"), 0)})
+		},
+		fcapi.FeatureSerialRateLimiter: func(ctx context.Context, c *fcapi.Client, dir string) error {
+			return c.PutSerial(ctx, fcapi.SerialDevice{SerialOutPath: touch(t, filepath.Join(dir, "serial2.out"), 0),
+				RateLimiter: &fcapi.TokenBucket{Size: 1 << 16, RefillTime: 1000}})
+		},
+		fcapi.FeatureMachineHugePages: func(ctx context.Context, c *fcapi.Client, dir string) error {
+			return c.PutMachineConfig(ctx, fcapi.MachineConfig{VCPUCount: 1, MemSizeMiB: 128, HugePages: fcapi.HugePages2M})
+		},
+		fcapi.FeatureMachineHugePagesTransparent: func(ctx context.Context, c *fcapi.Client, dir string) error {
+			return c.PutMachineConfig(ctx, fcapi.MachineConfig{VCPUCount: 1, MemSizeMiB: 128, HugePages: fcapi.HugePagesTransparent})
+		},
+		fcapi.FeatureCPUTemplateNone: func(ctx context.Context, c *fcapi.Client, dir string) error {
+			return c.PutMachineConfig(ctx, fcapi.MachineConfig{VCPUCount: 1, MemSizeMiB: 128, CPUTemplate: fcapi.CPUTemplateNone})
+		},
+		fcapi.FeatureCPUTemplateT2S: func(ctx context.Context, c *fcapi.Client, dir string) error {
+			return c.PutMachineConfig(ctx, fcapi.MachineConfig{VCPUCount: 1, MemSizeMiB: 128, CPUTemplate: fcapi.CPUTemplateT2S})
+		},
+		fcapi.FeatureCPUTemplateT2A: func(ctx context.Context, c *fcapi.Client, dir string) error {
+			return c.PutMachineConfig(ctx, fcapi.MachineConfig{VCPUCount: 1, MemSizeMiB: 128, CPUTemplate: fcapi.CPUTemplateT2A})
+		},
+		fcapi.FeatureLoggerModule: func(ctx context.Context, c *fcapi.Client, dir string) error {
+			return c.PutLogger(ctx, fcapi.Logger{LogPath: touch(t, filepath.Join(dir, "m.log"), 0), Module: "api_server"})
+		},
+		fcapi.FeatureLoggerLevelTraceOff: func(ctx context.Context, c *fcapi.Client, dir string) error {
+			return c.PutLogger(ctx, fcapi.Logger{LogPath: touch(t, filepath.Join(dir, "t.log"), 0), Level: fcapi.LogLevelTrace})
+		},
+		fcapi.FeatureMetricsEmitID: func(ctx context.Context, c *fcapi.Client, dir string) error {
+			return c.PutMetrics(ctx, fcapi.Metrics{MetricsPath: touch(t, filepath.Join(dir, "e.metrics"), 0), EmitID: true})
+		},
+		fcapi.FeatureBalloonFreePageReporting: func(ctx context.Context, c *fcapi.Client, dir string) error {
+			return c.PutBalloon(ctx, fcapi.Balloon{AmountMiB: 1, FreePageReporting: true})
+		},
+		fcapi.FeatureBalloonFreePageHinting: func(ctx context.Context, c *fcapi.Client, dir string) error {
+			return c.PutBalloon(ctx, fcapi.Balloon{AmountMiB: 1, FreePageHinting: true})
+		},
+		fcapi.FeatureSnapshotTrackDirtyPages: func(ctx context.Context, c *fcapi.Client, dir string) error {
+			return c.LoadSnapshot(ctx, fcapi.SnapshotLoadParams{SnapshotPath: filepath.Join(dir, "none.state"),
+				MemFilePath: filepath.Join(dir, "none.mem"), TrackDirtyPages: true})
+		},
+		fcapi.FeatureSnapshotClockRealtime: func(ctx context.Context, c *fcapi.Client, dir string) error {
+			return c.LoadSnapshot(ctx, fcapi.SnapshotLoadParams{SnapshotPath: filepath.Join(dir, "none.state"),
+				MemFilePath: filepath.Join(dir, "none.mem"), ClockRealtime: true})
+		},
+		fcapi.FeatureSnapshotVsockOverride: func(ctx context.Context, c *fcapi.Client, dir string) error {
+			return c.LoadSnapshot(ctx, fcapi.SnapshotLoadParams{SnapshotPath: filepath.Join(dir, "none.state"),
+				MemFilePath: filepath.Join(dir, "none.mem"), VsockOverride: &fcapi.VsockOverride{UDSPath: filepath.Join(dir, "o.sock")}})
+		},
+		fcapi.FeatureSnapshotNetworkOverrides: func(ctx context.Context, c *fcapi.Client, dir string) error {
+			return c.LoadSnapshot(ctx, fcapi.SnapshotLoadParams{SnapshotPath: filepath.Join(dir, "none.state"),
+				MemFilePath: filepath.Join(dir, "none.mem"), NetworkOverrides: []fcapi.NetworkOverride{{IfaceID: "eth0", HostDevName: "tap9"}}})
+		},
+	}
+	if tap {
+		nic := func(ctx context.Context, c *fcapi.Client, mtu int) error {
+			return c.PutNetworkInterface(ctx, fcapi.NetworkInterface{IfaceID: "eth0", HostDevName: "tap0", MTU: mtu})
+		}
+		send[fcapi.FeatureNetMTU] = func(ctx context.Context, c *fcapi.Client, dir string) error { return nic(ctx, c, 1400) }
+		send[fcapi.FeatureMMDSIMDSCompat] = func(ctx context.Context, c *fcapi.Client, dir string) error {
+			if err := nic(ctx, c, 0); err != nil {
+				return fmt.Errorf("PutNetworkInterface: %w", err)
+			}
+			return c.PutMMDSConfig(ctx, fcapi.MMDSConfig{NetworkInterfaces: []string{"eth0"}, IMDSCompat: true})
+		}
+	}
+	// Where an older binary takes a feature the client gates, and why the
+	// gate stays: PUT /metrics ignores unknown fields (emit_id would be
+	// dropped silently); v1.0 takes cpu_template "None" although its API
+	// specification lists only C3 and T2 (None is the default: omitting the
+	// field means the same).
+	lenient := map[fcapi.Feature]bool{fcapi.FeatureMetricsEmitID: true, fcapi.FeatureCPUTemplateNone: true}
+	for _, b := range realfc.Binaries(t) {
+		t.Run(b.Name(), func(t *testing.T) {
+			t.Parallel()
+			v, err := fcapi.ParseVersion(b.Version)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, f := range fcapi.Features() {
+				fn := send[f]
+				if fn == nil {
+					continue
+				}
+				dir := t.TempDir()
+				c := startReal(t, b, dir, "ft")
+				err := fn(context.Background(), c, dir)
+				var ae *fcapi.APIError
+				unknown := errors.As(err, &ae) && (strings.Contains(ae.FaultMessage, "unknown field") ||
+					strings.Contains(ae.FaultMessage, "unknown variant") || strings.Contains(ae.FaultMessage, "Invalid request method"))
+				if err != nil && !errors.As(err, &ae) {
+					t.Errorf("%s on %s: %v (not an API answer)", f, b.Name(), err)
+					continue
+				}
+				has := fcapi.Supported(v, f)
+				switch {
+				case has && unknown:
+					t.Errorf("%s: the client's table says %s has it, but firecracker refused it: %v", f, b.Name(), err)
+				case !has && !unknown && !lenient[f]:
+					t.Errorf("%s: the client's table says %s lacks it, but firecracker took it (%v)", f, b.Name(), err)
+				}
+			}
+		})
 	}
 }
