@@ -37,25 +37,8 @@ func TestRealPreBoot(t *testing.T) {
 func realPreBoot(t *testing.T, b realfc.Binary) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	sock := filepath.Join(dir, "api.sock")
-	cmd := exec.Command(b.Path, "--api-sock", sock, "--id", "pre")
-	var stderr strings.Builder
-	cmd.Stdout, cmd.Stderr = &stderr, &stderr
-	netns := canTap()
-	if netns {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET} // its TAP lives and dies with it
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() { cmd.Process.Kill(); <-exited })
-	s := &standin{cmd: cmd, sock: sock, stderr: &stderr, exited: exited}
-
-	c := fcapi.New(sock, &fcapi.Options{Timeout: 10 * time.Second})
-	defer c.Close()
-	waitReady(t, s, c)
+	netns := canTap() // startReal then gives firecracker a network namespace of its own
+	c := startReal(t, b, dir, "pre")
 	v, raw, err := c.FirecrackerVersion(ctx)
 	if err != nil || !strings.HasPrefix(raw, b.Version) {
 		t.Fatalf("FirecrackerVersion = %q, %v; want %s", raw, err, b.Version)
