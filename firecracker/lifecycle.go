@@ -221,21 +221,10 @@ func (r *Runtime) Start(ctx context.Context, id string) (microvm.VM, error) {
 			if rec.Process != nil && !p.exited() {
 				return microvm.VM{}, r.failOp("start", rec, err)
 			}
-			// InstanceStart itself ended the process (firecracker v1.0
-			// aborts when KVM is missing): booting a fresh one would only
-			// do it again. The error carries firecracker's last lines,
-			// which say why.
-			if rec.Process != nil {
-				r.crashed(rec)
-			}
-			oe := &OpError{Op: "start", ID: id, Err: err, Output: r.lastOutput(id)}
-			rec.LastError = oe.Error()
-			if serr := r.save(rec); serr != nil {
-				r.log.Error("record failed start", "vm", id, "err", serr)
-			}
-			return microvm.VM{}, oe
+			// The configured process died (maybe killed by InstanceStart
+			// itself, as firecracker v1.0 aborts without KVM; maybe by
+			// something else while Start attached): boot a fresh one below.
 		}
-		// The configured process is gone: boot a fresh one below.
 	}
 	return r.coldStart(ctx, rec, to)
 }
