@@ -8,6 +8,8 @@ import (
 	"go/token"
 	"io/fs"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"slices"
@@ -325,7 +327,7 @@ func TestValidateRules(t *testing.T) {
 		{"kernel NUL", func(s *Spec) { s.Kernel = "/a\x00" }, []string{"kernel"}, "NUL"},
 		{"kernel too long", func(s *Spec) { s.Kernel = "/" + long(4095) }, []string{"kernel"}, "4095"},
 		{"initrd NUL", func(s *Spec) { s.Initrd = "\x00" }, []string{"initrd"}, "NUL"},
-		{"boot args too long", func(s *Spec) { s.BootArgs = long(MaxBootArgsLen + 1) }, []string{"boot_args"}, "at most 4096 bytes (got 4097)"},
+		{"boot args too long", func(s *Spec) { s.BootArgs = long(MaxBootArgsLen + 1) }, []string{"boot_args"}, "at most 2047 bytes (got 2048)"},
 		{"boot args newline", func(s *Spec) { s.BootArgs = "a\nb" }, []string{"boot_args"}, "newline"},
 		{"boot args NUL", func(s *Spec) { s.BootArgs = "a\x00" }, []string{"boot_args"}, "NUL"},
 		{"root drive id missing", func(s *Spec) { s.RootDrive.ID = "" }, []string{"root_drive.id"}, "is required"},
@@ -395,7 +397,9 @@ func TestValidateRules(t *testing.T) {
 		{"vsock path NUL", func(s *Spec) { s.Vsock = &Vsock{CID: 3, Path: "a\x00"} }, []string{"vsock.path"}, "NUL"},
 		{"mmds version", mmds(MMDS{Version: "v2"}), []string{"mmds.version"}, `"v2"`},
 		{"mmds address not IPv4", mmds(MMDS{Address: "fe80::1"}), []string{"mmds.address"}, "link-local IPv4"},
-		{"mmds address not link-local", mmds(MMDS{Address: "10.0.0.1"}), []string{"mmds.address"}, "169.254.0.0/16"},
+		{"mmds address not link-local", mmds(MMDS{Address: "10.0.0.1"}), []string{"mmds.address"}, "169.254.1.0 to 169.254.254.255"},
+		{"mmds address reserved low", mmds(MMDS{Address: "169.254.0.5"}), []string{"mmds.address"}, "169.254.0.5"},
+		{"mmds address reserved high", mmds(MMDS{Address: "169.254.255.1"}), []string{"mmds.address"}, "169.254.255.1"},
 		{"mmds address garbage", mmds(MMDS{Address: "metadata"}), []string{"mmds.address"}, `"metadata"`},
 		{"mmds interfaces empty", mmds(MMDS{Interfaces: []string{}}), []string{"mmds.interfaces"}, "at least one"},
 		{"mmds interface unknown", mmds(MMDS{Interfaces: []string{"eth0", "eth9"}}), []string{"mmds.interfaces[1]"}, `"eth9"`},
@@ -779,5 +783,47 @@ func TestErrorMessages(t *testing.T) {
 				t.Errorf("errors.Is(%v, %v) = %v", a, b, i != j)
 			}
 		}
+	}
+}
+
+func TestAbsPaths(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	s := Spec{
+		Kernel: "vmlinux", Initrd: "../boot/initrd", RootDrive: Drive{Path: "/abs/rootfs.ext4"},
+		Drives: []Drive{{Path: "./data.img"}, {Path: ""}}, Vsock: &Vsock{Path: "run/v.sock"},
+	}
+	got, err := s.AbsPaths()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{filepath.Join(dir, "vmlinux"), filepath.Join(filepath.Dir(dir), "boot/initrd"), "/abs/rootfs.ext4", filepath.Join(dir, "data.img"), "", filepath.Join(dir, "run/v.sock")}
+	if g := []string{got.Kernel, got.Initrd, got.RootDrive.Path, got.Drives[0].Path, got.Drives[1].Path, got.Vsock.Path}; !slices.Equal(g, want) {
+		t.Errorf("AbsPaths = %q, want %q", g, want)
+	}
+	if s.Kernel != "vmlinux" || s.Drives[0].Path != "./data.img" || s.Vsock.Path != "run/v.sock" {
+		t.Errorf("AbsPaths changed its receiver: %+v", s)
+	}
+	// Absolute paths are kept verbatim (not cleaned): the spec says what
+	// the caller wrote.
+	if got, _ := (Spec{Kernel: "/a/../b//k"}).AbsPaths(); got.Kernel != "/a/../b//k" {
+		t.Errorf("absolute kernel path changed to %q", got.Kernel)
+	}
+	// No working directory: each relative field is named.
+	gone := filepath.Join(dir, "gone")
+	if err := os.Mkdir(gone, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(gone)
+	if err := os.Remove(gone); err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.AbsPaths()
+	var se *SpecError
+	if !errors.As(err, &se) || !errors.Is(err, ErrInvalidSpec) || len(se.Problems) != 4 || se.Problems[0].Field != "kernel" {
+		t.Errorf("AbsPaths without a working directory: %v, want a SpecError naming kernel, initrd, drives[0].path, vsock.path", err)
+	}
+	if _, err := (Spec{Kernel: "/k", RootDrive: Drive{Path: "/r"}}).AbsPaths(); err != nil {
+		t.Errorf("absolute paths need no working directory: %v", err)
 	}
 }

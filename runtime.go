@@ -21,8 +21,9 @@ import (
 // case it is failed.
 type Runtime interface {
 	// Create makes a VM from spec, configured but not booted (created).
-	// The spec is defaulted ([Spec.WithDefaults]) and validated; the
-	// stored spec is the defaulted one.
+	// The spec is defaulted ([Spec.WithDefaults]), its relative paths are
+	// resolved against the caller's working directory ([Spec.AbsPaths]),
+	// and it is validated; the stored spec is the defaulted, absolute one.
 	Create(ctx context.Context, id string, spec Spec) (VM, error)
 	// Start boots a created, stopped or failed VM (running).
 	Start(ctx context.Context, id string) (VM, error)

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -62,8 +64,12 @@ type Spec struct {
 const (
 	// MaxVCPUs is the most vCPUs Firecracker gives a VM.
 	MaxVCPUs = 32
-	// MaxBootArgsLen is the longest kernel command line accepted.
-	MaxBootArgsLen = 4096
+	// MaxBootArgsLen is the longest kernel command line accepted:
+	// Firecracker (v1.7 and newer, checked against the real binaries)
+	// keeps the command line in 2048 bytes with its NUL, and x86 Linux
+	// reads at most 2048 bytes of it. Arguments a runtime appends (such as
+	// a managed interface's ip=) must fit too, or Firecracker refuses them.
+	MaxBootArgsLen = 2047
 	// DefaultBootArgs is the kernel command line used when Spec.BootArgs is
 	// empty: serial console on ttyS0, reboot on a triple fault (so a guest
 	// reboot ends the VM's process), and no legacy PS/2 probing.
@@ -191,8 +197,8 @@ type Vsock struct {
 type MMDS struct {
 	// Version is "V1" or "V2" (session tokens). Default "V2".
 	Version string `json:"version,omitempty"`
-	// Address is the guest-visible IPv4 address, link-local
-	// (169.254.0.0/16). Default [DefaultMMDSAddress].
+	// Address is the guest-visible IPv4 address, link-local: 169.254.1.0
+	// to 169.254.254.255 (RFC 3927). Default [DefaultMMDSAddress].
 	Address string `json:"address,omitempty"`
 	// Interfaces lists the ids of the network interfaces that may reach
 	// the service. Default: all of the VM's interfaces.
@@ -251,6 +257,47 @@ func (s Spec) WithDefaults() Spec {
 		}
 	}
 	return s
+}
+
+// AbsPaths returns a copy of s whose host paths (Kernel, Initrd, every
+// drive's Path and Vsock.Path) are absolute: a relative path is joined to
+// the caller's working directory, as it is when AbsPaths is called, so the
+// spec means the same files wherever the hypervisor runs. Absolute and empty
+// paths are kept as they are. Every runtime calls it on Create, before
+// Validate, and stores the result. It fails only when s has a relative path
+// and the working directory cannot be found; the [*SpecError] names each
+// such field.
+func (s Spec) AbsPaths() (Spec, error) {
+	s = s.Clone()
+	var wd string
+	var wdErr error
+	v := &validator{}
+	abs := func(field string, p *string) {
+		if *p == "" || filepath.IsAbs(*p) {
+			return
+		}
+		if wd == "" && wdErr == nil {
+			wd, wdErr = os.Getwd()
+		}
+		if wdErr != nil {
+			v.add(field, fmt.Sprintf("is relative (%q) and the working directory cannot be found: %v", truncate(*p, 40), wdErr))
+			return
+		}
+		*p = filepath.Join(wd, *p)
+	}
+	abs("kernel", &s.Kernel)
+	abs("initrd", &s.Initrd)
+	abs("root_drive.path", &s.RootDrive.Path)
+	for i := range s.Drives {
+		abs(fmt.Sprintf("drives[%d].path", i), &s.Drives[i].Path)
+	}
+	if s.Vsock != nil {
+		abs("vsock.path", &s.Vsock.Path)
+	}
+	if err := v.err(); err != nil {
+		return Spec{}, err
+	}
+	return s, nil
 }
 
 // Clone returns a deep copy of s.
@@ -578,8 +625,11 @@ func (v *validator) mmds(m *MMDS, netIDs map[string]bool) {
 	if m.Version != "V1" && m.Version != "V2" {
 		v.add("mmds.version", fmt.Sprintf(`must be "V1" or "V2" (got %q)`, m.Version))
 	}
-	if a, err := netip.ParseAddr(m.Address); err != nil || !a.Is4() || !netip.MustParsePrefix("169.254.0.0/16").Contains(a) {
-		v.add("mmds.address", fmt.Sprintf("must be a link-local IPv4 address in 169.254.0.0/16 (got %q)", truncate(m.Address, 40)))
+	// RFC 3927 keeps 169.254.0.0/24 and 169.254.255.0/24 reserved, and
+	// Firecracker refuses them ("The MMDS IPv4 address is not link local").
+	if a, err := netip.ParseAddr(m.Address); err != nil || !a.Is4() || !netip.MustParsePrefix("169.254.0.0/16").Contains(a) ||
+		a.As4()[2] == 0 || a.As4()[2] == 255 {
+		v.add("mmds.address", fmt.Sprintf("must be a link-local IPv4 address from 169.254.1.0 to 169.254.254.255 (got %q)", truncate(m.Address, 40)))
 	}
 	if len(m.Interfaces) == 0 {
 		v.add("mmds.interfaces", "needs at least one network interface")

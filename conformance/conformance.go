@@ -22,6 +22,12 @@
 // (the table's "destroyed" row refuses everything); and Snapshots(vmID) of
 // an unknown VM is an empty list, not an error (snapshots outlive VMs).
 //
+// A backend that cannot boot a guest here (a real Firecracker on a host
+// without KVM) sets [Harness.NoBoot]: the suite then runs everything that
+// needs no Start on created VMs, skips what needs a booted guest
+// (snapshots, restores, running and paused VMs), and checks that Start
+// fails cleanly (see NoBoot).
+//
 // The suite is fast for an in-memory runtime (about 10 ms) and bounded for
 // a process-backed one: it makes about 120 VMs, at most 20 of them at a
 // time, runs at most [Harness.Parallelism] operations at once outside the
@@ -59,6 +65,16 @@ type Harness struct {
 	Crash func(t *testing.T, rt microvm.Runtime, id string)
 	// Parallelism bounds the concurrency subtests (default 8).
 	Parallelism int
+	// NoBoot says the backend cannot boot a guest on this host (e.g. real
+	// Firecracker without /dev/kvm, where InstanceStart fails). The suite
+	// then uses created VMs wherever it needs a VM, skips the groups and
+	// subtests that need a running or paused VM, and checks instead that
+	// Start of a created VM fails with a *microvm.BackendError (matching
+	// ErrBackend), leaves the VM created (or failed) with LastError set,
+	// fails the same way when tried again, and that the VM can still be
+	// destroyed. Crash is then tried on a created VM: it must stay
+	// readable, say why in LastError, and be destroyable.
+	NoBoot bool
 }
 
 const (
@@ -103,10 +119,31 @@ func Run(t *testing.T, h Harness) {
 	t.Run("Concurrency", s.testConcurrency)
 	t.Run("Reopen", s.testReopen)
 	t.Run("Close", s.testClose)
+	t.Run("NoBoot", s.testNoBoot)
 }
 
 type suite struct {
 	h Harness
+}
+
+// noBootSkip is the reason given for what a NoBoot backend cannot run.
+const noBootSkip = "needs a booted guest; the backend cannot boot here (Harness.NoBoot)"
+
+// live is the status of "a VM" for subtests that need one in any status
+// that holds a process: running, or created when the backend cannot boot.
+func (s *suite) live() microvm.Status {
+	if s.h.NoBoot {
+		return microvm.StatusCreated
+	}
+	return microvm.StatusRunning
+}
+
+// needBoot skips t when the backend cannot boot.
+func (s *suite) needBoot(t *testing.T) {
+	t.Helper()
+	if s.h.NoBoot {
+		t.Skip(noBootSkip)
+	}
 }
 
 // env is one runtime under test and a valid spec for it.

@@ -31,6 +31,10 @@ func harness(newRT func() microvm.Runtime) conformance.Harness {
 			case *memory.Runtime:
 				m = rt
 			case *mutant:
+				if rt.noBoot() {
+					rt.fail(id, "killed by test")
+					return
+				}
 				m = rt.Runtime
 			}
 			if err := m.Crash(id, "killed by test"); err != nil {
@@ -69,6 +73,18 @@ var mutants = map[string]string{
 	"crash-without-reason":     "Crash/Running",
 	"racy-create":              "Concurrency/CreateRace",
 	"close-noop":               "Close",
+	// Backends that cannot boot (Harness.NoBoot).
+	"noboot-untyped-start": "NoBoot",
+	"noboot-no-reason":     "NoBoot",
+	"noboot-boots":         "NoBoot",
+}
+
+// TestNoBoot runs the suite in its NoBoot form against a memory runtime
+// whose Start of a created VM fails as a KVM-less Firecracker's does.
+func TestNoBoot(t *testing.T) {
+	h := harness(func() microvm.Runtime { return newMutant("noboot") })
+	h.NoBoot = true
+	conformance.Run(t, h)
 }
 
 // TestSuiteCatchesMutants runs the suite against each mutant in a child
@@ -112,9 +128,13 @@ func TestMutant(t *testing.T) {
 	if kind == "" {
 		t.Skip("run by TestSuiteCatchesMutants")
 	}
-	conformance.Run(t, harness(func() microvm.Runtime {
-		return &mutant{Runtime: memory.New(nil), kind: kind, specs: map[string]microvm.Spec{}}
-	}))
+	h := harness(func() microvm.Runtime { return newMutant(kind) })
+	h.NoBoot = strings.HasPrefix(kind, "noboot")
+	conformance.Run(t, h)
+}
+
+func newMutant(kind string) *mutant {
+	return &mutant{Runtime: memory.New(nil), kind: kind, specs: map[string]microvm.Spec{}, lastErr: map[string]string{}}
 }
 
 // mutant wraps the memory runtime and breaks the rule its kind names.
@@ -122,8 +142,33 @@ type mutant struct {
 	*memory.Runtime
 	kind string
 
-	mu    sync.Mutex
-	specs map[string]microvm.Spec // aliased-spec: the caller's own spec
+	mu      sync.Mutex
+	specs   map[string]microvm.Spec // aliased-spec: the caller's own spec
+	lastErr map[string]string       // noboot*: LastError of VMs whose boot failed
+}
+
+// noBoot reports whether m plays a backend that cannot boot: Start of a
+// created VM fails with a BackendError, recorded in LastError.
+func (m *mutant) noBoot() bool {
+	return strings.HasPrefix(m.kind, "noboot") && m.kind != "noboot-boots"
+}
+
+// fail records why VM id failed to boot or lost its process (noBoot).
+func (m *mutant) fail(id, why string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.kind != "noboot-no-reason" {
+		m.lastErr[id] = why
+	}
+}
+
+func (m *mutant) withLastError(vm microvm.VM) microvm.VM {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if e, ok := m.lastErr[vm.ID]; ok {
+		vm.LastError = e
+	}
+	return vm
 }
 
 func (m *mutant) Create(ctx context.Context, id string, spec microvm.Spec) (microvm.VM, error) {
@@ -170,10 +215,20 @@ func (m *mutant) Get(ctx context.Context, id string) (microvm.VM, error) {
 	case "crash-without-reason":
 		vm.LastError = ""
 	}
-	return vm, nil
+	return m.withLastError(vm), nil
 }
 
 func (m *mutant) Start(ctx context.Context, id string) (microvm.VM, error) {
+	if m.noBoot() {
+		if vm, err := m.Runtime.Get(ctx, id); err == nil && vm.Status == microvm.StatusCreated {
+			if m.kind == "noboot-untyped-start" {
+				return microvm.VM{}, fmt.Errorf("start %q: boot failed", id)
+			}
+			be := &microvm.BackendError{Op: "boot", Method: "PUT", Path: "/actions", StatusCode: 400, Message: "Start microvm error: Kvm error"}
+			m.fail(id, be.Error())
+			return microvm.VM{}, be
+		}
+	}
 	vm, err := m.Runtime.Start(ctx, id)
 	if m.kind == "untyped-refusal" && errors.Is(err, microvm.ErrInvalidTransition) {
 		return vm, fmt.Errorf("cannot start %q: %w", id, microvm.ErrInvalidTransition)
@@ -224,6 +279,11 @@ func (m *mutant) Restore(ctx context.Context, newID, snapID string, opts *microv
 
 func (m *mutant) Destroy(ctx context.Context, id string) (microvm.VM, error) {
 	vm, err := m.Runtime.Destroy(ctx, id)
+	if err == nil {
+		m.mu.Lock()
+		delete(m.lastErr, id)
+		m.mu.Unlock()
+	}
 	if m.kind == "destroyed-status-stopped" && err == nil {
 		vm.Status = microvm.StatusStopped
 	}

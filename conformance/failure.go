@@ -20,7 +20,15 @@ func (s *suite) testCrash(t *testing.T) {
 	}
 	e := s.env(t)
 
+	t.Run("Created", func(t *testing.T) {
+		if !s.h.NoBoot {
+			t.Skip("a backend that boots is crashed while running")
+		}
+		e.crashCreated(t, "crash-created")
+	})
+
 	t.Run("Running", func(t *testing.T) {
+		s.needBoot(t)
 		e.make(t, "crash-run", microvm.StatusRunning)
 		before := e.get(t, "crash-run")
 		vm := e.crash(t, "crash-run")
@@ -52,6 +60,7 @@ func (s *suite) testCrash(t *testing.T) {
 	})
 
 	t.Run("Paused", func(t *testing.T) {
+		s.needBoot(t)
 		e.make(t, "crash-paused", microvm.StatusPaused)
 		e.crash(t, "crash-paused")
 		if _, err := e.rt.Start(t.Context(), "crash-paused"); err != nil {
@@ -61,6 +70,7 @@ func (s *suite) testCrash(t *testing.T) {
 	})
 
 	t.Run("SnapshotsSurvive", func(t *testing.T) {
+		s.needBoot(t)
 		e.make(t, "crash-snap", microvm.StatusRunning)
 		e.snapshot(t, "crash-snap", "crash-snap-1")
 		e.crash(t, "crash-snap")
@@ -113,6 +123,7 @@ func (s *suite) testConcurrency(t *testing.T) {
 	})
 
 	t.Run("MixedOpsOneVM", func(t *testing.T) {
+		s.needBoot(t)
 		e.make(t, "cc-mixed", microvm.StatusRunning)
 		workers, rounds := s.h.Parallelism, 4
 		ops := []microvm.Op{microvm.OpStart, microvm.OpPause, microvm.OpResume, microvm.OpSnapshot}
@@ -170,7 +181,7 @@ func (s *suite) testConcurrency(t *testing.T) {
 			ids[i] = fmt.Sprintf("cc-many-%02d", i)
 		}
 		s.parallel(len(ids), func(i int) {
-			if err := e.build(t.Context(), ids[i], microvm.StatusRunning); err != nil {
+			if err := e.build(t.Context(), ids[i], s.live()); err != nil {
 				t.Error(err)
 				return
 			}
@@ -197,13 +208,19 @@ func (s *suite) testReopen(t *testing.T) {
 		t.Skip("Harness.Reopen is not set")
 	}
 	e := s.env(t)
-	for _, st := range []microvm.Status{microvm.StatusCreated, microvm.StatusRunning, microvm.StatusPaused, microvm.StatusStopped} {
+	statuses := []microvm.Status{microvm.StatusCreated, microvm.StatusRunning, microvm.StatusPaused, microvm.StatusStopped}
+	if s.h.NoBoot {
+		statuses = statuses[:1]
+	}
+	for _, st := range statuses {
 		e.make(t, "ro-"+string(st), st)
 	}
-	e.snapshot(t, "ro-running", "ro-snap-1")
-	e.snapshot(t, "ro-paused", "ro-snap-2")
-	if _, err := e.rt.Restore(t.Context(), "ro-restored", "ro-snap-1", &microvm.RestoreOptions{Paused: true}); err != nil {
-		t.Fatalf("Restore: %v", err)
+	if !s.h.NoBoot {
+		e.snapshot(t, "ro-running", "ro-snap-1")
+		e.snapshot(t, "ro-paused", "ro-snap-2")
+		if _, err := e.rt.Restore(t.Context(), "ro-restored", "ro-snap-1", &microvm.RestoreOptions{Paused: true}); err != nil {
+			t.Fatalf("Restore: %v", err)
+		}
 	}
 	beforeVMs, err := e.rt.List(t.Context())
 	if err != nil {
@@ -257,6 +274,13 @@ func (s *suite) testReopen(t *testing.T) {
 	})
 
 	t.Run("Operable", func(t *testing.T) {
+		if s.h.NoBoot {
+			if _, err := e.rt.Create(t.Context(), "ro-created", e.spec.Clone()); !errors.Is(err, microvm.ErrAlreadyExists) {
+				t.Errorf("Create of an id that existed before reopen: %v, want ErrAlreadyExists", err)
+			}
+			e.checkStartFails(t, "ro-created")
+			return
+		}
 		for _, c := range []struct {
 			id string
 			op microvm.Op

@@ -28,6 +28,9 @@ func (s *suite) testTransitions(t *testing.T) {
 			if st == microvm.StatusFailed && s.h.Crash == nil {
 				t.Skip("Harness.Crash is not set: the suite cannot make a VM fail")
 			}
+			if st != microvm.StatusCreated && st != microvm.StatusDestroyed {
+				s.needBoot(t)
+			}
 			ids := make([]string, len(lifecycleOps))
 			for i, op := range lifecycleOps {
 				ids[i] = fmt.Sprintf("tr-%s-%s", st, op)
@@ -67,6 +70,10 @@ func (s *suite) testTransitions(t *testing.T) {
 // checks the outcome against the table.
 func (e *env) checkTransition(t *testing.T, id string, from microvm.Status, op microvm.Op) {
 	want, refusal := microvm.Transition(id, from, op)
+	if e.s.h.NoBoot && op == microvm.OpStart && from == microvm.StatusCreated {
+		e.checkStartFails(t, id)
+		return
+	}
 	snapID := "snap-" + id
 	got, err := e.do(t.Context(), id, op, snapID)
 	switch {
@@ -153,6 +160,7 @@ func (s *suite) testCreate(t *testing.T) {
 		}
 		wantSpec(t, "spec after a refused second Create", vm.Spec, e.spec.WithDefaults())
 		// Also from running: the id is taken whatever the status.
+		s.needBoot(t)
 		e.make(t, "cr-twice-run", microvm.StatusRunning)
 		_, err = e.rt.Create(t.Context(), "cr-twice-run", e.spec.Clone())
 		wantErr(t, `Create("cr-twice-run") of a running VM's id`, err, microvm.ErrAlreadyExists)
@@ -388,8 +396,10 @@ var badIDs = []badID{
 
 func (s *suite) testIDs(t *testing.T) {
 	e := s.env(t)
-	e.make(t, "id-vm", microvm.StatusRunning)
-	e.snapshot(t, "id-vm", "id-snap")
+	e.make(t, "id-vm", s.live())
+	if !s.h.NoBoot {
+		e.snapshot(t, "id-vm", "id-snap")
+	}
 
 	t.Run("UnknownVM", func(t *testing.T) {
 		const id = "no-such-vm"
@@ -436,14 +446,20 @@ func (s *suite) testIDs(t *testing.T) {
 		if after := e.snapshotIDs(t, ""); !slices.Equal(beforeSnaps, after) {
 			t.Errorf("Snapshots changed across calls with invalid ids: before %q, after %q", beforeSnaps, after)
 		}
-		e.wantStatus(t, "id-vm", microvm.StatusRunning)
+		e.wantStatus(t, "id-vm", s.live())
 	})
 
 	t.Run("MaxLength", func(t *testing.T) {
 		vmID := strings.Repeat("v", microvm.MaxIDLen)
 		snapID := strings.Repeat("s", microvm.MaxIDLen)
 		newID := strings.Repeat("r", microvm.MaxIDLen)
-		e.make(t, vmID, microvm.StatusRunning)
+		e.make(t, vmID, s.live())
+		if s.h.NoBoot {
+			if _, err := e.rt.Destroy(t.Context(), vmID); err != nil {
+				t.Errorf("Destroy of a VM with a %d-character id: %v", microvm.MaxIDLen, err)
+			}
+			return
+		}
 		e.snapshot(t, vmID, snapID)
 		vm, err := e.rt.Restore(t.Context(), newID, snapID, nil)
 		if err != nil {
@@ -514,9 +530,10 @@ func (e *env) checkBadID(t *testing.T, bad string) {
 
 func (s *suite) testOptions(t *testing.T) {
 	e := s.env(t)
-	e.make(t, "opt-vm", microvm.StatusRunning)
+	e.make(t, "opt-vm", s.live())
 
 	t.Run("NegativeStopTimeout", func(t *testing.T) {
+		s.needBoot(t) // Stop of a created VM is refused as a transition first
 		_, err := e.rt.Stop(t.Context(), "opt-vm", &microvm.StopOptions{Timeout: -time.Second})
 		wantErr(t, "Stop with a negative timeout", err, microvm.ErrInvalidArgument)
 		e.wantStatus(t, "opt-vm", microvm.StatusRunning)
@@ -536,10 +553,11 @@ func (s *suite) testOptions(t *testing.T) {
 		if ids := e.snapshotIDs(t, ""); slices.Contains(ids, "opt-snap") {
 			t.Errorf("a refused Snapshot left snapshot %q behind", "opt-snap")
 		}
-		e.wantStatus(t, "opt-vm", microvm.StatusRunning)
+		e.wantStatus(t, "opt-vm", s.live())
 	})
 
 	t.Run("InvalidRestoreOptions", func(t *testing.T) {
+		s.needBoot(t)
 		e.snapshot(t, "opt-vm", "opt-restore-snap")
 		for _, c := range []struct {
 			name string
@@ -569,7 +587,7 @@ func (s *suite) testList(t *testing.T) {
 		for _, id := range created {
 			e.create(t, id)
 		}
-		e.make(t, "l-run", microvm.StatusRunning)
+		e.make(t, "l-run", s.live())
 		created = append(created, "l-run")
 		vms, err := e.rt.List(t.Context())
 		if err != nil {
@@ -606,7 +624,7 @@ func (s *suite) testDestroy(t *testing.T) {
 	e := s.env(t)
 
 	t.Run("ReturnsLastView", func(t *testing.T) {
-		before := e.make(t, "d-view", microvm.StatusRunning)
+		before := e.make(t, "d-view", s.live())
 		vm, err := e.rt.Destroy(t.Context(), "d-view")
 		if err != nil {
 			t.Fatalf("Destroy: %v", err)
@@ -628,7 +646,11 @@ func (s *suite) testDestroy(t *testing.T) {
 	})
 
 	t.Run("IDReusable", func(t *testing.T) {
-		e.make(t, "d-reuse", microvm.StatusPaused)
+		st := microvm.StatusPaused
+		if s.h.NoBoot {
+			st = microvm.StatusCreated
+		}
+		e.make(t, "d-reuse", st)
 		if _, err := e.rt.Destroy(t.Context(), "d-reuse"); err != nil {
 			t.Fatalf("Destroy: %v", err)
 		}
@@ -642,7 +664,9 @@ func (s *suite) testDestroy(t *testing.T) {
 			t.Errorf("re-created VM: status %s, LastError %q, RestoredFrom %q; want a fresh created VM", vm.Status, vm.LastError, vm.RestoredFrom)
 		}
 		wantSpec(t, "spec of the re-created VM", e.get(t, "d-reuse").Spec, spec.WithDefaults())
-		if _, err := e.rt.Start(t.Context(), "d-reuse"); err != nil {
+		if s.h.NoBoot {
+			e.checkStartFails(t, "d-reuse")
+		} else if _, err := e.rt.Start(t.Context(), "d-reuse"); err != nil {
 			t.Errorf("Start of the re-created VM: %v", err)
 		}
 	})
@@ -660,7 +684,7 @@ func (s *suite) testLogs(t *testing.T) {
 	})
 
 	t.Run("Lines", func(t *testing.T) {
-		e.make(t, "logs-vm", microvm.StatusRunning)
+		e.make(t, "logs-vm", s.live())
 		all, err := e.rt.Logs(t.Context(), "logs-vm", 0)
 		if err != nil {
 			t.Fatalf("Logs(0): %v", err)
@@ -695,13 +719,17 @@ func (s *suite) testLogs(t *testing.T) {
 
 func (s *suite) testClose(t *testing.T) {
 	e := s.env(t)
-	e.make(t, "close-vm", microvm.StatusRunning)
-	e.snapshot(t, "close-vm", "close-snap")
+	e.make(t, "close-vm", s.live())
+	if !s.h.NoBoot {
+		e.snapshot(t, "close-vm", "close-snap")
+	}
 	if _, err := e.rt.Destroy(t.Context(), "close-vm"); err != nil {
 		t.Fatalf("Destroy: %v", err)
 	}
-	if err := e.rt.DeleteSnapshot(t.Context(), "close-snap", nil); err != nil {
-		t.Fatalf("DeleteSnapshot: %v", err)
+	if !s.h.NoBoot {
+		if err := e.rt.DeleteSnapshot(t.Context(), "close-snap", nil); err != nil {
+			t.Fatalf("DeleteSnapshot: %v", err)
+		}
 	}
 	if err := e.rt.Close(); err != nil {
 		t.Fatalf("Close: %v", err)

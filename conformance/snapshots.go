@@ -15,6 +15,7 @@ import (
 // Snapshots
 
 func (s *suite) testSnapshots(t *testing.T) {
+	s.needBoot(t)
 	e := s.env(t)
 
 	t.Run("RunningAndPaused", func(t *testing.T) {
@@ -194,6 +195,7 @@ func (s *suite) testSnapshots(t *testing.T) {
 // Restore
 
 func (s *suite) testRestore(t *testing.T) {
+	s.needBoot(t)
 	e := s.env(t)
 	spec := e.spec.Clone()
 	spec.Labels = map[string]string{"role": "template"}

@@ -290,8 +290,9 @@ func (c *Client) PutMMDSConfig(ctx context.Context, mc MMDSConfig) error {
 	oneOf(ck, "version", mc.Version, MMDSVersionV1, MMDSVersionV2)
 	if mc.IPv4Address != "" {
 		ip := net.ParseIP(mc.IPv4Address)
-		if ip == nil || ip.To4() == nil || !ip.IsLinkLocalUnicast() || strings.Contains(mc.IPv4Address, ":") {
-			ck.invalid("ipv4_address", "%q: must be an IPv4 link-local address (169.254.0.0/16)", mc.IPv4Address)
+		// Firecracker takes 169.254.1.0-169.254.254.255 (RFC 3927).
+		if ip4 := ip.To4(); ip4 == nil || !ip4.IsLinkLocalUnicast() || ip4[2] == 0 || ip4[2] == 255 || strings.Contains(mc.IPv4Address, ":") {
+			ck.invalid("ipv4_address", "%q: must be an IPv4 link-local address from 169.254.1.0 to 169.254.254.255", mc.IPv4Address)
 		}
 	}
 	if mc.IMDSCompat {

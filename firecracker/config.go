@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -333,7 +334,7 @@ func (r *Runtime) configure(ctx context.Context, c *vmClient, rec *vmRecord) err
 	}
 	if v := spec.Vsock; v != nil {
 		uds, abs := vsockPath(p, v)
-		if err := prepareSocketPath(abs); err != nil {
+		if err := prepareSocketPath(ctx, abs); err != nil {
 			return backendErr("configure vsock", err)
 		}
 		if err := c.PutVsock(ctx, fcapi.Vsock{GuestCID: v.CID, UDSPath: uds}); err != nil {
@@ -409,14 +410,21 @@ func vsockPath(p vmPaths, v *microvm.Vsock) (uds, abs string) {
 }
 
 // prepareSocketPath makes path bindable: its parent directory exists and
-// a stale socket left by an earlier process is removed. Anything other
-// than a socket at path is left alone (firecracker then reports it).
-func prepareSocketPath(path string) error {
+// a stale socket left by an earlier process is removed. A socket some
+// process still listens on (another VM's) is refused, not taken over;
+// anything other than a socket at path is left alone (firecracker then
+// reports it).
+func prepareSocketPath(ctx context.Context, path string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("create parent directory of %s: %w", path, err)
 	}
 	fi, err := os.Lstat(path)
 	if err == nil && fi.Mode().Type() == fs.ModeSocket {
+		d := net.Dialer{Timeout: time.Second}
+		if c, derr := d.DialContext(ctx, "unix", path); derr == nil {
+			c.Close()
+			return fmt.Errorf("%s is in use: a process listens on it", path)
+		}
 		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("remove stale socket %s: %w", path, err)
 		}

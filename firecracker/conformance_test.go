@@ -8,6 +8,7 @@ import (
 	microvm "github.com/mvm-dev/microvm"
 	"github.com/mvm-dev/microvm/conformance"
 	"github.com/mvm-dev/microvm/firecracker"
+	"github.com/mvm-dev/microvm/internal/realfc"
 )
 
 // TestConformance runs the conformance suite against the stand-in, in
@@ -16,6 +17,25 @@ func TestConformance(t *testing.T) {
 	for _, api := range []string{"v1.0", "latest"} {
 		t.Run(api, func(t *testing.T) {
 			conformance.Run(t, harness(standin(t, "FCSTANDIN_API="+api), testSpec(t), 8))
+		})
+	}
+}
+
+// TestConformanceReal runs the conformance suite on the oldest and the
+// newest real Firecracker build. Without /dev/kvm they cannot boot
+// (Harness.NoBoot): the suite checks everything up to InstanceStart and
+// that Start fails cleanly. With KVM the KVM suite runs it with a bootable
+// guest instead.
+func TestConformanceReal(t *testing.T) {
+	if realfc.KVM() {
+		t.Skip("/dev/kvm works here: the KVM suite runs the conformance suite with a bootable guest")
+	}
+	for _, b := range realfc.Ends(t) {
+		t.Run(b.Name(), func(t *testing.T) {
+			t.Parallel()
+			h := harness(b.Path, realSpec(t), 8)
+			h.NoBoot = true
+			conformance.Run(t, h)
 		})
 	}
 }

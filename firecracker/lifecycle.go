@@ -25,8 +25,11 @@ func (r *Runtime) Create(ctx context.Context, id string, spec microvm.Spec) (mic
 	if err := microvm.ValidateID(id); err != nil {
 		return microvm.VM{}, err
 	}
-	spec = spec.WithDefaults()
-	if err := spec.Validate(); err != nil {
+	spec, err := spec.WithDefaults().AbsPaths()
+	if err == nil {
+		err = spec.Validate()
+	}
+	if err != nil {
 		return microvm.VM{}, err
 	}
 	if err := r.begin(); err != nil {
@@ -213,11 +216,26 @@ func (r *Runtime) Start(ctx context.Context, id string) (microvm.VM, error) {
 				}
 				return r.viewOf(rec), nil
 			}
-			if !p.exited() {
+			// call records the exit (rec.Process nil) when the process
+			// died; while it dumps core, its pidfd may not be readable yet.
+			if rec.Process != nil && !p.exited() {
 				return microvm.VM{}, r.failOp("start", rec, err)
 			}
-			// The configured process died: boot a fresh one below.
+			// InstanceStart itself ended the process (firecracker v1.0
+			// aborts when KVM is missing): booting a fresh one would only
+			// do it again. The error carries firecracker's last lines,
+			// which say why.
+			if rec.Process != nil {
+				r.crashed(rec)
+			}
+			oe := &OpError{Op: "start", ID: id, Err: err, Output: r.lastOutput(id)}
+			rec.LastError = oe.Error()
+			if serr := r.save(rec); serr != nil {
+				r.log.Error("record failed start", "vm", id, "err", serr)
+			}
+			return microvm.VM{}, oe
 		}
+		// The configured process is gone: boot a fresh one below.
 	}
 	return r.coldStart(ctx, rec, to)
 }

@@ -250,7 +250,7 @@ func copySnapshot(s *snapshot) microvm.Snapshot {
 }
 
 // Create makes a VM from spec, with status created. The stored spec is a
-// defaulted deep copy of spec.
+// defaulted deep copy of spec with absolute paths ([microvm.Spec.AbsPaths]).
 func (r *Runtime) Create(ctx context.Context, id string, spec microvm.Spec) (microvm.VM, error) {
 	if err := r.enter(ctx); err != nil {
 		return microvm.VM{}, err
@@ -258,8 +258,11 @@ func (r *Runtime) Create(ctx context.Context, id string, spec microvm.Spec) (mic
 	if err := microvm.ValidateID(id); err != nil {
 		return microvm.VM{}, fmt.Errorf("memory: create: %w", err)
 	}
-	spec = spec.WithDefaults()
-	if err := spec.Validate(); err != nil {
+	spec, err := spec.WithDefaults().AbsPaths()
+	if err == nil {
+		err = spec.Validate()
+	}
+	if err != nil {
 		return microvm.VM{}, fmt.Errorf("memory: create vm %q: %w", id, err)
 	}
 	now := r.now()

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -490,4 +491,22 @@ func BenchmarkGetParallel(b *testing.B) {
 			i++
 		}
 	})
+}
+
+// TestRelativePaths: like every runtime, Create stores the spec's paths
+// resolved against the caller's working directory.
+func TestRelativePaths(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	rt := memory.New(nil)
+	defer rt.Close()
+	spec := validSpec()
+	spec.Kernel, spec.RootDrive.Path = "vmlinux", "img/rootfs.ext4"
+	vm, err := rt.Create(context.Background(), "rel", spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vm.Spec.Kernel != filepath.Join(dir, "vmlinux") || vm.Spec.RootDrive.Path != filepath.Join(dir, "img/rootfs.ext4") {
+		t.Errorf("stored paths %q, %q; want them under %s", vm.Spec.Kernel, vm.Spec.RootDrive.Path, dir)
+	}
 }

@@ -51,7 +51,7 @@ func Compatible(manifestFCVersion, runningFCVersion string) error {
 	if made.pre != "" || running.pre != "" {
 		if made.major != running.major || made.minor != running.minor || made.patch != running.patch || made.pre != running.pre {
 			return fmt.Errorf("incompatible: snapshot made by Firecracker %s cannot be loaded by Firecracker %s: "+
-				"a pre-release build loads only snapshots of exactly its own version: %w",
+				"a pre-release or development build (such as a git build, 1.0.0-44-gc73a27cb) makes and loads snapshots only of exactly its own version: %w",
 				made, running, microvm.ErrSnapshotCorrupt)
 		}
 		return nil

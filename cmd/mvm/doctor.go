@@ -116,15 +116,48 @@ func checkBinary(ctx context.Context, name, explicit, sibling string) (string, c
 	if !isExecutable(path) {
 		return "", check{Name: name, Status: "fail", Detail: path + " is not an executable file", Hint: hint}
 	}
-	// A short-lived probe: the context bounds only this version query.
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, path, "--version").Output()
+	out, err := binaryVersion(ctx, path)
 	if err != nil {
 		return path, check{Name: name, Status: "fail", Detail: fmt.Sprintf("%s --version: %v", path, err), Hint: hint}
 	}
-	v := strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
+	v := strings.TrimSpace(strings.SplitN(out, "\n", 2)[0])
 	return path, check{Name: name, Status: "ok", Detail: fmt.Sprintf("%s (%s)", v, path)}
+}
+
+// versionProbeTimeout bounds one `--version` query.
+const versionProbeTimeout = 5 * time.Second
+
+// binaryVersion runs `path --version` and returns the start of its output.
+// It reads the output to the end, keeping only the first versionKeep bytes:
+// some Firecracker releases (v1.1.0, v1.4.0) spin at full CPU, ignoring
+// SIGTERM, when the pipe they write their version to closes before they
+// finish. The probe is short-lived: ctx and versionProbeTimeout bound it,
+// and then the process is killed (SIGKILL).
+func binaryVersion(ctx context.Context, path string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, versionProbeTimeout)
+	defer cancel()
+	var out headBuffer
+	cmd := exec.CommandContext(ctx, path, "--version")
+	cmd.Stdout = &out
+	cmd.WaitDelay = time.Second // a grandchild holding the pipe cannot hang Wait
+	if err := cmd.Run(); err != nil {
+		return "", err
+	}
+	return string(out.b), nil
+}
+
+// versionKeep is how much of a `--version` output binaryVersion keeps.
+const versionKeep = 4096
+
+// headBuffer keeps the first versionKeep bytes written to it and accepts
+// (discards) the rest, so the writer never sees its pipe close.
+type headBuffer struct{ b []byte }
+
+func (h *headBuffer) Write(p []byte) (int, error) {
+	if room := versionKeep - len(h.b); room > 0 {
+		h.b = append(h.b, p[:min(room, len(p))]...)
+	}
+	return len(p), nil
 }
 
 func isExecutable(p string) bool {

@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/mvm-dev/microvm/internal/fcstandin"
+	"github.com/mvm-dev/microvm/internal/realfc"
 )
 
 var mvmBuild struct {
@@ -48,6 +49,7 @@ type cli struct {
 	bin, fc  string
 	stateDir string
 	env      []string
+	dir      string // working directory of the mvm processes ("": the test's)
 }
 
 func newCLI(t *testing.T) *cli {
@@ -67,6 +69,7 @@ func (c *cli) run(args ...string) (code int, stdout, stderr string) {
 	full := append([]string{"--state-dir", c.stateDir, "--firecracker-bin", c.fc}, args...)
 	cmd := exec.Command(c.bin, full...)
 	cmd.Env = c.env
+	cmd.Dir = c.dir
 	var out, errb strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
@@ -229,4 +232,96 @@ func TestCLICrashShowsFailed(t *testing.T) {
 		t.Fatalf("restart after failure: %+v", vm)
 	}
 	c.ok("rm", "cli-a")
+}
+
+// TestCLIRealBinaries runs the CLI, each command its own process, against
+// each real Firecracker build, from a directory holding the images named
+// by relative paths: create, inspect, ls, logs, start (which fails cleanly
+// without KVM), crash detection and rm.
+func TestCLIRealBinaries(t *testing.T) {
+	bins := realfc.Binaries(t)
+	kernel := realfc.Kernel(t)
+	for _, b := range bins {
+		t.Run(b.Name(), func(t *testing.T) {
+			t.Parallel()
+			c := newCLI(t)
+			c.fc, c.dir = b.Path, t.TempDir()
+			if err := os.Symlink(kernel, filepath.Join(c.dir, "vmlinux")); err != nil {
+				t.Fatal(err)
+			}
+			for _, f := range []string{"rootfs.ext4", "data.img"} {
+				if err := os.WriteFile(filepath.Join(c.dir, f), make([]byte, 1<<20), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			c.ok("create", "cli-a", "--kernel", "vmlinux", "--rootfs", "./rootfs.ext4", "--drive", "data.img:ro",
+				"--vcpus", "2", "--memory", "128")
+			var vm struct {
+				inspected
+				Spec struct {
+					Kernel    string `json:"kernel"`
+					RootDrive struct {
+						Path string `json:"path"`
+					} `json:"root_drive"`
+					Drives []struct {
+						Path     string `json:"path"`
+						ReadOnly bool   `json:"read_only"`
+					} `json:"drives"`
+				} `json:"spec"`
+				LastError string `json:"last_error"`
+			}
+			inspect := func() {
+				t.Helper()
+				out := c.ok("inspect", "cli-a", "-o", "json")
+				if err := json.Unmarshal([]byte(out), &vm); err != nil {
+					t.Fatalf("inspect: %v\n%s", err, out)
+				}
+			}
+			inspect()
+			if vm.Status != "created" || !alive(vm.Backend.PID) {
+				t.Fatalf("after create: %+v (pid alive %v)", vm.inspected, alive(vm.Backend.PID))
+			}
+			if vm.Spec.Kernel != filepath.Join(c.dir, "vmlinux") || vm.Spec.RootDrive.Path != filepath.Join(c.dir, "rootfs.ext4") ||
+				len(vm.Spec.Drives) != 1 || vm.Spec.Drives[0].Path != filepath.Join(c.dir, "data.img") || !vm.Spec.Drives[0].ReadOnly {
+				t.Errorf("stored spec paths are not the absolute ones: %+v", vm.Spec)
+			}
+			if out := c.ok("ls"); !strings.Contains(out, "cli-a") || !strings.Contains(out, "created") {
+				t.Errorf("ls:\n%s", out)
+			}
+			if out := c.ok("logs", "cli-a", "-n", "500"); !strings.Contains(out, "Running Firecracker v"+b.Version) {
+				t.Errorf("logs lack firecracker's start line:\n%s", out)
+			}
+			if !realfc.KVM() {
+				code, _, errs := c.run("start", "cli-a")
+				if code != 1 || strings.Count(strings.TrimSpace(errs), "\n") != 0 || !strings.Contains(errs, "boot") {
+					t.Errorf("start without KVM: exit %d, stderr %q; want 1 and one line naming the boot", code, errs)
+				}
+				inspect()
+				if vm.Status != "created" || vm.LastError == "" {
+					t.Errorf("after a failed start: %s, last error %q", vm.Status, vm.LastError)
+				}
+			}
+			// Crash: a fresh VM's firecracker killed between two commands.
+			c.ok("create", "cli-b", "--kernel", "vmlinux", "--rootfs", "rootfs.ext4", "--memory", "128")
+			crashed := c.inspect("cli-b")
+			if err := syscall.Kill(crashed.Backend.PID, syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			if got := c.inspect("cli-b"); got.Status != "created" || got.Backend.PID != 0 {
+				t.Errorf("after SIGKILL of a created VM: %+v, want created without a process", got)
+			}
+			c.ok("rm", "cli-b")
+			pid := vm.Backend.PID
+			c.ok("rm", "cli-a")
+			if alive(pid) || alive(crashed.Backend.PID) {
+				t.Errorf("firecracker processes alive after rm: %d %v, %d %v", pid, alive(pid), crashed.Backend.PID, alive(crashed.Backend.PID))
+			}
+			if code, _, errs := c.run("inspect", "cli-a"); code != 1 || !strings.Contains(errs, "not found") {
+				t.Errorf("inspect after rm: exit %d %q", code, errs)
+			}
+			if ents, _ := os.ReadDir(filepath.Join(c.stateDir, "vms")); len(ents) != 0 {
+				t.Errorf("vms/ not empty after rm: %v", ents)
+			}
+		})
+	}
 }

@@ -17,12 +17,25 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// osErr renders an errno like Rust's io::Error Display: "No such file or
-// directory (os error 2)".
+// muslErrno holds the errno texts where musl's strerror (Firecracker's
+// release builds link musl) differs from Go's.
+var muslErrno = map[syscall.Errno]string{
+	syscall.EBUSY:         "Resource busy",
+	syscall.EADDRINUSE:    "Address in use",
+	syscall.EADDRNOTAVAIL: "Address not available",
+	syscall.ENOTTY:        "Not a tty",
+	syscall.ENAMETOOLONG:  "Filename too long",
+}
+
+// osErr renders an errno like Rust's io::Error Display in Firecracker's
+// musl builds: "No such file or directory (os error 2)".
 func osErr(err error) string {
 	var errno syscall.Errno
 	if errors.As(err, &errno) {
-		s := errno.Error()
+		s, ok := muslErrno[errno]
+		if !ok {
+			s = errno.Error()
+		}
 		if s != "" {
 			s = strings.ToUpper(s[:1]) + s[1:]
 		}
@@ -33,31 +46,70 @@ func osErr(err error) string {
 
 // openTap opens host_dev_name the way Firecracker does: /dev/net/tun,
 // TUNSETIFF with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR, then the vnet header size.
-func openTap(name string) (*os.File, string) {
+// A failure is described in the words of the newest releases, or of v1.0
+// when v10 is set (checked against the real binaries).
+func openTap(name string, v10 bool) (*os.File, string) {
 	const prefix = "Could not create the network device: Open tap device failed: "
+	fault := func(newer, old string, err error) string {
+		if v10 {
+			if err != nil {
+				old = fmt.Sprintf(old, rustOsDebug(err))
+			}
+			return "Could not create Network Device: " + old
+		}
+		return prefix + newer
+	}
 	if len(name) >= unix.IFNAMSIZ {
-		return nil, prefix + "Invalid interface name"
+		return nil, fault("Invalid interface name", "TapOpen(InvalidIfname)", nil)
 	}
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, prefix + "Couldn't open /dev/net/tun: " + osErr(err)
+		return nil, fault("Couldn't open /dev/net/tun: "+osErr(err), "TapOpen(OpenTun(%s))", err)
 	}
 	ifr, err := unix.NewIfreq(name)
 	if err != nil {
 		unix.Close(fd)
-		return nil, prefix + "Invalid interface name"
+		return nil, fault("Invalid interface name", "TapOpen(InvalidIfname)", nil)
 	}
 	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
 	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
 		unix.Close(fd)
-		return nil, fmt.Sprintf("%sError while creating ifreq structure: %s. Invalid TUN/TAP Backend provided by %s. Check our documentation on setting up the network devices.", prefix, osErr(err), name)
+		return nil, fault(fmt.Sprintf("Error while creating ifreq structure: %s. Invalid TUN/TAP Backend provided by %s. Check our documentation on setting up the network devices.", osErr(err), name),
+			"TapOpen(IoctlError(%s))", err)
 	}
 	hdr := int32(12) // sizeof(virtio_net_hdr_v1)
 	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.TUNSETVNETHDRSZ, uintptr(unsafe.Pointer(&hdr))); e != 0 {
 		unix.Close(fd)
-		return nil, prefix + "Error while setting the vnet header size: " + osErr(e)
+		return nil, fault("Error while setting the vnet header size: "+osErr(e), "TapSetVnetHdrSize(IoctlError(%s))", e)
 	}
 	return os.NewFile(uintptr(fd), "/dev/net/tun:"+name), ""
+}
+
+// rustKinds are the io::ErrorKind names of the Rust release Firecracker
+// v1.0 was built with (EBUSY was still Other then).
+var rustKinds = map[syscall.Errno]string{
+	syscall.EINVAL: "InvalidInput", syscall.EADDRINUSE: "AddrInUse", syscall.EADDRNOTAVAIL: "AddrNotAvailable",
+	syscall.ENOENT: "NotFound", syscall.EACCES: "PermissionDenied", syscall.EPERM: "PermissionDenied",
+	syscall.EEXIST: "AlreadyExists", syscall.ECONNREFUSED: "ConnectionRefused",
+}
+
+// rustOsDebug renders an errno like Rust's Debug of an io::Error, as v1.0
+// shows it in fault messages: Os { code: 16, kind: Other, message: "Resource busy" }.
+func rustOsDebug(err error) string {
+	var errno syscall.Errno
+	if !errors.As(err, &errno) {
+		return err.Error()
+	}
+	kind, ok := rustKinds[errno]
+	if !ok {
+		kind = "Other"
+	}
+	msg, ok := muslErrno[errno]
+	if !ok {
+		msg = errno.Error()
+		msg = strings.ToUpper(msg[:1]) + msg[1:]
+	}
+	return fmt.Sprintf("Os { code: %d, kind: %s, message: %q }", int(errno), kind, msg)
 }
 
 // openBacking opens a drive/pmem backing file like Firecracker does at PUT:
@@ -134,7 +186,7 @@ func bindVsock(path string, gate *runGate) (*vsockDev, error) {
 		if errors.As(err, &oe) {
 			var se *os.SyscallError
 			if errors.As(oe.Err, &se) {
-				return nil, errors.New(osErr(se.Err))
+				return nil, se.Err
 			}
 		}
 		return nil, err

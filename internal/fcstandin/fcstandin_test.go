@@ -179,7 +179,7 @@ func TestStrictRequests(t *testing.T) {
 	p.fails("PUT", "/snapshot/load", `{"snapshot_path":"s","mem_backend":{"backend_type":"File","backend_path":"m"}}`, MsgLoadNotAllowed)
 	// vsock binds at PUT and fails when the path exists.
 	taken := file(t, dir, "taken.sock", "")
-	p.fails("PUT", "/vsock", `{"guest_cid":3,"uds_path":`+jsonStr(taken)+`}`, "Address already in use (os error 98)")
+	p.fails("PUT", "/vsock", `{"guest_cid":3,"uds_path":`+jsonStr(taken)+`}`, "Address in use (os error 98)")
 	// Deprecated fields succeed with a Deprecation header.
 	code, _, h := p.do("PUT", "/machine-config", `{"vcpu_count":1,"mem_size_mib":128,"cpu_template":"T2"}`)
 	if code != 204 || h.Get("Deprecation") != "true" {

@@ -78,7 +78,7 @@ func TestTapOpenedForReal(t *testing.T) {
 	p.ok("PUT", "/network-interfaces/eth0", `{"iface_id":"eth0","host_dev_name":"fcstap0","guest_mac":"06:00:AC:10:00:02"}`)
 	// Re-PUT of the same interface reopens the TAP.
 	p.ok("PUT", "/network-interfaces/eth0", `{"iface_id":"eth0","host_dev_name":"fcstap0","guest_mac":"06:00:AC:10:00:02"}`)
-	p.fails("PUT", "/network-interfaces/eth1", `{"iface_id":"eth1","host_dev_name":"fcstap0"}`, "Device or resource busy (os error 16)")
+	p.fails("PUT", "/network-interfaces/eth1", `{"iface_id":"eth1","host_dev_name":"fcstap0"}`, "Resource busy (os error 16)")
 	p.fails("PUT", "/network-interfaces/eth1", `{"iface_id":"eth1","host_dev_name":"lo"}`, "Invalid TUN/TAP Backend provided by lo")
 	p.fails("PUT", "/network-interfaces/eth1", `{"iface_id":"eth1","host_dev_name":"a-name-far-too-long-for-linux"}`, "Invalid interface name")
 	p.fails("PUT", "/network-interfaces/eth1", `{"iface_id":"eth1","host_dev_name":"tapx","guest_mac":"06:00:ac:10:00:02"}`, "The MAC address is already in use")
@@ -101,7 +101,7 @@ func TestTapOverrideOnLoad(t *testing.T) {
 	// fatally; with network_overrides pointing at a free TAP it works.
 	busyAndTap := func(tap string) func() error {
 		return func() error {
-			f, msg := openTap("fcstap1") // creates it (we are root) and holds it
+			f, msg := openTap("fcstap1", false) // creates it (we are root) and holds it
 			if msg != "" {
 				return errors.New(msg)
 			}
@@ -115,7 +115,7 @@ func TestTapOverrideOnLoad(t *testing.T) {
 		}
 	}
 	q := startInNetnsWith(t, busyAndTap(""))
-	q.fails("PUT", "/snapshot/load", `{"snapshot_path":`+jsonStr(st)+`,"mem_file_path":`+jsonStr(mem)+`,"vsock_override":{"uds_path":"q.sock"}}`, "Device or resource busy (os error 16)")
+	q.fails("PUT", "/snapshot/load", `{"snapshot_path":`+jsonStr(st)+`,"mem_file_path":`+jsonStr(mem)+`,"vsock_override":{"uds_path":"q.sock"}}`, "Resource busy (os error 16)")
 	if q.wait(10*time.Second).ExitCode() != 1 {
 		t.Fatal("failed load did not exit 1")
 	}

@@ -456,7 +456,7 @@ func (v *vmm) restore(p *loadParams) error {
 		}
 	}
 	for _, n := range cfg.Nets {
-		tap, msg := openTap(n.HostDevName)
+		tap, msg := openTap(n.HostDevName, false)
 		if msg != "" {
 			return fmt.Errorf("Failed to build microVM from snapshot: Net device error: %s", msg)
 		}
@@ -468,7 +468,7 @@ func (v *vmm) restore(p *loadParams) error {
 		}
 		dev, err := bindVsock(cfg.Vsock.UdsPath, v.gate)
 		if err != nil {
-			return fmt.Errorf("Failed to build microVM from snapshot: Vsock device error: Error binding to the host-side Unix socket: %v", err)
+			return fmt.Errorf("Failed to build microVM from snapshot: Vsock device error: Error binding to the host-side Unix socket: %s", osErr(err))
 		}
 		dev.onConn = func() { v.metrics.inc("vsock", "conns_added", 1) }
 		v.vsock = dev

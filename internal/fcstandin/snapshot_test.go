@@ -135,7 +135,7 @@ func TestSnapshotLoadFailuresAreFatal(t *testing.T) {
 		{"missing state", `{"snapshot_path":"/nonexistent","mem_backend":{"backend_type":"File","backend_path":` + jsonStr(mem) + `}` + ovs(), "No such file or directory"},
 		{"missing memory", `{"snapshot_path":` + jsonStr(state) + `,"mem_backend":{"backend_type":"File","backend_path":"/nonexistent"}` + ovs(), "No such file or directory"},
 		{"unknown override iface", `{"snapshot_path":` + jsonStr(state) + `,"mem_backend":{"backend_type":"File","backend_path":` + jsonStr(mem) + `},"network_overrides":[{"iface_id":"eth7","host_dev_name":"tap7"}]` + ovs(), "eth7"},
-		{"vsock path taken", `{"snapshot_path":` + jsonStr(state) + `,"mem_backend":{"backend_type":"File","backend_path":` + jsonStr(mem) + `}}`, "Address already in use"},
+		{"vsock path taken", `{"snapshot_path":` + jsonStr(state) + `,"mem_backend":{"backend_type":"File","backend_path":` + jsonStr(mem) + `}}`, "Address in use"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			p := startFC(t, startOpt{})

@@ -828,9 +828,14 @@ func (v *vmm) putBootSource(body []byte) response {
 		if err := checkReadable(*b.InitrdPath); err != nil {
 			return v.fault("Boot source error: The initrd file cannot be opened due to invalid path or invalid permissions. " + err.Error())
 		}
-		if v.cfg.Machine.HugePages == "2M" {
-			return v.fault("Machine config error: Firecracker's huge pages support is incompatible with initrds.")
-		}
+		// Releases up to v1.7 refused an initrd with huge pages; the newest
+		// (v1.14.2, checked against the real binary) accept it.
+	}
+	// Releases from v1.7 (checked against v1.7.0 and v1.14.2) keep the
+	// command line in a 2048-byte buffer with its NUL; v1.0 takes more.
+	if b.BootArgs != nil && len(*b.BootArgs) >= 2048 && v.api == APILatest {
+		v.metrics.inc("put_api_requests", "boot_source_fails", 1)
+		return v.fault("Boot source error: The kernel command line is invalid: Invalid cmdline capacity provided.")
 	}
 	v.cfg.Boot = &b
 	return v.noContent()
@@ -899,14 +904,8 @@ func (v *vmm) applyMachine(m machineConfig, u machineConfigUpdate, body []byte) 
 	if m.MemSizeMib == 0 || (m.HugePages == "2M" || m.HugePages == "Transparent") && m.MemSizeMib%2 != 0 {
 		return v.fault(MsgMemSize)
 	}
-	if m.HugePages == "2M" {
-		if v.cfg.Balloon != nil {
-			return v.fault("Machine config error: Firecracker's huge pages support is incompatible with memory ballooning.")
-		}
-		if v.cfg.Boot != nil && v.cfg.Boot.InitrdPath != nil {
-			return v.fault("Machine config error: Firecracker's huge pages support is incompatible with initrds.")
-		}
-	}
+	// v1.7 refused huge pages with a balloon (and with an initrd); the
+	// newest real binary (v1.14.2) takes both, and so does the stand-in.
 	if v.cfg.Balloon != nil && m.MemSizeMib < v.cfg.Balloon.AmountMib {
 		return v.fault("Machine config error: The memory size (MiB) is smaller than the previously set balloon device target size.")
 	}
@@ -1088,7 +1087,10 @@ func (v *vmm) putNet(body []byte, id string, hasID bool) response {
 	if n.GuestMac != nil {
 		for _, o := range v.cfg.Nets {
 			if o.IfaceID != id && o.GuestMac != nil && strings.EqualFold(*o.GuestMac, *n.GuestMac) {
-				return fail("Net config error: The MAC address is already in use: " + strings.ToLower(*n.GuestMac))
+				if v.api == APIv10 {
+					return fail(fmt.Sprintf("The guest MAC address %s is already in use.", strings.ToLower(*n.GuestMac)))
+				}
+				return fail("Network config error: The MAC address is already in use: " + strings.ToLower(*n.GuestMac))
 			}
 		}
 	}
@@ -1103,9 +1105,12 @@ func (v *vmm) putNet(body []byte, id string, hasID bool) response {
 			}
 		}
 	}
-	tap, msg := openTap(n.HostDevName)
+	tap, msg := openTap(n.HostDevName, v.api == APIv10)
 	if msg != "" {
-		return fail("Net config error: " + msg)
+		if v.api == APIv10 {
+			return fail(msg)
+		}
+		return fail("Network config error: " + msg)
 	}
 	v.taps[id] = tap
 	v.cfg.Nets = append(v.cfg.Nets, n)
@@ -1149,7 +1154,7 @@ func (v *vmm) patchNet(body []byte, id string, hasID bool) response {
 			return v.noContent()
 		}
 	}
-	return fail("Net config error: Unable to update the net device: Device manager error: Failed to find the device. Device not found: " + id)
+	return fail("Network config error: Unable to update the net device: Device manager error: Failed to find the device. Device not found: " + id)
 }
 
 func (v *vmm) putLogger(body []byte) response {
@@ -1258,7 +1263,10 @@ func (v *vmm) putVsock(body []byte) response {
 	}
 	dev, err := bindVsock(c.UdsPath, v.gate)
 	if err != nil {
-		return fail("Vsock config error: Cannot create backend for vsock device: Error binding to the host-side Unix socket: " + err.Error())
+		if v.api == APIv10 {
+			return fail("Cannot create backend for vsock device: UnixBind(" + rustOsDebug(err) + ")")
+		}
+		return fail("Vsock config error: Cannot create backend for vsock device: Error binding to the host-side Unix socket: " + osErr(err))
 	}
 	if v.vsock != nil {
 		v.vsock.close(true) // re-PUT replaces the device; the old socket file goes
@@ -1282,9 +1290,6 @@ func (v *vmm) putBalloon(body []byte) response {
 		return v.fault(MsgPostBoot)
 	}
 	v.bootPath = true
-	if v.cfg.Machine.HugePages == "2M" {
-		return v.fault("Balloon config error: Firecracker's huge pages support is incompatible with memory ballooning.")
-	}
 	if b.AmountMib > v.cfg.Machine.MemSizeMib {
 		return v.fault("Balloon config error: Amount of pages requested is too large.")
 	}
@@ -1296,6 +1301,9 @@ func (v *vmm) getBalloon() response {
 	if v.cfg.Balloon == nil {
 		if v.started() {
 			return v.fault("Internal VMM error: Balloon: Device not found.")
+		}
+		if v.api == APIv10 {
+			return v.fault("No balloon device found.")
 		}
 		return v.fault("Balloon config error: No balloon device found.")
 	}
@@ -1499,7 +1507,11 @@ func (v *vmm) putMmdsConfig(body []byte) response {
 		if ip == nil {
 			return v.fault(msgSerdePrefix + "invalid IPv4 address syntax.")
 		}
-		if !ip.IsLinkLocalUnicast() || ip[2] == 0 && ip[3] == 0 || ip[2] == 255 && ip[3] == 255 {
+		// Like Firecracker (every release): 169.254.1.0-169.254.254.255.
+		if !ip.IsLinkLocalUnicast() || ip[2] == 0 || ip[2] == 255 {
+			if v.api == APIv10 {
+				return v.fault("The MMDS IPv4 address is not link local.")
+			}
 			return v.fault("MMMDS config error: The MMDS IPv4 address is not link local.")
 		}
 		addr = ip.String()

@@ -108,12 +108,18 @@ func newWorld(t testing.TB, poolSize int) *world { return newWorldAPI(t, poolSiz
 // newWorldAPI is newWorld with the stand-in emulating api.
 func newWorldAPI(t testing.TB, poolSize int, api string) *world {
 	t.Helper()
+	return newWorldBin(t, poolSize, standin(t, api))
+}
+
+// newWorldBin is newWorld running the firecracker binary bin.
+func newWorldBin(t testing.TB, poolSize int, bin string) *world {
+	t.Helper()
 	env := nstest.NewEnv(t)
 	reg, err := registry.Open(filepath.Join(env.Dir, "netstate"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &world{t: t, env: env, reg: reg, state: t.TempDir(), bin: standin(t, api)}
+	w := &world{t: t, env: env, reg: reg, state: t.TempDir(), bin: bin}
 	w.cfg = network.Config{
 		Store:           reg,
 		HostNS:          env.Host,
