@@ -62,6 +62,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -456,6 +457,10 @@ func runBatch(b *testing.B, o op, l launcher, parallel int) (sample, error) {
 	if err := errors.Join(errs...); err != nil {
 		return s, errors.Join(err, teardownAll(vms))
 	}
+	// Pay the garbage collection the previous batches (of any
+	// implementation) owe outside the timed region, so that one
+	// implementation's garbage is not charged to the next.
+	runtime.GC()
 	gate := make(chan struct{})
 	var ready, done sync.WaitGroup
 	ready.Add(parallel)

@@ -62,14 +62,17 @@ func (r *Runtime) Create(ctx context.Context, id string, spec microvm.Spec) (mic
 	}
 	now := nowUTC()
 	rec := &vmRecord{ID: id, Spec: spec, Status: microvm.StatusCreated, Op: opCreate, CreatedAt: now, UpdatedAt: now}
-	// No record exists, so a directory of that name is a leftover.
-	if err := r.removeVMDir(id); err != nil {
+	// No record exists, so a directory of that name was left by an
+	// interrupted Create: end what runs in it and remove it.
+	if err := r.sweepOrphan(id); err != nil {
 		return microvm.VM{}, &OpError{Op: "create", ID: id, Err: fmt.Errorf("remove leftover vm directory: %w", err)}
 	}
-	// The record is written first when there is a network to attach (so
-	// that an interrupted Create is found and undone); otherwise the spawn
-	// writes it, with the process, in one go.
-	reserve := true
+	// With a network to attach, the record is written first, so that an
+	// interrupted Create is found (and its network released) by its
+	// record. Otherwise the VM directory, made before the process is
+	// spawned, is the mark that a process may exist (see strays.go), and
+	// the record is written once, when the VM is configured.
+	how := recordNone
 	if _, managed := managedInterface(spec); managed {
 		if err := r.reg.Create(kindVM, id, rec); err != nil {
 			if errors.Is(err, registry.ErrExists) {
@@ -77,28 +80,60 @@ func (r *Runtime) Create(ctx context.Context, id string, spec microvm.Spec) (mic
 			}
 			return microvm.VM{}, &OpError{Op: "create", ID: id, Err: err}
 		}
-		reserve = false
+		how = recordPID
 		if err := r.attachNetwork(ctx, rec); err != nil {
 			return microvm.VM{}, r.undo("create", rec, nil, err)
 		}
 	}
-	p, c, err := r.launch(ctx, rec, reserve)
+	p, c, err := r.launch(ctx, rec, how)
 	if err != nil {
-		if errors.Is(err, microvm.ErrAlreadyExists) {
-			// Another writer (one that does not lock) made the VM: leave
-			// its directory alone.
-			return microvm.VM{}, fmt.Errorf("create vm %q: %w", id, microvm.ErrAlreadyExists)
-		}
 		return microvm.VM{}, r.undo("create", rec, nil, err)
 	}
 	defer c.Close()
-	if err := r.configure(ctx, c, rec); err != nil {
+	// The final record is written and fsynced while firecracker is
+	// configured, and made visible (rename or link, directory fsync) only
+	// when that succeeded.
+	final := *rec
+	final.Op = ""
+	if v := spec.Vsock; v != nil {
+		_, final.VsockPath = vsockPath(r.paths(id), v)
+	}
+	final.UpdatedAt = nowUTC()
+	type prepared struct {
+		w   *registry.Pending
+		err error
+	}
+	prep := make(chan prepared, 1)
+	go func() {
+		w, err := r.reg.Prepare(kindVM, id, &final)
+		prep <- prepared{w, err}
+	}()
+	err = r.configure(ctx, c, rec)
+	pw := <-prep
+	if err != nil {
+		if pw.w != nil {
+			pw.w.Discard()
+		}
 		return microvm.VM{}, r.undo("create", rec, p, r.withExit(rec, p, err))
 	}
-	rec.Op = ""
-	if err := r.save(rec); err != nil {
-		return microvm.VM{}, r.undo("create", rec, p, err)
+	if pw.err != nil {
+		return microvm.VM{}, r.undo("create", rec, p, fmt.Errorf("vm %q: write record: %w", id, pw.err))
 	}
+	commit := pw.w.CommitNew
+	if how != recordNone {
+		commit = pw.w.Commit // replaces the record written first
+	}
+	if err := commit(); err != nil {
+		if errors.Is(err, registry.ErrExists) {
+			// Another writer (one that does not lock) made the VM: leave
+			// its directory and record alone.
+			p.terminate(killWait)
+			p.close()
+			return microvm.VM{}, fmt.Errorf("create vm %q: %w", id, microvm.ErrAlreadyExists)
+		}
+		return microvm.VM{}, r.undo("create", rec, p, fmt.Errorf("vm %q: write record: %w", id, err))
+	}
+	rec = &final
 	r.watch(id, p)
 	return r.view(rec, nil), nil
 }
@@ -152,6 +187,10 @@ func (r *Runtime) undo(op string, rec *vmRecord, p *proc, cause error) error {
 // discard ends the VM's processes and removes all it holds on the host
 // and its record. It is the common end of Destroy and of undone creates.
 func (r *Runtime) discard(rec *vmRecord, p *proc) error {
+	// Stop watching first: the exit is asked for, and a watcher woken by
+	// it would only take the VM's lock (and make its lock file again)
+	// after Destroy removed it.
+	r.unwatch(rec.ID)
 	var errs []error
 	if p != nil {
 		if !p.terminate(killWait) {
@@ -169,7 +208,6 @@ func (r *Runtime) discard(rec *vmRecord, p *proc) error {
 		// or recovery finds it.
 		return err
 	}
-	r.unwatch(rec.ID)
 	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.APITimeout)
 	defer cancel()
 	if err := r.detachNetwork(ctx, rec); err != nil {
@@ -239,7 +277,7 @@ func (r *Runtime) coldStart(ctx context.Context, rec *vmRecord, to microvm.Statu
 		err = r.attachNetwork(ctx, rec)
 	}
 	if err == nil {
-		p, c, err = r.launch(ctx, rec, false)
+		p, c, err = r.launch(ctx, rec, recordPID)
 	}
 	if err == nil {
 		defer c.Close()
@@ -305,7 +343,7 @@ func (r *Runtime) Stop(ctx context.Context, id string, opts *microvm.StopOptions
 		return microvm.VM{}, err
 	}
 	rec.Op = opStop
-	if err := r.save(rec); err != nil {
+	if err := r.mark(rec); err != nil {
 		return microvm.VM{}, &OpError{Op: "stop", ID: id, Err: err}
 	}
 	if err := r.shutdown(ctx, rec, timeout); err != nil {
@@ -501,7 +539,7 @@ func (r *Runtime) Destroy(ctx context.Context, id string) (microvm.VM, error) {
 	}
 	vm := r.viewOf(rec)
 	rec.Op = opDestroy
-	if err := r.save(rec); err != nil {
+	if err := r.mark(rec); err != nil {
 		return microvm.VM{}, &OpError{Op: "destroy", ID: id, Err: err}
 	}
 	if err := r.discard(rec, nil); err != nil {
@@ -517,20 +555,18 @@ func (r *Runtime) Destroy(ctx context.Context, id string) (microvm.VM, error) {
 	return vm, nil
 }
 
-// lockLoad takes the VM's lock and reads its record. A record left
-// mid-operation by a process that died is recovered first.
+// lockLoad takes the VM's lock and reads its record, adopting the VM (see
+// adoptLocked) if this runtime meets it for the first time: a record left
+// mid-operation by a process that died is recovered, a process that died
+// unwatched turns its VM failed.
 func (r *Runtime) lockLoad(ctx context.Context, id string) (func(), *vmRecord, error) {
 	unlock, err := r.lockVM(ctx, id)
 	if err != nil {
 		return nil, nil, err
 	}
 	rec, err := r.load(id)
-	if err == nil && rec.Op != "" {
-		// We hold the lock, so whoever wrote Op is gone.
-		rec, err = r.reconcile(ctx, rec)
-		if err == nil && rec == nil {
-			err = fmt.Errorf("vm %q: %w", id, microvm.ErrNotFound)
-		}
+	if err == nil {
+		rec, err = r.adoptLocked(ctx, rec, true)
 	}
 	if err != nil {
 		unlock()

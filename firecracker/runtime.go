@@ -7,10 +7,12 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -92,6 +94,10 @@ type Config struct {
 	// interfaces (existing TAP devices) need nothing. The runtime does not
 	// close it.
 	Network Network
+	// Metrics makes each firecracker write its metrics to metrics.json in
+	// the VM directory (PUT /metrics). Default false: it costs a request
+	// and a file per VM, and nothing in the runtime reads them.
+	Metrics bool
 	// Logger receives the runtime's diagnostics. Default: discarded.
 	Logger *slog.Logger
 }
@@ -119,6 +125,9 @@ type Runtime struct {
 	closed   bool
 	watchers map[string]*watcher // by VM id
 	exits    map[procRecord]exitInfo
+
+	dirWatchOnce sync.Once
+	dirWatch     *dirWatch // nil until first needed, or without inotify
 }
 
 var _ microvm.Runtime = (*Runtime)(nil)
@@ -171,11 +180,7 @@ func Open(ctx context.Context, cfg Config) (*Runtime, error) {
 		watchers: make(map[string]*watcher),
 		exits:    make(map[procRecord]exitInfo),
 	}
-	sweepTrash(vmsDir)
-	if err := r.adoptAll(ctx); err != nil {
-		r.Close()
-		return nil, fmt.Errorf("firecracker: open: %w", err)
-	}
+	r.sweepVMDirs()
 	if cfg.Network != nil {
 		r.cleanupNetwork(ctx)
 	}
@@ -302,6 +307,10 @@ func (r *Runtime) Close() error {
 	r.mu.Lock()
 	r.watchers = nil
 	r.mu.Unlock()
+	r.dirWatchOnce.Do(func() {}) // no watch made after this
+	if r.dirWatch != nil {
+		r.dirWatch.close()
+	}
 	return r.reg.Close()
 }
 
@@ -375,7 +384,7 @@ func (r *Runtime) Get(ctx context.Context, id string) (microvm.VM, error) {
 	if err != nil {
 		return microvm.VM{}, err
 	}
-	if rec, err = r.ensureWatched(rec); err != nil {
+	if rec, err = r.ensureAdopted(ctx, rec, true); err != nil {
 		return microvm.VM{}, err
 	}
 	snaps, err := r.snapshotsOf(id)
@@ -415,7 +424,7 @@ func (r *Runtime) List(ctx context.Context) ([]microvm.VM, error) {
 		if err != nil {
 			return nil, fmt.Errorf("list vms: %w", err)
 		}
-		if rec, err = r.ensureWatched(rec); err != nil {
+		if rec, err = r.ensureAdopted(ctx, rec, false); err != nil {
 			continue // removed by recovery
 		}
 		vms = append(vms, r.view(rec, slices.Clone(byVM[id])))
@@ -511,20 +520,6 @@ func (r *Runtime) trimLoop() {
 	}
 }
 
-// sweepTrash removes VM directories left half-deleted by a Destroy that
-// died (they are renamed to a hidden name before removal).
-func sweepTrash(vmsDir string) {
-	ents, err := os.ReadDir(vmsDir)
-	if err != nil {
-		return
-	}
-	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), trashPrefix) {
-			os.RemoveAll(filepath.Join(vmsDir, e.Name()))
-		}
-	}
-}
-
 // trashPrefix marks a VM directory being removed.
 const trashPrefix = ".trash-"
 
@@ -532,13 +527,8 @@ const trashPrefix = ".trash-"
 // a crash midway never leaves a directory that looks live), then deleted.
 func (r *Runtime) removeVMDir(id string) error {
 	dir := r.paths(id).dir
-	trash, err := os.MkdirTemp(r.vmsDir, trashPrefix+id+"-")
-	if err != nil {
-		return os.RemoveAll(dir)
-	}
-	dst := filepath.Join(trash, id)
-	if err := os.Rename(dir, dst); err != nil {
-		os.Remove(trash)
+	trash := filepath.Join(r.vmsDir, trashPrefix+id+"-"+strconv.FormatUint(rand.Uint64(), 36))
+	if err := os.Rename(dir, trash); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil
 		}
