@@ -299,6 +299,17 @@ type benchVM interface {
 
 var errNoOp = errors.New("operation not offered by this implementation")
 
+// skipLauncher stands for an implementation left out with BENCH_IMPLS
+// (a comma-separated list of the implementations to run, for profiling
+// one of them).
+type skipLauncher struct{}
+
+func (skipLauncher) create(context.Context, string, bool) (benchVM, error) { return nil, errNoOp }
+func (skipLauncher) restore(context.Context, string, snapshotRef) (benchVM, error) {
+	return nil, errNoOp
+}
+func (skipLauncher) close() error { return nil }
+
 // impls lists the implementations in report order.
 var impls = []struct {
 	name string
@@ -358,6 +369,10 @@ func benchOp(b *testing.B, o op, ps []int) {
 		b.Run(fmt.Sprintf("parallel=%d", p), func(b *testing.B) {
 			ls := make([]launcher, len(impls))
 			for i, impl := range impls {
+				if only := os.Getenv("BENCH_IMPLS"); only != "" && !slices.Contains(strings.Split(only, ","), impl.name) {
+					ls[i] = skipLauncher{}
+					continue
+				}
 				ls[i] = impl.open(b, e)
 			}
 			defer func() {

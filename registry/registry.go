@@ -77,6 +77,9 @@ func Open(dir string) (*Registry, error) {
 	if err := ensureDir(filepath.Join(abs, locksDir)); err != nil {
 		return nil, fmt.Errorf("registry: open %q: %w", abs, err)
 	}
+	if err := ensureLockTable(filepath.Join(abs, locksDir, lockTable)); err != nil {
+		return nil, fmt.Errorf("registry: open %q: %w", abs, err)
+	}
 	removeStaleTemps(abs, time.Now().Add(-StaleTempAge))
 	return &Registry{dir: abs, held: make(map[*heldLock]struct{})}, nil
 }
@@ -411,6 +414,22 @@ func writeTemp(dir, pattern string, buf []byte, sync bool) (name string, err err
 		return "", err
 	}
 	return f.Name(), nil
+}
+
+// ensureLockTable creates the lock table (mode 0600) if missing.
+func ensureLockTable(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, filePerm)
+	if errors.Is(err, fs.ErrExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	err = f.Chmod(filePerm) // umask-independent
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // syncDir fsyncs a directory so that entries created, renamed or removed in
