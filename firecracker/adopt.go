@@ -410,8 +410,10 @@ func (r *Runtime) adoptLive(ctx context.Context, rec *vmRecord, probe bool) bool
 			p.close()
 			return false
 		}
+		// One VM met for the first time: bring its output files back
+		// within bounds (a lister leaves that to the trimmer).
+		r.trimVM(rec.ID)
 	}
-	r.trimVM(rec.ID)
 	r.watch(rec.ID, p)
 	return true
 }
