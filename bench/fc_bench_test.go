@@ -295,6 +295,11 @@ type benchVM interface {
 	// destroy ends the process, waits for (and reaps) it and removes its
 	// files.
 	destroy() error
+	// pid is the VM's firecracker process.
+	pid(ctx context.Context) (int, error)
+	// noticeExit returns once the implementation has seen the process
+	// exit (mvm: the VM's record no longer shows a process).
+	noticeExit(ctx context.Context) error
 }
 
 var errNoOp = errors.New("operation not offered by this implementation")
@@ -351,6 +356,111 @@ func BenchmarkCreate(b *testing.B) { benchOp(b, opCreate, parallelisms) }
 
 // BenchmarkCreateStart: the same plus InstanceStart (stand-in or KVM).
 func BenchmarkCreateStart(b *testing.B) { benchOp(b, opCreateStart, parallelisms) }
+
+// The operations of BenchmarkOps, each measured on its own: prep brings
+// the VM to the state the operation needs (untimed).
+var (
+	prepCreated = func(ctx context.Context, l launcher, id string) (benchVM, error) { return l.create(ctx, id, false) }
+	prepRunning = func(ctx context.Context, l launcher, id string) (benchVM, error) { return l.create(ctx, id, true) }
+	prepPaused  = func(ctx context.Context, l launcher, id string) (benchVM, error) {
+		vm, err := l.create(ctx, id, true)
+		if err == nil {
+			err = vm.pause(ctx)
+		}
+		return vm, err
+	}
+	same = func(f func(benchVM, context.Context) error) func(context.Context, launcher, string, benchVM) (benchVM, error) {
+		return func(ctx context.Context, _ launcher, _ string, vm benchVM) (benchVM, error) { return vm, f(vm, ctx) }
+	}
+)
+
+var ops = []op{
+	{name: "Start", boot: true, prep: prepCreated, run: same(benchVM.start)},
+	{name: "Stop", boot: true, prep: prepRunning, run: same(benchVM.stop)},
+	{name: "Pause", boot: true, prep: prepRunning, run: same(benchVM.pause)},
+	{name: "Resume", boot: true, prep: prepPaused, run: same(benchVM.resume)},
+	{name: "Snapshot", boot: true, prep: prepRunning,
+		run: func(ctx context.Context, _ launcher, id string, vm benchVM) (benchVM, error) {
+			dir := filepath.Join(scratch, "snap-"+id)
+			if err := os.Mkdir(dir, 0o700); err != nil {
+				return vm, err
+			}
+			_, err := vm.snapshot(ctx, dir)
+			return &withDir{vm, dir}, err
+		}},
+	{name: "Restore", boot: true,
+		// prep: a snapshot of a VM of this implementation, the VM gone.
+		prep: func(ctx context.Context, l launcher, id string) (benchVM, error) {
+			src, err := l.create(ctx, id+"-src", true)
+			if err != nil {
+				return src, err
+			}
+			dir := filepath.Join(scratch, "snap-"+id)
+			if err := os.Mkdir(dir, 0o700); err != nil {
+				return src, err
+			}
+			ref, err := src.snapshot(ctx, dir)
+			if err != nil {
+				return &withDir{src, dir}, err
+			}
+			if err := src.destroy(); err != nil {
+				return nil, err
+			}
+			return &snapshotOnly{ref: ref, dir: dir}, nil
+		},
+		run: func(ctx context.Context, l launcher, id string, prep benchVM) (benchVM, error) {
+			s := prep.(*snapshotOnly)
+			vm, err := l.restore(ctx, id, s.ref)
+			if vm == nil {
+				return s, err
+			}
+			return &withDir{vm, s.dir}, err
+		}},
+	{name: "Destroy", prep: prepCreated,
+		run: func(_ context.Context, _ launcher, _ string, vm benchVM) (benchVM, error) { return nil, vm.destroy() }},
+	{name: "CrashDetect", prep: prepCreated,
+		run: func(ctx context.Context, _ launcher, _ string, vm benchVM) (benchVM, error) {
+			pid, err := vm.pid(ctx)
+			if err != nil {
+				return vm, err
+			}
+			if err := unix.Kill(pid, unix.SIGKILL); err != nil {
+				return vm, fmt.Errorf("kill %d: %w", pid, err)
+			}
+			ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			return vm, vm.noticeExit(ctx)
+		}},
+}
+
+// BenchmarkOps measures each operation per VM, the implementations
+// interleaved as in BenchmarkCreate. With a real firecracker and no
+// /dev/kvm only Destroy and CrashDetect (SIGKILL of the process, until the
+// implementation has seen it) run; MVM_BENCH_FIRECRACKER=standin runs all
+// of them on the stand-in. An implementation without the operation is
+// left out of its row.
+func BenchmarkOps(b *testing.B) {
+	for _, o := range ops {
+		b.Run(o.name, func(b *testing.B) { benchOp(b, o, []int{1, 10}) })
+	}
+}
+
+// withDir is a VM whose teardown also removes a snapshot directory.
+type withDir struct {
+	benchVM
+	dir string
+}
+
+func (w *withDir) destroy() error { return errors.Join(w.benchVM.destroy(), os.RemoveAll(w.dir)) }
+
+// snapshotOnly is what Restore's prep leaves: a snapshot, no VM.
+type snapshotOnly struct {
+	benchVM // nil: only destroy is called
+	ref     snapshotRef
+	dir     string
+}
+
+func (s *snapshotOnly) destroy() error { return os.RemoveAll(s.dir) }
 
 // sample is what one implementation did in one round.
 type sample struct {

@@ -102,10 +102,10 @@ func (f *floorLauncher) spawn(id string) (*floorVM, error) {
 	vm.tr = &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			// bind() creates the file just before listen(): retry a
-			// refused connect briefly.
-			for i := 0; ; i++ {
+			// refused connect (up to readyTimeout).
+			for t0 := time.Now(); ; {
 				c, err := (&net.Dialer{}).DialContext(ctx, "unix", sock)
-				if err == nil || i == 100 || !errors.Is(err, syscall.ECONNREFUSED) {
+				if err == nil || time.Since(t0) > readyTimeout || !errors.Is(err, syscall.ECONNREFUSED) {
 					return c, err
 				}
 				time.Sleep(100 * time.Microsecond)
@@ -232,3 +232,14 @@ func (v *floorVM) destroy() error {
 
 // pid returns the process's pid.
 func (v *floorVM) pid(context.Context) (int, error) { return v.cmd.Process.Pid, nil }
+
+// noticeExit waits for cmd.Wait to return.
+func (v *floorVM) noticeExit(ctx context.Context) error {
+	select {
+	case err := <-v.exited:
+		v.exited <- err
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

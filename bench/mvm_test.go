@@ -49,7 +49,7 @@ func openMVM(b *testing.B, e *benchEnv) launcher {
 type mvmVM struct {
 	m     *mvmLauncher
 	id    string
-	snaps []string
+	snaps []string // deleted by destroy
 }
 
 func (m *mvmLauncher) create(ctx context.Context, id string, boot bool) (benchVM, error) {
@@ -67,7 +67,8 @@ func (m *mvmLauncher) restore(ctx context.Context, id string, snap snapshotRef) 
 	if _, err := m.rt.Restore(ctx, id, snap.id, nil); err != nil {
 		return nil, fmt.Errorf("mvm %s: restore: %w", id, err)
 	}
-	return &mvmVM{m: m, id: id}, nil
+	// The restored VM's teardown deletes the snapshot it came from.
+	return &mvmVM{m: m, id: id, snaps: []string{snap.id}}, nil
 }
 
 func (m *mvmLauncher) close() error {
@@ -110,7 +111,8 @@ func (v *mvmVM) snapshot(ctx context.Context, _ string) (snapshotRef, error) {
 	if _, err := v.m.rt.Snapshot(ctx, v.id, sid, nil); err != nil {
 		return snapshotRef{}, fmt.Errorf("mvm %s: snapshot: %w", v.id, err)
 	}
-	v.snaps = append(v.snaps, sid)
+	// The snapshot stays in the store (removed with the state directory)
+	// for a restore to use.
 	return snapshotRef{id: sid}, nil
 }
 
@@ -134,4 +136,23 @@ func (v *mvmVM) pid(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	return vm.Backend.PID, nil
+}
+
+// noticeExit waits until the runtime shows the VM without a process (its
+// crash watcher recorded the exit).
+func (v *mvmVM) noticeExit(ctx context.Context) error {
+	for {
+		vm, err := v.m.rt.Get(ctx, v.id)
+		if err != nil {
+			return err
+		}
+		if vm.Backend.PID == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("mvm %s: crash not noticed: %w", v.id, ctx.Err())
+		case <-time.After(200 * time.Microsecond):
+		}
+	}
 }

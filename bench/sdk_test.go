@@ -218,3 +218,9 @@ func (v *sdkVM) pid(context.Context) (int, error) { return v.m.PID() }
 var newMachineMu sync.Mutex
 
 func (s *sdkLauncher) close() error { return os.RemoveAll(s.dir) }
+
+// noticeExit is Machine.Wait.
+func (v *sdkVM) noticeExit(ctx context.Context) error {
+	v.m.Wait(ctx) // the error is the exit's (killed)
+	return ctx.Err()
+}

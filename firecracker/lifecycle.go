@@ -462,7 +462,10 @@ func (r *Runtime) simple(ctx context.Context, id string, op microvm.Op, step str
 		return microvm.VM{}, r.failOp(string(op), rec, err)
 	}
 	rec.setStatus(to)
-	if err := r.save(rec); err != nil {
+	// Running or paused, the status describes the live process only: a
+	// crash of the host ends it, and the VM is failed whichever of the
+	// two the record kept, so the write needs no fsync.
+	if err := r.mark(rec); err != nil {
 		return microvm.VM{}, &OpError{Op: string(op), ID: id, Err: err}
 	}
 	return r.viewOf(rec), nil

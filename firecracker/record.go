@@ -133,11 +133,12 @@ func (r *Runtime) save(rec *vmRecord) error {
 	return nil
 }
 
-// mark writes rec with the operation it starts (rec.Op), atomically but
-// without fsync: the mark is for recovery after the process running the
-// operation dies, which leaves the page cache intact; a crash of the host
+// mark writes rec atomically but without fsync, for what only matters
+// while the VM's process lives: the operation it starts (rec.Op), which is
+// for recovery after the process running the operation dies (that leaves
+// the page cache intact), or a running/paused status. A crash of the host
 // ends the VM's processes too, and the record it leaves (with or without
-// the mark) is recovered like any VM whose process died.
+// the change) is recovered like any VM whose process died.
 func (r *Runtime) mark(rec *vmRecord) error {
 	rec.UpdatedAt = time.Now().UTC()
 	if err := r.reg.PutUnsynced(kindVM, rec.ID, rec); err != nil {

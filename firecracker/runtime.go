@@ -48,9 +48,9 @@ const (
 	// trimInterval is how often an open runtime bounds the output files
 	// of the VMs it watches.
 	trimInterval = 5 * time.Second
-	// probeTimeout bounds the API probe of each live VM during Open.
+	// probeTimeout bounds the API probe of a live VM being adopted.
 	probeTimeout = time.Second
-	// openWorkers bounds the VMs Open reconciles at once.
+	// openWorkers bounds the VMs AdoptAll reconciles at once.
 	openWorkers = 8
 )
 
@@ -132,11 +132,11 @@ type Runtime struct {
 
 var _ microvm.Runtime = (*Runtime)(nil)
 
-// Open opens the runtime over cfg.StateDir. It adopts every VM an earlier
-// runtime left: live processes are checked (pid, start time, API socket)
-// and watched; VMs whose process died meanwhile turn failed and their
-// leftovers are removed; operations interrupted by a dying process are
-// finished or undone. ctx bounds Open only.
+// Open opens the runtime over cfg.StateDir. It adopts no VM (adoption is
+// lazy: each VM is reconciled with the host when this runtime first meets
+// it, see the package documentation), and only removes what no record
+// explains: directories of interrupted Creates (ending their processes)
+// and of interrupted Destroys. ctx bounds Open only.
 func Open(ctx context.Context, cfg Config) (*Runtime, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("firecracker: open: %w", err)
