@@ -52,7 +52,9 @@
 //	            at teardown)
 //
 // and the ratios of batch wall times, taken per round, then their median
-// and quartiles over rounds: mvm/sdk, mvm/floor (and -q1, -q3).
+// and quartiles over rounds: mvm/sdk, mvm/floor (and -q1, -q3); and the
+// ratios of total CPU (client + firecracker) per VM: mvm/sdk-cpu,
+// mvm/floor-cpu.
 package bench
 
 import (
@@ -522,6 +524,7 @@ func runInterleaved(b *testing.B, o op, ls []launcher, parallel int) {
 		}
 	}
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	cpu := make([]float64, len(ls))
 	for i, ss := range samples {
 		if len(ss) == 0 {
 			continue
@@ -539,6 +542,16 @@ func runInterleaved(b *testing.B, o op, ls []launcher, parallel int) {
 		b.ReportMetric(quantile(walls, 0.5), name+"-ms")
 		b.ReportMetric(ms(self)/float64(vms), name+"-cpu-ms/vm")
 		b.ReportMetric(ms(child)/float64(vms), name+"-fc-ms/vm")
+		cpu[i] = ms(self+child) / float64(vms)
+	}
+	// Total CPU (client + firecracker) per VM decides the batch time once
+	// the host's cores are saturated, and moves less with other load than
+	// wall times do.
+	if cpu[0] > 0 && cpu[2] > 0 {
+		b.ReportMetric(cpu[0]/cpu[2], "mvm/floor-cpu")
+	}
+	if cpu[0] > 0 && cpu[1] > 0 {
+		b.ReportMetric(cpu[0]/cpu[1], "mvm/sdk-cpu")
 	}
 	for _, j := range []int{1, 2} {
 		if len(samples[0]) == 0 || len(samples[j]) != len(samples[0]) {

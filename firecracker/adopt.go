@@ -194,6 +194,12 @@ func (r *Runtime) reconcile(ctx context.Context, rec *vmRecord) (*vmRecord, erro
 			return rec, err
 		}
 	}
+	if rec.Process == nil && (rec.Op == opCreate || rec.Op == opRestore || rec.Op == opStart) {
+		// The process may have been spawned before its pid was recorded.
+		if err := r.killStrays(rec.ID); err != nil {
+			return rec, err
+		}
+	}
 	switch rec.Op {
 	case opCreate, opRestore, opDestroy:
 		if err := r.discard(rec, p); err != nil {

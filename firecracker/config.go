@@ -119,7 +119,10 @@ const (
 // registry), and waits until its API answers. On error nothing of the
 // process is left running; the caller removes the VM directory when
 // appropriate.
-func (r *Runtime) launch(ctx context.Context, rec *vmRecord, how launchRecord) (*proc, *vmClient, error) {
+//
+// spawned, when not nil, is called right after the spawn, with
+// rec.Process set, before the wait for the API.
+func (r *Runtime) launch(ctx context.Context, rec *vmRecord, how launchRecord, spawned func()) (*proc, *vmClient, error) {
 	p := r.paths(rec.ID)
 	if err := mkdirPrivate(p.dir); err != nil {
 		return nil, nil, fmt.Errorf("create vm directory: %w", err)
@@ -155,6 +158,9 @@ func (r *Runtime) launch(ctx context.Context, rec *vmRecord, how launchRecord) (
 	}
 	rec.Process = recordOf(proc)
 	rec.Version = ""
+	if spawned != nil {
+		spawned()
+	}
 	if how == recordPID {
 		rec.UpdatedAt = nowUTC()
 		if err := r.reg.PutUnsynced(kindVM, rec.ID, rec); err != nil {
@@ -221,6 +227,7 @@ func (r *Runtime) waitReady(ctx context.Context, p *proc, rec *vmRecord) (*vmCli
 			} else {
 				rec.Version = info.VMMVersion
 			}
+			r.lastVersion.Store(&rec.Version)
 			return c, nil
 		}
 		if p.exited() {

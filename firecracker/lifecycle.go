@@ -85,29 +85,56 @@ func (r *Runtime) Create(ctx context.Context, id string, spec microvm.Spec) (mic
 			return microvm.VM{}, r.undo("create", rec, nil, err)
 		}
 	}
-	p, c, err := r.launch(ctx, rec, how)
-	if err != nil {
-		return microvm.VM{}, r.undo("create", rec, nil, err)
-	}
-	defer c.Close()
-	// The final record is written and fsynced while firecracker is
-	// configured, and made visible (rename or link, directory fsync) only
-	// when that succeeded.
-	final := *rec
-	final.Op = ""
-	if v := spec.Vsock; v != nil {
-		_, final.VsockPath = vsockPath(r.paths(id), v)
-	}
-	final.UpdatedAt = nowUTC()
+	// The final record is written and fsynced (Prepare) while firecracker
+	// starts and is configured, and made visible (link or rename,
+	// directory fsync) only when the configuration succeeded. It is begun
+	// right after the spawn with the version the binary reported last
+	// time, and begun again if this process reports another.
 	type prepared struct {
 		w   *registry.Pending
 		err error
+		rec *vmRecord
 	}
-	prep := make(chan prepared, 1)
-	go func() {
-		w, err := r.reg.Prepare(kindVM, id, &final)
-		prep <- prepared{w, err}
-	}()
+	var prep chan prepared
+	startPrep := func(version string) {
+		f := *rec
+		f.Op, f.Version, f.UpdatedAt = "", version, nowUTC()
+		if v := spec.Vsock; v != nil {
+			_, f.VsockPath = vsockPath(r.paths(id), v)
+		}
+		ch := make(chan prepared, 1)
+		go func() {
+			w, err := r.reg.Prepare(kindVM, id, &f)
+			ch <- prepared{w, err, &f}
+		}()
+		prep = ch
+	}
+	dropPrep := func() {
+		if prep != nil {
+			if pw := <-prep; pw.w != nil {
+				pw.w.Discard()
+			}
+			prep = nil
+		}
+	}
+	guess := ""
+	if v := r.lastVersion.Load(); v != nil {
+		guess = *v
+	}
+	p, c, err := r.launch(ctx, rec, how, func() {
+		if guess != "" {
+			startPrep(guess)
+		}
+	})
+	if err != nil {
+		dropPrep()
+		return microvm.VM{}, r.undo("create", rec, nil, err)
+	}
+	defer c.Close()
+	if prep == nil || guess != rec.Version {
+		dropPrep()
+		startPrep(rec.Version)
+	}
 	err = r.configure(ctx, c, rec)
 	pw := <-prep
 	if err != nil {
@@ -133,7 +160,7 @@ func (r *Runtime) Create(ctx context.Context, id string, spec microvm.Spec) (mic
 		}
 		return microvm.VM{}, r.undo("create", rec, p, fmt.Errorf("vm %q: write record: %w", id, err))
 	}
-	rec = &final
+	rec = pw.rec
 	r.watch(id, p)
 	return r.view(rec, nil), nil
 }
@@ -267,17 +294,21 @@ func (r *Runtime) Start(ctx context.Context, id string) (microvm.VM, error) {
 // attachment is used as it is.
 func (r *Runtime) coldStart(ctx context.Context, rec *vmRecord, to microvm.Status) (microvm.VM, error) {
 	r.endProcesses(rec)
-	rec.Op = opStart // written with the new process by launch
+	// The operation is marked before the process exists: a driver that
+	// dies between the spawn and the record of the pid (written by
+	// launch) leaves a mark whose recovery finds the process in the VM
+	// directory (see strayProcs).
+	rec.Op = opStart
+	err := r.mark(rec)
 	var (
-		p   *proc
-		c   *vmClient
-		err error
+		p *proc
+		c *vmClient
 	)
-	if r.cfg.Network != nil || rec.Net == nil {
+	if err == nil && (r.cfg.Network != nil || rec.Net == nil) {
 		err = r.attachNetwork(ctx, rec)
 	}
 	if err == nil {
-		p, c, err = r.launch(ctx, rec, recordPID)
+		p, c, err = r.launch(ctx, rec, recordPID, nil)
 	}
 	if err == nil {
 		defer c.Close()

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -128,6 +129,11 @@ type Runtime struct {
 
 	dirWatchOnce sync.Once
 	dirWatch     *dirWatch // nil until first needed, or without inotify
+
+	// lastVersion is the version the binary reported at the last launch:
+	// Create writes its record while the next process starts, assuming
+	// the same version (and writes it again if the guess was wrong).
+	lastVersion atomic.Pointer[string]
 }
 
 var _ microvm.Runtime = (*Runtime)(nil)

@@ -247,7 +247,7 @@ func (r *Runtime) loadSnapshot(ctx context.Context, rec *vmRecord, m snapshot.Ma
 	if err := r.attachNetwork(ctx, rec); err != nil {
 		return nil, err
 	}
-	p, c, err := r.launch(ctx, rec, recordPID)
+	p, c, err := r.launch(ctx, rec, recordPID, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -60,22 +60,30 @@ func strayProcs(dir, id string) []procRecord {
 // ends the processes working in it. The caller holds the VM's lock and has
 // checked that no record exists.
 func (r *Runtime) sweepOrphan(id string) error {
-	dir := r.paths(id).dir
-	if _, err := os.Lstat(dir); errors.Is(err, fs.ErrNotExist) {
+	if _, err := os.Lstat(r.paths(id).dir); errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
+	if err := r.killStrays(id); err != nil {
+		return err
+	}
+	return r.removeVMDir(id)
+}
+
+// killStrays ends the processes working in VM id's directory that no
+// record names (see strayProcs).
+func (r *Runtime) killStrays(id string) error {
 	var errs []error
-	for _, pr := range strayProcs(dir, id) {
+	for _, pr := range strayProcs(r.paths(id).dir, id) {
 		if err := killRecorded(pr.PID, pr.StartTime, "", killWait); err != nil {
 			errs = append(errs, err)
 		} else {
-			r.log.Info("ended a process of an interrupted create", "vm", id, "pid", pr.PID)
+			r.log.Info("ended a process no record names", "vm", id, "pid", pr.PID)
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("vm %q: end processes of an interrupted create: %w", id, err)
+		return fmt.Errorf("vm %q: end processes of an interrupted operation: %w", id, err)
 	}
-	return r.removeVMDir(id)
+	return nil
 }
 
 // sweepVMDirs removes, from the VM directories, what no record explains:
