@@ -317,6 +317,29 @@ func TestDirectoryRemoved(t *testing.T) {
 // TestDriverKilledMidOperation kills the process running an operation (the
 // way an mvm command can be killed) and checks that the next Open finishes
 // or undoes it.
+// waitMidOperation waits (up to 20 s) until the driver of op on VM id is
+// inside it: for create, a firecracker runs in the VM's directory (there
+// is no record yet); otherwise the record names the operation.
+func waitMidOperation(t *testing.T, state, id, op string) {
+	t.Helper()
+	dir := filepath.Join(state, "vms", id)
+	rec := filepath.Join(state, "registry", "vm", id+".json")
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		if op == "create" {
+			if len(procsUnder(dir)) > 0 {
+				return
+			}
+		} else if b, err := os.ReadFile(rec); err == nil && strings.Contains(string(b), `"op":"`+op+`"`) {
+			time.Sleep(100 * time.Millisecond) // past the write, into the wait
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the driver of %s never got inside it", op)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 func TestDriverKilledMidOperation(t *testing.T) {
 	spec := testSpec(t)
 	ctx := context.Background()
@@ -345,7 +368,7 @@ func TestDriverKilledMidOperation(t *testing.T) {
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
 			}
-			time.Sleep(700 * time.Millisecond) // the child is now waiting on the stand-in
+			waitMidOperation(t, state, "k", c.op) // the child is now waiting on the stand-in
 			cmd.Process.Kill()
 			cmd.Wait()
 			set()

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/mvm-dev/microvm/internal/fcstandin"
 	"github.com/mvm-dev/microvm/internal/realfc"
@@ -24,7 +25,7 @@ var mvmBuild struct {
 }
 
 // mvmBinary builds cmd/mvm once per test process.
-func mvmBinary(t *testing.T) string {
+func mvmBinary(t testing.TB) string {
 	t.Helper()
 	mvmBuild.once.Do(func() {
 		dir, err := os.MkdirTemp("", "mvm-cli-test-")
@@ -219,6 +220,11 @@ func TestCLICrashShowsFailed(t *testing.T) {
 	vm := c.inspect("cli-a")
 	if err := syscall.Kill(vm.Backend.PID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
+	}
+	// kill(2) only queues the signal: on a loaded host the process may
+	// still answer for a moment. The next command comes once it is dead.
+	for deadline := time.Now().Add(5 * time.Second); alive(vm.Backend.PID) && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
 	}
 	if vm = c.inspect("cli-a"); vm.Status != "failed" {
 		t.Fatalf("after SIGKILL: status %q, want failed", vm.Status)
