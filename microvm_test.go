@@ -104,7 +104,7 @@ func TestStatusesAndOps(t *testing.T) {
 			t.Errorf("%q.Valid() = true", s)
 		}
 	}
-	if got := Ops(); !slices.Equal(got, []Op{"start", "stop", "pause", "resume", "snapshot", "destroy", "crash"}) {
+	if got := Ops(); !slices.Equal(got, []Op{"start", "stop", "pause", "resume", "snapshot", "destroy", "crash", "shutdown"}) {
 		t.Errorf("Ops() = %q", got)
 	}
 	// Statuses returns a fresh slice each time.
@@ -120,9 +120,9 @@ func TestStatusesAndOps(t *testing.T) {
 var wantTable = map[Status]map[Op]Status{
 	StatusCreated: {OpStart: StatusRunning, OpDestroy: StatusDestroyed},
 	StatusRunning: {OpStop: StatusStopped, OpPause: StatusPaused, OpSnapshot: StatusRunning,
-		OpDestroy: StatusDestroyed, OpCrash: StatusFailed},
+		OpDestroy: StatusDestroyed, OpCrash: StatusFailed, OpShutdown: StatusStopped},
 	StatusPaused: {OpStop: StatusStopped, OpResume: StatusRunning, OpSnapshot: StatusPaused,
-		OpDestroy: StatusDestroyed, OpCrash: StatusFailed},
+		OpDestroy: StatusDestroyed, OpCrash: StatusFailed, OpShutdown: StatusStopped},
 	StatusStopped:   {OpStart: StatusRunning, OpDestroy: StatusDestroyed},
 	StatusFailed:    {OpStart: StatusRunning, OpDestroy: StatusDestroyed},
 	StatusDestroyed: {},
@@ -171,7 +171,7 @@ func TestDocTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	ops := map[string]Op{"Start": OpStart, "Stop": OpStop, "Pause": OpPause, "Resume": OpResume,
-		"Snapshot": OpSnapshot, "Destroy": OpDestroy, "(crash)": OpCrash}
+		"Snapshot": OpSnapshot, "Destroy": OpDestroy, "(crash)": OpCrash, "(shutdown)": OpShutdown}
 	cols := regexp.MustCompile(`\s{2,}`)
 	seen := map[Op]bool{}
 	for line := range strings.Lines(f.Doc.Text()) {

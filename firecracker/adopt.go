@@ -123,19 +123,52 @@ func (r *Runtime) exitOf(pr procRecord) exitInfo {
 
 func (r *Runtime) forgetExit(pr procRecord) { r.exitOf(pr) }
 
+// exitNow returns the exit status of VM id's process pr once it has
+// exited: reaped now through its watcher's pidfd when the watcher has not
+// got to it yet (an operation noticed the exit first), else what the
+// watcher noted. It is unknown for a process that was not our child.
+func (r *Runtime) exitNow(id string, pr procRecord) exitInfo {
+	r.mu.Lock()
+	w := r.watchers[id]
+	r.mu.Unlock()
+	if w != nil && pr.same(w.p) {
+		if ei := w.p.reap(); ei.known {
+			r.forgetExit(pr)
+			return ei
+		}
+	}
+	return r.exitOf(pr)
+}
+
 // crashed records that rec's firecracker died unasked: a running or
 // paused VM turns failed with the exit in LastError; a created VM stays
-// created (Start spawns a new process) with the exit in LastError. Its
-// other processes and sockets are cleaned up. The caller holds the VM's
-// lock. It returns the *microvm.ExitError.
+// created (Start spawns a new process) with the exit in LastError. A
+// process this process started that exited with status 0 is a guest that
+// shut itself down (it powered off or reset; Firecracker exits on a guest
+// reset): its VM turns stopped, as after Stop, with no LastError. An
+// adopted process's exit status is unknowable (it was not our child), so
+// its VM turns failed. Its other processes and sockets are cleaned up.
+// The caller holds the VM's lock. It returns the *microvm.ExitError, or
+// nil for a clean shutdown.
 func (r *Runtime) crashed(rec *vmRecord) error {
 	pr := rec.Process
 	if pr == nil {
 		return nil
 	}
 	console, _ := tailLines(r.paths(rec.ID).console, outputLines, r.tailLimit())
-	xerr := exitError(rec.ID, pr.PID, r.exitOf(*pr), console)
+	ei := r.exitNow(rec.ID, *pr)
+	xerr := exitError(rec.ID, pr.PID, ei, console)
 	r.endProcesses(rec)
+	if ei.known && ei.code == 0 && ei.signal == "" {
+		if to, err := microvm.Transition(rec.ID, rec.Status, microvm.OpShutdown); err == nil {
+			rec.setStatus(to)
+			if err := r.save(rec); err != nil {
+				r.log.Error("record guest shutdown", "vm", rec.ID, "err", err)
+			}
+			r.log.Info("guest shut down (firecracker exited with status 0)", "vm", rec.ID, "pid", pr.PID)
+			return nil
+		}
+	}
 	msg := describeExit(xerr)
 	if to, err := microvm.Transition(rec.ID, rec.Status, microvm.OpCrash); err == nil {
 		rec.Status = to

@@ -79,7 +79,13 @@
 // unasked turns its VM failed, within milliseconds, with the exit status
 // or signal (known for processes this process started) and the last
 // console lines in VM.LastError; a created VM whose process dies stays
-// created, and Start spawns a new one.
+// created, and Start spawns a new one. A process this process started
+// that exits with status 0 is a guest that shut itself down (Firecracker
+// exits when its guest powers off or resets): the VM turns stopped, its
+// leftovers removed as by Stop, with no LastError (the runtime's log says
+// so at level Info). The exit status of an adopted process (started by
+// another process, so not our child) cannot be read: its end, clean or
+// not, turns the VM failed ("exit status unknown").
 //
 // # Adoption
 //

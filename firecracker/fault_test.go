@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -282,6 +283,81 @@ func TestCrashNoticed(t *testing.T) {
 	if !strings.Contains(vm.LastError, "SIGSEGV") || !strings.Contains(vm.LastError, "last console output") {
 		t.Errorf("LastError %q: want the signal and the console's last lines", vm.LastError)
 	}
+}
+
+// TestGuestShutdown: a firecracker that exits by itself with status 0
+// (the guest reset or powered off) leaves its VM stopped, cleaned up like
+// after Stop, with no LastError; a non-zero status still fails it; and a
+// process that ended while no runtime watched it (its status unknowable)
+// fails it too.
+func TestGuestShutdown(t *testing.T) {
+	state := t.TempDir()
+	bin, set := standinCtl(t)
+	rt := open(t, state, bin)
+	t.Cleanup(func() { destroyAll(t, rt); rt.Close() })
+	ctx := context.Background()
+	set("FCSTANDIN_EXIT=after-start:300ms") // Create spawns the process Start boots
+	if _, err := rt.Create(ctx, "gs", testSpec(t)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rt.Start(ctx, "gs"); err != nil {
+		t.Fatal(err)
+	}
+	vm := waitStatus(t, rt, "gs", microvm.StatusStopped)
+	if vm.LastError != "" || vm.Backend.PID != 0 {
+		t.Errorf("after the guest's reset: LastError %q, pid %d; want none", vm.LastError, vm.Backend.PID)
+	}
+	if _, err := os.Stat(filepath.Join(state, "vms", "gs", "api.sock")); err == nil {
+		t.Errorf("the stopped VM's API socket was not removed")
+	}
+	if pids := procsUnder(state); len(pids) != 0 {
+		t.Errorf("processes left after the guest's reset: %v", pids)
+	}
+	if out, err := rt.Logs(ctx, "gs", 0); err != nil || !slices.ContainsFunc(out, func(l string) bool {
+		return strings.Contains(l, "reboot: Restarting system")
+	}) {
+		t.Errorf("console after the reset: %q, %v; want the guest's reset line", out, err)
+	}
+	if _, err := rt.Stop(ctx, "gs", nil); !errors.Is(err, microvm.ErrInvalidTransition) {
+		t.Errorf("Stop of the stopped VM: %v; want ErrInvalidTransition", err)
+	}
+
+	// Start boots it again; a non-zero exit status fails it.
+	set("FCSTANDIN_EXIT=after-start:300ms:1")
+	if _, err := rt.Start(ctx, "gs"); err != nil {
+		t.Fatalf("Start after the guest's reset: %v", err)
+	}
+	vm = waitStatus(t, rt, "gs", microvm.StatusFailed)
+	if !strings.Contains(vm.LastError, "exit status 1") || vm.Backend.PID != 0 {
+		t.Errorf("after exit status 1: LastError %q, pid %d; want the status and no process", vm.LastError, vm.Backend.PID)
+	}
+
+	// A clean exit while no runtime watches: the next runtime cannot tell
+	// it from a crash (the process was not its child), so the VM fails.
+	set("FCSTANDIN_EXIT=after-start:300ms")
+	vm, err := rt.Start(ctx, "gs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt.Close()
+	waitGone(t, vm.Backend.PID)
+	var ws syscall.WaitStatus
+	if _, err := syscall.Wait4(vm.Backend.PID, &ws, 0, nil); err != nil || !ws.Exited() || ws.ExitStatus() != 0 {
+		t.Fatalf("the stand-in's exit: %v, %v; want status 0", ws, err)
+	}
+	set()
+	rt = open(t, state, bin)
+	vm, err = rt.Get(ctx, "gs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vm.Status != microvm.StatusFailed || !strings.Contains(vm.LastError, "exit status unknown") {
+		t.Errorf("VM whose process exited while no runtime ran: %s, LastError %q; want failed, status unknown", vm.Status, vm.LastError)
+	}
+	if _, err := rt.Destroy(ctx, "gs"); err != nil {
+		t.Fatal(err)
+	}
+	assertClean(t, state, "gs")
 }
 
 func TestDirectoryRemoved(t *testing.T) {

@@ -549,6 +549,9 @@ func (r *Runtime) call(ctx context.Context, rec *vmRecord, step string, fn func(
 		return berr
 	}
 	xerr := r.crashed(rec)
+	if xerr == nil {
+		return berr // the guest shut itself down: the VM is stopped
+	}
 	var be *microvm.BackendError
 	if errors.As(berr, &be) {
 		if be.Err == nil {
