@@ -96,13 +96,14 @@ func Transition(id string, from Status, op Op) (Status, error) {
 
 func allowedFrom(op Op) []Status { return transitions[op].from }
 
-func joinStatuses(ss []Status) string {
-	if len(ss) == 0 {
-		return "none"
-	}
+// orList joins statuses as "a, b or c".
+func orList(ss []Status) string {
 	parts := make([]string, len(ss))
 	for i, s := range ss {
 		parts[i] = string(s)
 	}
-	return strings.Join(parts, ", ")
+	if len(parts) == 1 {
+		return parts[0]
+	}
+	return strings.Join(parts[:len(parts)-1], ", ") + " or " + parts[len(parts)-1]
 }

@@ -40,7 +40,7 @@ func openMVM(b *testing.B, e *benchEnv) launcher {
 	return &mvmLauncher{rt: rt, dir: dir, spec: microvm.Spec{
 		Kernel:    e.kernel,
 		BootArgs:  bootArgs,
-		RootDrive: microvm.Drive{Path: e.rootfs},
+		RootDrive: microvm.Drive{Path: e.rootfs, ReadOnly: true}, // shared by the live VMs of a run
 		VCPUs:     benchVCPUs,
 		MemoryMiB: benchMemoryMiB,
 	}}

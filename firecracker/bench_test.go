@@ -30,6 +30,7 @@ func benchCreate(b *testing.B, bin string, n int, start bool) {
 	rt := open(b, state, bin)
 	defer rt.Close()
 	spec := testSpec(b)
+	spec.RootDrive.ReadOnly = true // n live VMs share it
 	ctx := context.Background()
 	var total time.Duration
 	for i := 0; b.Loop(); i++ {
@@ -110,6 +111,7 @@ func BenchmarkCreateStart(b *testing.B) {
 
 // makeVMs creates and starts n VMs with at most 32 operations at once.
 func makeVMs(b testing.TB, rt microvm.Runtime, spec microvm.Spec, n int) {
+	spec.RootDrive.ReadOnly = true // n live VMs share it
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 32)
 	for i := range n {

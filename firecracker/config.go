@@ -139,6 +139,16 @@ func (r *Runtime) launch(ctx context.Context, rec *vmRecord, how launchRecord, s
 	if err != nil {
 		return nil, nil, fmt.Errorf("open console log: %w", err)
 	}
+	// A created or started VM holds its drive images for as long as its
+	// process lives (see images.go). A restore does not: clones of one
+	// snapshot share its drives.
+	var locks []*os.File
+	if rec.Op != opRestore {
+		if locks, err = r.imageLocks(ctx, rec); err != nil {
+			out.Close()
+			return nil, nil, err
+		}
+	}
 	var proc *proc
 	netns := ""
 	if rec.Net != nil {
@@ -150,10 +160,12 @@ func (r *Runtime) launch(ctx context.Context, rec *vmRecord, how launchRecord, s
 			args: []string{"--api-sock", apiSockArg(p), "--id", rec.ID},
 			dir:  p.dir,
 			out:  out,
+			keep: locks,
 		})
 		return err
 	})
-	out.Close() // the process has its own descriptor
+	out.Close() // the process has its own descriptors
+	closeAll(locks)
 	if err != nil {
 		return nil, nil, fmt.Errorf("start firecracker %s: %w", r.bin, err)
 	}

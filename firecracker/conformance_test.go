@@ -52,7 +52,14 @@ func harness(bin string, spec microvm.Spec, parallelism int) conformance.Harness
 			states[rt] = state
 			return rt
 		},
-		Spec: func(t *testing.T) microvm.Spec { return spec.Clone() },
+		// The suite makes many VMs of one spec, live at once: their root
+		// drive is shared, so read-only (a writable image belongs to one
+		// live VM).
+		Spec: func(t *testing.T) microvm.Spec {
+			s := spec.Clone()
+			s.RootDrive.ReadOnly = true
+			return s
+		},
 		Reopen: func(t *testing.T, rt microvm.Runtime) microvm.Runtime {
 			state := states[rt]
 			if err := rt.Close(); err != nil {

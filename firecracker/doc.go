@@ -124,6 +124,20 @@
 // process leaks. Restore and DeleteSnapshot take the lock "snap-<id>"
 // while they check and change which VMs use the snapshot.
 //
+// # Drive images
+//
+// A writable drive image belongs to one live VM (one whose firecracker
+// runs: created, running or paused). Create and Start flock(2) each image
+// of the spec, exclusively for a writable drive and shared for a
+// read-only one, on a descriptor the new firecracker inherits, so the
+// lock lives exactly as long as that process and nothing is recorded that
+// could go stale. A Create or Start that would attach an image another
+// live VM writes, or write one another live VM reads, fails with
+// [ErrImageInUse] naming that VM (after waiting up to a second for a
+// process that is exiting); read-only sharing is allowed. Files are
+// compared by device and inode, not by path. Restore takes no lock: the
+// clones of one snapshot share its drives, as the snapshot recorded them.
+//
 // # Output files
 //
 // console.log, metrics.json (and the firecracker.log of older VMs) are

@@ -214,6 +214,13 @@ func TestStartCrash(t *testing.T) {
 	// The created process was spawned before the setting: kill it with
 	// the request instead. A fresh Start then spawns processes that crash.
 	syscall.Kill(vm.Backend.PID, syscall.SIGKILL)
+	// Wait until the runtime has seen the process end: a Start racing the
+	// kill may reach the dying process, whose InstanceStart then fails.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if vm, _ = rt.Get(ctx, "sc"); vm.Backend.PID == 0 || time.Now().After(deadline) {
+			break
+		}
+	}
 	_, err := rt.Start(ctx, "sc")
 	wantErrText(t, "Start", err, `start vm "sc"`, "boot", "PUT /actions", "SIGABRT")
 	if !errors.Is(err, microvm.ErrExited) {

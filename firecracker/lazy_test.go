@@ -40,6 +40,7 @@ func TestLazyAdoption(t *testing.T) {
 	bin := standin(t)
 	spec := testSpec(t)
 	ctx := context.Background()
+	spec.RootDrive.ReadOnly = true // two live VMs share it
 	a := runChild(t, childJob{State: state, Bin: bin, ID: "a", Spec: spec, Ops: []string{"create"}})
 	b := runChild(t, childJob{State: state, Bin: bin, ID: "b", Spec: spec, Ops: []string{"create"}})
 

@@ -97,9 +97,10 @@ var bootID = sync.OnceValue(func() string {
 type spawnSpec struct {
 	bin  string
 	args []string
-	dir  string   // working directory
-	out  *os.File // stdout and stderr; nil means /dev/null
-	env  []string // nil means the runtime's environment
+	dir  string     // working directory
+	out  *os.File   // stdout and stderr; nil means /dev/null
+	env  []string   // nil means the runtime's environment
+	keep []*os.File // descriptors the process inherits (from fd 3 on)
 }
 
 // spawn starts a process detached from the caller: in a session of its own
@@ -118,6 +119,7 @@ func spawn(spec spawnSpec) (*proc, error) {
 			Setsid: true,
 			PidFD:  &pidfd,
 		},
+		ExtraFiles: spec.keep,
 	}
 	if spec.out != nil {
 		cmd.Stdout, cmd.Stderr = spec.out, spec.out

@@ -361,7 +361,7 @@ func TestErrorMessagesNameTheID(t *testing.T) {
 	}{
 		{second(rt.Get(t.Context(), "web-2")), `memory: get vm "web-2": vm not found`},
 		{second(rt.Create(t.Context(), "web-1", validSpec())), `memory: create vm "web-1": vm already exists`},
-		{second(rt.Resume(t.Context(), "web-1")), `vm "web-1": cannot resume: invalid transition running -> running (allowed from: paused)`},
+		{second(rt.Resume(t.Context(), "web-1")), `cannot resume vm "web-1": it is running, not paused`},
 		{second(rt.Snapshot(t.Context(), "web-1", "snap-1", nil)), `memory: snapshot vm "web-1": snapshot "snap-1": snapshot already exists`},
 		{second(rt.Restore(t.Context(), "web-3", "snap-9", nil)), `memory: restore vm "web-3": snapshot "snap-9": snapshot not found`},
 		{rt.DeleteSnapshot(t.Context(), "snap-9", nil), `memory: delete snapshot: snapshot "snap-9": snapshot not found`},

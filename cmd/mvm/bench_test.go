@@ -45,7 +45,8 @@ func BenchmarkCLIScale(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	spec := microvm.Spec{Kernel: kernel, RootDrive: microvm.Drive{Path: rootfs}, VCPUs: 1, MemoryMiB: 32}
+	// Read-only: the fixture's live VMs share it.
+	spec := microvm.Spec{Kernel: kernel, RootDrive: microvm.Drive{Path: rootfs, ReadOnly: true}, VCPUs: 1, MemoryMiB: 32}
 	dirs := map[int]string{1: scaleState(b, fc, spec, 0), 1000: scaleState(b, fc, spec, 1000)}
 	run := func(state string, args ...string) (time.Duration, time.Duration) {
 		cmd := exec.Command(bin, append([]string{"--state-dir", state, "--firecracker-bin", fc}, args...)...)
@@ -58,7 +59,7 @@ func BenchmarkCLIScale(b *testing.B) {
 		}
 		return wall, cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	}
-	create := []string{"create", "rmme", "--kernel", kernel, "--rootfs", rootfs, "--memory", "32"}
+	create := []string{"create", "rmme", "--kernel", kernel, "--rootfs", rootfs, "--rootfs-ro", "--memory", "32"}
 	cases := []struct {
 		name        string
 		before, cmd []string // before: untimed
