@@ -39,7 +39,35 @@ func TestConformance(t *testing.T) {
 				t.Fatalf("Crash(%q): %v", id, err)
 			}
 		},
+		Shutdown: func(t *testing.T, rt microvm.Runtime, id string) {
+			if err := rt.(*memory.Runtime).Shutdown(id); err != nil {
+				t.Fatalf("Shutdown(%q): %v", id, err)
+			}
+		},
 	})
+}
+
+// TestShutdown: the guest-shutdown hook stops a running VM through
+// OpShutdown, with no LastError, and is refused from other states.
+func TestShutdown(t *testing.T) {
+	rt := memory.New(nil)
+	defer rt.Close()
+	if _, err := rt.Create(t.Context(), "a", validSpec()); err != nil {
+		t.Fatal(err)
+	}
+	var te *microvm.TransitionError
+	if err := rt.Shutdown("a"); !errors.As(err, &te) || te.Op != microvm.OpShutdown {
+		t.Errorf("Shutdown of a created VM: %v, want a TransitionError for shutdown", err)
+	}
+	if _, err := rt.Start(t.Context(), "a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := rt.Shutdown("a"); err != nil {
+		t.Fatal(err)
+	}
+	if vm := must(rt.Get(t.Context(), "a")); vm.Status != microvm.StatusStopped || vm.LastError != "" {
+		t.Errorf("after Shutdown: %s, LastError %q; want stopped, none", vm.Status, vm.LastError)
+	}
 }
 
 // fixedClock returns a clock that starts at 2026-11-25T17:00:00Z and
