@@ -18,16 +18,24 @@
 // A VM that is not in one of the "from" states of an operation is refused
 // with a [*TransitionError] that matches [ErrInvalidTransition].
 //
-//	operation  from                        to
-//	Create     (no VM)                     created
-//	Start      created, stopped, failed    running
-//	Stop       running, paused             stopped
-//	Pause      running                     paused
-//	Resume     paused                      running
-//	Snapshot   running, paused             unchanged (the VM ends in the state it started in)
-//	Restore    (no VM with the new id)     running, or paused when not resumed
-//	Destroy    any                         destroyed (the record is removed)
-//	(crash)    running, paused             failed, with the reason in VM.LastError
+//	operation   from                        to
+//	Create      (no VM)                     created
+//	Start       created, stopped, failed    running
+//	Stop        running, paused             stopped
+//	Pause       running                     paused
+//	Resume      paused                      running
+//	Snapshot    running, paused             unchanged (the VM ends in the state it started in)
+//	Restore     (no VM with the new id)     running, or paused when not resumed
+//	Destroy     any                         destroyed (the record is removed)
+//	(crash)     running, paused             failed, with the reason in VM.LastError
+//	(shutdown)  running, paused             stopped, with no VM.LastError
+//
+// The last two rows are events, not operations: a runtime makes them when
+// a VM's process ends unasked. A guest that shuts itself down cleanly
+// (powers off, or resets: Firecracker exits with status 0 on a guest
+// reset) leaves its VM stopped, as Stop would; any other end (a non-zero
+// exit status, a signal, or an end the runtime cannot tell apart from
+// those) leaves it failed.
 //
 // Repeating a call: operations are not idempotent. Pausing a paused VM or
 // stopping a stopped one is an invalid transition; a second Destroy of the

@@ -55,13 +55,15 @@ type TransitionError struct {
 	To   Status // the status the operation leads to ("" when it keeps the status)
 }
 
+// Error says what was refused and why, in the caller's terms:
+//
+//	cannot snapshot vm "x": it is created, not running or paused
 func (e *TransitionError) Error() string {
-	to := string(e.To)
-	if to == "" {
-		to = string(e.From)
+	from := allowedFrom(e.Op)
+	if len(from) == 0 {
+		return fmt.Sprintf("cannot %s vm %q: no status allows it (it is %s)", e.Op, e.ID, e.From)
 	}
-	return fmt.Sprintf("vm %q: cannot %s: invalid transition %s -> %s (allowed from: %s)",
-		e.ID, e.Op, e.From, to, joinStatuses(allowedFrom(e.Op)))
+	return fmt.Sprintf("cannot %s vm %q: it is %s, not %s", e.Op, e.ID, e.From, orList(from))
 }
 
 // Is reports whether target is [ErrInvalidTransition].

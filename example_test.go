@@ -80,5 +80,5 @@ func ExampleTransition() {
 	fmt.Println(err)
 	// Output:
 	// running <nil>
-	// vm "web-1": cannot pause: invalid transition stopped -> paused (allowed from: running)
+	// cannot pause vm "web-1": it is stopped, not running
 }

@@ -104,7 +104,7 @@ func TestStatusesAndOps(t *testing.T) {
 			t.Errorf("%q.Valid() = true", s)
 		}
 	}
-	if got := Ops(); !slices.Equal(got, []Op{"start", "stop", "pause", "resume", "snapshot", "destroy", "crash"}) {
+	if got := Ops(); !slices.Equal(got, []Op{"start", "stop", "pause", "resume", "snapshot", "destroy", "crash", "shutdown"}) {
 		t.Errorf("Ops() = %q", got)
 	}
 	// Statuses returns a fresh slice each time.
@@ -120,9 +120,9 @@ func TestStatusesAndOps(t *testing.T) {
 var wantTable = map[Status]map[Op]Status{
 	StatusCreated: {OpStart: StatusRunning, OpDestroy: StatusDestroyed},
 	StatusRunning: {OpStop: StatusStopped, OpPause: StatusPaused, OpSnapshot: StatusRunning,
-		OpDestroy: StatusDestroyed, OpCrash: StatusFailed},
+		OpDestroy: StatusDestroyed, OpCrash: StatusFailed, OpShutdown: StatusStopped},
 	StatusPaused: {OpStop: StatusStopped, OpResume: StatusRunning, OpSnapshot: StatusPaused,
-		OpDestroy: StatusDestroyed, OpCrash: StatusFailed},
+		OpDestroy: StatusDestroyed, OpCrash: StatusFailed, OpShutdown: StatusStopped},
 	StatusStopped:   {OpStart: StatusRunning, OpDestroy: StatusDestroyed},
 	StatusFailed:    {OpStart: StatusRunning, OpDestroy: StatusDestroyed},
 	StatusDestroyed: {},
@@ -171,7 +171,7 @@ func TestDocTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	ops := map[string]Op{"Start": OpStart, "Stop": OpStop, "Pause": OpPause, "Resume": OpResume,
-		"Snapshot": OpSnapshot, "Destroy": OpDestroy, "(crash)": OpCrash}
+		"Snapshot": OpSnapshot, "Destroy": OpDestroy, "(crash)": OpCrash, "(shutdown)": OpShutdown}
 	cols := regexp.MustCompile(`\s{2,}`)
 	seen := map[Op]bool{}
 	for line := range strings.Lines(f.Doc.Text()) {
@@ -212,11 +212,11 @@ func TestTransitionErrorMessage(t *testing.T) {
 		op   Op
 		want string
 	}{
-		{StatusCreated, OpPause, `vm "a": cannot pause: invalid transition created -> paused (allowed from: running)`},
-		{StatusStopped, OpSnapshot, `vm "a": cannot snapshot: invalid transition stopped -> stopped (allowed from: running, paused)`},
-		{StatusRunning, OpStart, `vm "a": cannot start: invalid transition running -> running (allowed from: created, stopped, failed)`},
-		{StatusDestroyed, OpDestroy, `vm "a": cannot destroy: invalid transition destroyed -> destroyed (allowed from: created, running, paused, stopped, failed)`},
-		{StatusRunning, "reboot", `vm "a": cannot reboot: invalid transition running -> running (allowed from: none)`},
+		{StatusCreated, OpPause, `cannot pause vm "a": it is created, not running`},
+		{StatusStopped, OpSnapshot, `cannot snapshot vm "a": it is stopped, not running or paused`},
+		{StatusRunning, OpStart, `cannot start vm "a": it is running, not created, stopped or failed`},
+		{StatusDestroyed, OpDestroy, `cannot destroy vm "a": it is destroyed, not created, running, paused, stopped or failed`},
+		{StatusRunning, "reboot", `cannot reboot vm "a": no status allows it (it is running)`},
 	} {
 		_, err := Transition("a", c.from, c.op)
 		if err == nil || err.Error() != c.want {
@@ -452,6 +452,62 @@ func TestValidateRules(t *testing.T) {
 				t.Error(`Has("nonexistent") = true`)
 			}
 		})
+	}
+}
+
+// TestValidateSharedImage: one image behind two drives of a VM is refused
+// unless both are read-only, whatever path names it (the same file by
+// device and inode: a symlink, a hard link, a path with "." in it), with
+// an error naming both fields.
+func TestValidateSharedImage(t *testing.T) {
+	dir := t.TempDir()
+	img := filepath.Join(dir, "disk.ext4")
+	if err := os.WriteFile(img, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "link.ext4")
+	hard := filepath.Join(dir, "hard.ext4")
+	other := filepath.Join(dir, "other.ext4")
+	if err := os.Symlink(img, link); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Link(img, hard); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(other, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	spec := func(root Drive, drives ...Drive) Spec {
+		s := minimalSpec()
+		s.RootDrive, s.Drives = root, drives
+		return s.WithDefaults()
+	}
+	for _, c := range []struct {
+		name  string
+		s     Spec
+		field string // "" when accepted
+		other string
+	}{
+		{"same path twice", spec(Drive{Path: "/r"}, Drive{Path: img}, Drive{Path: img}), "drives[1].path", "drives[0].path"},
+		{"rootfs again", spec(Drive{Path: img}, Drive{Path: img}), "drives[0].path", "root_drive.path"},
+		{"symlink", spec(Drive{Path: img}, Drive{Path: link}), "drives[0].path", "root_drive.path"},
+		{"hard link", spec(Drive{Path: img}, Drive{Path: hard, ReadOnly: true}), "drives[0].path", "root_drive.path"},
+		{"dot path", spec(Drive{Path: img}, Drive{Path: dir + "/./disk.ext4", ReadOnly: true}), "drives[0].path", "root_drive.path"},
+		{"missing file, same path", spec(Drive{Path: "/no/such"}, Drive{Path: "/no//such"}), "drives[0].path", "root_drive.path"},
+		{"both read-only", spec(Drive{Path: img, ReadOnly: true}, Drive{Path: link, ReadOnly: true}), "", ""},
+		{"different files", spec(Drive{Path: img}, Drive{Path: other}), "", ""},
+	} {
+		err := c.s.Validate()
+		if c.field == "" {
+			if err != nil {
+				t.Errorf("%s: %v, want accepted", c.name, err)
+			}
+			continue
+		}
+		var se *SpecError
+		if !errors.As(err, &se) || !se.Has(c.field) || !strings.Contains(err.Error(), c.other) {
+			t.Errorf("%s: %v; want a problem at %s naming %s", c.name, err, c.field, c.other)
+		}
 	}
 }
 
@@ -754,7 +810,7 @@ func TestErrorMessages(t *testing.T) {
 		{FieldError{Field: "kernel", Rule: "is required"}, "kernel: is required", nil},
 		{&IDError{Field: "id", ID: "a b", Rule: "r"}, `invalid id "a b": r`, ErrInvalidID},
 		{&TransitionError{ID: "a", Op: OpPause, From: StatusCreated, To: StatusPaused},
-			`vm "a": cannot pause: invalid transition created -> paused (allowed from: running)`, ErrInvalidTransition},
+			`cannot pause vm "a": it is created, not running`, ErrInvalidTransition},
 	} {
 		if got := c.err.Error(); got != c.want {
 			t.Errorf("%T.Error() = %q\nwant %q", c.err, got, c.want)

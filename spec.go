@@ -367,8 +367,11 @@ func (r *RateLimiter) clone() *RateLimiter {
 
 // Validate checks s and reports every problem at once in a [*SpecError]
 // (matching [ErrInvalidSpec]) whose problems name each field and its rule.
-// It checks values only; runtimes check that files exist. Call it on
-// s.WithDefaults(): ids left empty are reported as missing.
+// It checks values only; runtimes check that files exist. The one look at
+// the file system: two drives of one image (the same file by device and
+// inode where it exists, else the same cleaned path) are refused unless
+// both are read-only, naming both fields. Call it on s.WithDefaults(): ids
+// left empty are reported as missing.
 func (s Spec) Validate() error {
 	v := &validator{}
 	v.path("kernel", s.Kernel, true)
@@ -384,6 +387,7 @@ func (s Spec) Validate() error {
 	for i, d := range s.Drives {
 		v.drive(fmt.Sprintf("drives[%d]", i), d, ids)
 	}
+	v.sharedImages(s)
 	switch {
 	case s.VCPUs < 1 || s.VCPUs > MaxVCPUs:
 		v.add("vcpus", fmt.Sprintf("must be between 1 and %d (got %d)", MaxVCPUs, s.VCPUs))
@@ -517,6 +521,45 @@ func (v *validator) drive(f string, d Drive, ids map[string]string) {
 	}
 	v.path(f+".path", d.Path, true)
 	v.rateLimiter(f+".rate_limiter", d.RateLimiter)
+}
+
+// sharedImages refuses one image behind two drives of the VM unless both
+// are read-only: a guest writing through one drive corrupts what it reads
+// through the other.
+func (v *validator) sharedImages(s Spec) {
+	if len(s.Drives) == 0 {
+		return
+	}
+	type img struct {
+		field string
+		d     Drive
+		st    os.FileInfo
+	}
+	all := []img{{field: "root_drive.path", d: s.RootDrive}}
+	for i, d := range s.Drives {
+		all = append(all, img{field: fmt.Sprintf("drives[%d].path", i), d: d})
+	}
+	for i := range all {
+		if all[i].d.Path != "" {
+			all[i].st, _ = os.Stat(all[i].d.Path)
+		}
+	}
+	for j := 1; j < len(all); j++ {
+		for i := range j {
+			a, b := all[i], all[j]
+			if a.d.Path == "" || b.d.Path == "" || (a.d.ReadOnly && b.d.ReadOnly) {
+				continue
+			}
+			same := filepath.Clean(a.d.Path) == filepath.Clean(b.d.Path)
+			if a.st != nil && b.st != nil {
+				same = os.SameFile(a.st, b.st)
+			}
+			if same {
+				v.add(b.field, fmt.Sprintf("is the same image as %s (%s): one image backs two drives only if both are read-only", a.field, a.d.Path))
+				break
+			}
+		}
+	}
 }
 
 func (v *validator) rateLimiter(f string, r *RateLimiter) {

@@ -50,11 +50,16 @@ const (
 	// OpCrash is the transition a runtime makes when a VM's process dies
 	// unasked. Callers never request it.
 	OpCrash Op = "crash"
+	// OpShutdown is the transition a runtime makes when the guest shuts
+	// itself down cleanly (it powered off or reset, and the VM's process
+	// exited with status 0). Callers never request it; Stop is the
+	// operation that shuts a VM down on request.
+	OpShutdown Op = "shutdown"
 )
 
 // Ops lists the operations of the transition table.
 func Ops() []Op {
-	return []Op{OpStart, OpStop, OpPause, OpResume, OpSnapshot, OpDestroy, OpCrash}
+	return []Op{OpStart, OpStop, OpPause, OpResume, OpSnapshot, OpDestroy, OpCrash, OpShutdown}
 }
 
 type transition struct {
@@ -71,6 +76,7 @@ var transitions = map[Op]transition{
 	OpSnapshot: {from: []Status{StatusRunning, StatusPaused}},
 	OpDestroy:  {from: []Status{StatusCreated, StatusRunning, StatusPaused, StatusStopped, StatusFailed}, to: StatusDestroyed},
 	OpCrash:    {from: []Status{StatusRunning, StatusPaused}, to: StatusFailed},
+	OpShutdown: {from: []Status{StatusRunning, StatusPaused}, to: StatusStopped},
 }
 
 // Transition returns the status a VM with status from reaches through op, or
@@ -90,13 +96,14 @@ func Transition(id string, from Status, op Op) (Status, error) {
 
 func allowedFrom(op Op) []Status { return transitions[op].from }
 
-func joinStatuses(ss []Status) string {
-	if len(ss) == 0 {
-		return "none"
-	}
+// orList joins statuses as "a, b or c".
+func orList(ss []Status) string {
 	parts := make([]string, len(ss))
 	for i, s := range ss {
 		parts[i] = string(s)
 	}
-	return strings.Join(parts, ", ")
+	if len(parts) == 1 {
+		return parts[0]
+	}
+	return strings.Join(parts[:len(parts)-1], ", ") + " or " + parts[len(parts)-1]
 }

@@ -79,69 +79,148 @@ func openSDK(b *testing.B, e *benchEnv) launcher {
 	return &sdkLauncher{e: e, dir: dir, log: logrus.NewEntry(lg)}
 }
 
-func (s *sdkLauncher) launch(_ context.Context, id string, boot bool) (func() error, error) {
+// sdkVM is one machine of the SDK, with the context its process is tied
+// to.
+type sdkVM struct {
+	m      *sdk.Machine
+	id     string
+	sock   string
+	cancel context.CancelFunc
+}
+
+func (s *sdkLauncher) create(_ context.Context, id string, boot bool) (benchVM, error) {
+	cfg := s.config(id)
+	cfg.KernelImagePath = s.e.kernel
+	cfg.KernelArgs = bootArgs
+	cfg.Drives = sdk.NewDrivesBuilder(s.e.rootfs).Build()
+	cfg.MachineCfg = models.MachineConfiguration{
+		VcpuCount:  sdk.Int64(benchVCPUs),
+		MemSizeMib: sdk.Int64(benchMemoryMiB),
+		Smt:        sdk.Bool(false),
+	}
+	return s.newMachine(cfg, boot)
+}
+
+func (s *sdkLauncher) restore(_ context.Context, id string, snap snapshotRef) (benchVM, error) {
+	cfg := s.config(id)
+	return s.newMachine(cfg, true, sdk.WithSnapshot(filepath.Join(snap.dir, "mem"), filepath.Join(snap.dir, "state"),
+		func(c *sdk.SnapshotConfig) { c.ResumeVM = true }))
+}
+
+// config is the part of a machine's Config common to create and restore.
+func (s *sdkLauncher) config(id string) sdk.Config {
+	return sdk.Config{SocketPath: filepath.Join(s.dir, id+".sock"), VMID: id}
+}
+
+// newMachine makes a Machine and starts it: with start, Machine.Start
+// (validation, FcInit handlers and InstanceStart, or the snapshot load);
+// without, the handlers only (Start minus startInstance: StartVMM,
+// CreateLogFiles, BootstrapLogging, CreateMachine, CreateBootSource,
+// AttachDrives, ...).
+func (s *sdkLauncher) newMachine(cfg sdk.Config, start bool, opts ...sdk.Opt) (benchVM, error) {
 	// The SDK ties the process to this context (exec.CommandContext and a
 	// goroutine that SIGTERMs on Done), so it must outlive the call.
 	vmctx, cancel := context.WithCancel(context.Background())
-	sock := filepath.Join(s.dir, id+".sock")
-	cfg := sdk.Config{
-		SocketPath:      sock,
-		VMID:            id,
-		KernelImagePath: s.e.kernel,
-		KernelArgs:      bootArgs,
-		Drives:          sdk.NewDrivesBuilder(s.e.rootfs).Build(),
-		MachineCfg: models.MachineConfiguration{
-			VcpuCount:  sdk.Int64(benchVCPUs),
-			MemSizeMib: sdk.Int64(benchMemoryMiB),
-			Smt:        sdk.Bool(false),
-		},
-	}
 	cmd := sdk.VMCommandBuilder{}.
 		WithBin(s.e.bin).
-		WithSocketPath(sock).
-		AddArgs("--id", id, "--no-seccomp").
+		WithSocketPath(cfg.SocketPath).
+		AddArgs("--id", cfg.VMID, "--no-seccomp").
 		Build(vmctx)
-	var m *sdk.Machine
-	teardown := func() error {
-		defer cancel()
-		defer os.Remove(sock)
-		if m == nil {
-			return nil
-		}
-		if _, err := m.PID(); err != nil {
-			return nil // never started or already gone
-		}
-		m.StopVMM() // SIGTERM
-		wctx, wcancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer wcancel()
-		if err := m.Wait(wctx); err != nil && !strings.Contains(err.Error(), "signal: terminated") {
-			return fmt.Errorf("sdk %s: wait: %w", id, err)
-		}
-		return nil
-	}
-	var err error
 	newMachineMu.Lock()
-	m, err = sdk.NewMachine(vmctx, cfg, sdk.WithProcessRunner(cmd), sdk.WithLogger(s.log))
+	m, err := sdk.NewMachine(vmctx, cfg, append([]sdk.Opt{sdk.WithProcessRunner(cmd), sdk.WithLogger(s.log)}, opts...)...)
 	newMachineMu.Unlock()
 	if err != nil {
-		return teardown, fmt.Errorf("sdk %s: NewMachine: %w", id, err)
+		cancel()
+		return nil, fmt.Errorf("sdk %s: NewMachine: %w", cfg.VMID, err)
 	}
-	if boot {
-		err = m.Start(vmctx) // validation + FcInit handlers + PUT /actions InstanceStart
+	vm := &sdkVM{m: m, id: cfg.VMID, sock: cfg.SocketPath, cancel: cancel}
+	if start {
+		err = m.Start(vmctx)
 	} else {
-		// Start minus startInstance: exactly the validation and FcInit
-		// handler lists (StartVMM, CreateLogFiles, BootstrapLogging,
-		// CreateMachine, CreateBootSource, AttachDrives, ...), which is
-		// what Machine.Start runs before PUT /actions.
 		err = m.Handlers.Run(vmctx, m)
 	}
 	if err != nil {
-		return teardown, fmt.Errorf("sdk %s: start: %w", id, err)
+		return vm, fmt.Errorf("sdk %s: start: %w", cfg.VMID, err)
 	}
-	return teardown, nil
+	return vm, nil
 }
+
+// start boots a machine made without booting: Machine.Start with the
+// handlers (already run) emptied, i.e. InstanceStart alone.
+func (v *sdkVM) start(ctx context.Context) error {
+	v.m.Handlers.Validation = sdk.HandlerList{}
+	v.m.Handlers.FcInit = sdk.HandlerList{}
+	if err := v.m.Start(ctx); err != nil {
+		return fmt.Errorf("sdk %s: start: %w", v.id, err)
+	}
+	return nil
+}
+
+// stop is the SDK's graceful stop: Shutdown (Ctrl-Alt-Del), then Wait.
+func (v *sdkVM) stop(ctx context.Context) error {
+	if err := v.m.Shutdown(ctx); err != nil {
+		return fmt.Errorf("sdk %s: shutdown: %w", v.id, err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := v.m.Wait(wctx); err != nil {
+		return fmt.Errorf("sdk %s: wait: %w", v.id, err)
+	}
+	return nil
+}
+
+func (v *sdkVM) pause(ctx context.Context) error {
+	if err := v.m.PauseVM(ctx); err != nil {
+		return fmt.Errorf("sdk %s: pause: %w", v.id, err)
+	}
+	return nil
+}
+
+func (v *sdkVM) resume(ctx context.Context) error {
+	if err := v.m.ResumeVM(ctx); err != nil {
+		return fmt.Errorf("sdk %s: resume: %w", v.id, err)
+	}
+	return nil
+}
+
+// snapshot pauses, writes the snapshot files into dir and resumes: what
+// mvm's Snapshot does before its store commit.
+func (v *sdkVM) snapshot(ctx context.Context, dir string) (snapshotRef, error) {
+	if err := v.pause(ctx); err != nil {
+		return snapshotRef{}, err
+	}
+	if err := v.m.CreateSnapshot(ctx, filepath.Join(dir, "mem"), filepath.Join(dir, "state")); err != nil {
+		return snapshotRef{}, fmt.Errorf("sdk %s: snapshot: %w", v.id, err)
+	}
+	return snapshotRef{dir: dir}, v.resume(ctx)
+}
+
+// destroy is StopVMM (SIGTERM) and Wait, then the socket's removal.
+func (v *sdkVM) destroy() error {
+	defer v.cancel()
+	defer os.Remove(v.sock)
+	if _, err := v.m.PID(); err != nil {
+		return nil // never started or already gone
+	}
+	v.m.StopVMM()
+	wctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := v.m.Wait(wctx); err != nil && !strings.Contains(err.Error(), "signal: terminated") {
+		return fmt.Errorf("sdk %s: wait: %w", v.id, err)
+	}
+	return nil
+}
+
+// pid returns the machine's firecracker pid.
+func (v *sdkVM) pid(context.Context) (int, error) { return v.m.PID() }
 
 // newMachineMu serialises sdk.NewMachine (see sdkLauncher).
 var newMachineMu sync.Mutex
 
 func (s *sdkLauncher) close() error { return os.RemoveAll(s.dir) }
+
+// noticeExit is Machine.Wait.
+func (v *sdkVM) noticeExit(ctx context.Context) error {
+	v.m.Wait(ctx) // the error is the exit's (killed)
+	return ctx.Err()
+}

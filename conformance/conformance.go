@@ -12,7 +12,7 @@
 // The suite checks the transition table from every status, the errors for
 // duplicate, unknown and invalid ids, invalid specs and options, copies in
 // and out, listing order, Destroy, snapshots and restores, logs, failure
-// handling (with [Harness.Crash]), concurrency, durability (with
+// handling (with [Harness.Crash] and [Harness.Shutdown]), concurrency, durability (with
 // [Harness.Reopen]) and Close. Every top-level group gets its own runtime
 // from [Harness.New]; the suite destroys the VMs and deletes the snapshots
 // it made, then closes the runtime.
@@ -63,6 +63,11 @@ type Harness struct {
 	// Get up to 5s) with LastError set, and that Start and Destroy work
 	// from failed.
 	Crash func(t *testing.T, rt microvm.Runtime, id string)
+	// Shutdown, if set, makes the guest of the running VM shut itself down
+	// cleanly (power off or reset; the process then exits with status 0);
+	// the suite then checks the VM turns stopped within a bounded wait,
+	// with no LastError, and that Start and Destroy work from there.
+	Shutdown func(t *testing.T, rt microvm.Runtime, id string)
 	// Parallelism bounds the concurrency subtests (default 8).
 	Parallelism int
 	// NoBoot says the backend cannot boot a guest on this host (e.g. real
@@ -116,6 +121,7 @@ func Run(t *testing.T, h Harness) {
 	t.Run("Restore", s.testRestore)
 	t.Run("Logs", s.testLogs)
 	t.Run("Crash", s.testCrash)
+	t.Run("Shutdown", s.testShutdown)
 	t.Run("Concurrency", s.testConcurrency)
 	t.Run("Reopen", s.testReopen)
 	t.Run("Close", s.testClose)

@@ -41,6 +41,15 @@ func harness(newRT func() microvm.Runtime) conformance.Harness {
 				t.Fatalf("Crash(%q): %v", id, err)
 			}
 		},
+		Shutdown: func(t *testing.T, rt microvm.Runtime, id string) {
+			m, ok := rt.(*memory.Runtime)
+			if !ok {
+				m = rt.(*mutant).Runtime
+			}
+			if err := m.Shutdown(id); err != nil {
+				t.Fatalf("Shutdown(%q): %v", id, err)
+			}
+		},
 		Parallelism: 4,
 	}
 }

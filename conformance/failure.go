@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/mvm-dev/microvm"
 )
@@ -85,6 +86,50 @@ func (s *suite) testCrash(t *testing.T) {
 			t.Errorf("restored VM is %s, want running", vm.Status)
 		}
 	})
+}
+
+// ---------------------------------------------------------------------------
+// Shutdown
+
+// testShutdown: a guest that shuts itself down leaves its VM stopped, as
+// Stop would, with no LastError (the (shutdown) row of the transition
+// table).
+func (s *suite) testShutdown(t *testing.T) {
+	if s.h.Shutdown == nil {
+		t.Skip("Harness.Shutdown is not set")
+	}
+	s.needBoot(t)
+	e := s.env(t)
+	e.make(t, "shut", microvm.StatusRunning)
+	s.h.Shutdown(t, e.rt, "shut")
+	deadline := time.Now().Add(crashWait)
+	for {
+		vm := e.get(t, "shut")
+		if vm.Status == microvm.StatusStopped {
+			if vm.LastError != "" {
+				t.Errorf("VM stopped by its guest has LastError %q, want none", vm.LastError)
+			}
+			break
+		}
+		if vm.Status != microvm.StatusRunning {
+			t.Fatalf("VM went to %s after its guest shut down, want stopped (LastError %q)", vm.Status, vm.LastError)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("VM is still running %s after its guest shut down, want stopped", crashWait)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := e.rt.Stop(t.Context(), "shut", nil); !errors.Is(err, microvm.ErrInvalidTransition) {
+		t.Errorf("Stop of a VM its guest stopped: %v, want ErrInvalidTransition", err)
+	}
+	if _, err := e.rt.Start(t.Context(), "shut"); err != nil {
+		t.Fatalf("Start after the guest's shutdown: %v", err)
+	}
+	e.wantStatus(t, "shut", microvm.StatusRunning)
+	if _, err := e.rt.Destroy(t.Context(), "shut"); err != nil {
+		t.Fatalf("Destroy: %v", err)
+	}
+	e.wantGone(t, "shut")
 }
 
 // ---------------------------------------------------------------------------

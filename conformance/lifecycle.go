@@ -353,7 +353,9 @@ func richSpec(base microvm.Spec) microvm.Spec {
 	s.BootArgs = ""
 	s.RootDrive.ID = ""
 	s.RootDrive.RateLimiter = &microvm.RateLimiter{Bandwidth: &microvm.TokenBucket{Size: 1 << 20, RefillTime: 100 * time.Millisecond}}
-	s.Drives = append(s.Drives, microvm.Drive{Path: base.RootDrive.Path, ReadOnly: true})
+	// An extra read-only drive of another file (one image behind a
+	// writable and a read-only drive of a VM is refused).
+	s.Drives = append(s.Drives, microvm.Drive{Path: base.Kernel, ReadOnly: true})
 	s.TrackDirtyPages = true
 	s.Labels = map[string]string{"app": "web", "tier": "1"}
 	return s

@@ -123,19 +123,52 @@ func (r *Runtime) exitOf(pr procRecord) exitInfo {
 
 func (r *Runtime) forgetExit(pr procRecord) { r.exitOf(pr) }
 
+// exitNow returns the exit status of VM id's process pr once it has
+// exited: reaped now through its watcher's pidfd when the watcher has not
+// got to it yet (an operation noticed the exit first), else what the
+// watcher noted. It is unknown for a process that was not our child.
+func (r *Runtime) exitNow(id string, pr procRecord) exitInfo {
+	r.mu.Lock()
+	w := r.watchers[id]
+	r.mu.Unlock()
+	if w != nil && pr.same(w.p) {
+		if ei := w.p.reap(); ei.known {
+			r.forgetExit(pr)
+			return ei
+		}
+	}
+	return r.exitOf(pr)
+}
+
 // crashed records that rec's firecracker died unasked: a running or
 // paused VM turns failed with the exit in LastError; a created VM stays
-// created (Start spawns a new process) with the exit in LastError. Its
-// other processes and sockets are cleaned up. The caller holds the VM's
-// lock. It returns the *microvm.ExitError.
+// created (Start spawns a new process) with the exit in LastError. A
+// process this process started that exited with status 0 is a guest that
+// shut itself down (it powered off or reset; Firecracker exits on a guest
+// reset): its VM turns stopped, as after Stop, with no LastError. An
+// adopted process's exit status is unknowable (it was not our child), so
+// its VM turns failed. Its other processes and sockets are cleaned up.
+// The caller holds the VM's lock. It returns the *microvm.ExitError, or
+// nil for a clean shutdown.
 func (r *Runtime) crashed(rec *vmRecord) error {
 	pr := rec.Process
 	if pr == nil {
 		return nil
 	}
 	console, _ := tailLines(r.paths(rec.ID).console, outputLines, r.tailLimit())
-	xerr := exitError(rec.ID, pr.PID, r.exitOf(*pr), console)
+	ei := r.exitNow(rec.ID, *pr)
+	xerr := exitError(rec.ID, pr.PID, ei, console)
 	r.endProcesses(rec)
+	if ei.known && ei.code == 0 && ei.signal == "" {
+		if to, err := microvm.Transition(rec.ID, rec.Status, microvm.OpShutdown); err == nil {
+			rec.setStatus(to)
+			if err := r.save(rec); err != nil {
+				r.log.Error("record guest shutdown", "vm", rec.ID, "err", err)
+			}
+			r.log.Info("guest shut down (firecracker exited with status 0)", "vm", rec.ID, "pid", pr.PID)
+			return nil
+		}
+	}
 	msg := describeExit(xerr)
 	if to, err := microvm.Transition(rec.ID, rec.Status, microvm.OpCrash); err == nil {
 		rec.Status = to
@@ -191,6 +224,12 @@ func (r *Runtime) reconcile(ctx context.Context, rec *vmRecord) (*vmRecord, erro
 		case err == nil:
 			p = q
 		case !errors.Is(err, errGone):
+			return rec, err
+		}
+	}
+	if rec.Process == nil && (rec.Op == opCreate || rec.Op == opRestore || rec.Op == opStart) {
+		// The process may have been spawned before its pid was recorded.
+		if err := r.killStrays(rec.ID); err != nil {
 			return rec, err
 		}
 	}
@@ -289,12 +328,20 @@ func (r *Runtime) probe(ctx context.Context, rec *vmRecord) (fcapi.InstanceState
 	return info.State, nil
 }
 
-// adoptAll reconciles every VM of the state directory (see adoptOne), a
-// few at a time.
-func (r *Runtime) adoptAll(ctx context.Context) error {
+// AdoptAll reconciles every VM of the state directory now, a few at a
+// time, and watches every live process: what Open did before adoption
+// became lazy (see the package documentation, "Adoption"). A long-running
+// user of the Runtime that wants crash detection, and states changed
+// behind the records' backs, for every VM from the start calls it once
+// after Open. It costs about one API request per live VM.
+func (r *Runtime) AdoptAll(ctx context.Context) error {
+	if err := r.begin(); err != nil {
+		return err
+	}
+	defer r.end()
 	ids, err := r.reg.List(kindVM)
 	if err != nil {
-		return fmt.Errorf("list vms: %w", err)
+		return fmt.Errorf("firecracker: adopt: list vms: %w", err)
 	}
 	work := make(chan string)
 	var wg sync.WaitGroup
@@ -313,43 +360,17 @@ func (r *Runtime) adoptAll(ctx context.Context) error {
 	return ctx.Err()
 }
 
-// adoptOne adopts one VM. The fast path, for a record with no operation in
-// progress whose process is alive (pid and start time match) and whose API
-// reports the recorded status, only starts a watcher. Anything else is
-// reconciled under the VM's lock, unless another operation holds it (its
-// owner is alive and will finish).
+// adoptOne adopts one VM (see ensureAdopted), unless another operation
+// holds its lock (its owner is alive and will finish).
 func (r *Runtime) adoptOne(ctx context.Context, id string) {
 	rec, err := r.load(id)
 	if err != nil {
 		r.log.Warn("skip unreadable vm record", "vm", id, "err", err)
 		return
 	}
-	if rec.Process == nil && rec.Uffd == nil && rec.Op == "" {
-		return
-	}
-	if rec.Op == "" && rec.Process != nil {
-		if p, err := attach(rec.Process.PID, rec.Process.StartTime, rec.Process.BootID); err == nil {
-			if st, err := r.probe(ctx, rec); err == nil && stateMatches(st, rec.Status) {
-				r.trimVM(id)
-				r.watch(id, p)
-				return
-			}
-			p.close()
-		}
-	}
-	unlock, ok := r.tryLockVM(id)
-	if !ok {
-		return
-	}
-	defer unlock()
-	rec, err = r.load(id)
-	if err != nil {
-		return
-	}
-	if _, err := r.reconcile(ctx, rec); err != nil {
+	if _, err := r.ensureAdopted(ctx, rec, true); err != nil && !errors.Is(err, microvm.ErrNotFound) {
 		r.log.Error("adopt vm", "vm", id, "err", err)
 	}
-	r.trimVM(id)
 }
 
 // stateMatches reports whether firecracker's state agrees with a status.
@@ -365,31 +386,37 @@ func stateMatches(st fcapi.InstanceState, s microvm.Status) bool {
 	return false
 }
 
-// ensureWatched makes sure an open runtime watches the process of a VM it
-// reads (one another runtime may have started), and recovers the VM on
-// the spot when its process is already gone or an operation on it was
-// interrupted, if nobody holds its lock. It returns the current record;
+// watching reports whether this runtime watches rec's recorded process.
+func (r *Runtime) watching(rec *vmRecord) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	w := r.watchers[rec.ID]
+	return w != nil && rec.Process.same(w.p)
+}
+
+// ensureAdopted brings a VM in line with the host the first time this
+// runtime meets it (adoption is lazy: Open reconciles nothing): a record
+// whose process is alive (pid, start time and boot match) is watched; with
+// probe, only once its API reports the recorded state (GET /). Anything
+// else (the process gone, another state, an operation interrupted) is
+// reconciled under the VM's lock, if nobody holds it (an operation in
+// progress; its owner will settle it). It returns the current record;
 // microvm.ErrNotFound when recovery removed the VM.
-func (r *Runtime) ensureWatched(rec *vmRecord) (*vmRecord, error) {
-	if rec.Process == nil && rec.Op == "" {
+func (r *Runtime) ensureAdopted(ctx context.Context, rec *vmRecord, probe bool) (*vmRecord, error) {
+	if rec.Process == nil && rec.Uffd == nil && rec.Op == "" {
 		return rec, nil
 	}
 	r.mu.Lock()
-	w, closed := r.watchers[rec.ID], r.closed
+	closed := r.closed
 	r.mu.Unlock()
 	if closed {
 		return rec, nil
 	}
-	if rec.Op == "" {
-		if w != nil && rec.Process.same(w.p) {
+	if rec.Op == "" && rec.Process != nil {
+		if r.watching(rec) {
 			return rec, nil
 		}
-		p, err := attach(rec.Process.PID, rec.Process.StartTime, rec.Process.BootID)
-		if err == nil {
-			r.watch(rec.ID, p)
-			return rec, nil
-		}
-		if !errors.Is(err, errGone) {
+		if r.adoptLive(ctx, rec, probe) {
 			return rec, nil
 		}
 	}
@@ -402,21 +429,50 @@ func (r *Runtime) ensureWatched(rec *vmRecord) (*vmRecord, error) {
 	if err != nil {
 		return nil, err
 	}
-	if cur.Op == "" && cur.Process != nil {
-		if p, err := attach(cur.Process.PID, cur.Process.StartTime, cur.Process.BootID); err == nil {
-			r.watch(cur.ID, p)
-			return cur, nil
-		}
-	}
-	if cur.Op == "" && cur.Process == nil {
+	out, err := r.adoptLocked(ctx, cur, probe)
+	if err != nil && !errors.Is(err, microvm.ErrNotFound) {
+		r.log.Error("adopt vm", "vm", rec.ID, "err", err)
 		return cur, nil
 	}
-	out, err := r.reconcile(r.ctx, cur)
+	return out, err
+}
+
+// adoptLive watches rec's process if it is alive and (with probe) its API
+// reports the recorded state. It reports whether it did.
+func (r *Runtime) adoptLive(ctx context.Context, rec *vmRecord, probe bool) bool {
+	p, err := attach(rec.Process.PID, rec.Process.StartTime, rec.Process.BootID)
 	if err != nil {
-		return cur, nil
+		return false
+	}
+	if probe {
+		if st, err := r.probe(ctx, rec); err != nil || !stateMatches(st, rec.Status) {
+			p.close()
+			return false
+		}
+		// One VM met for the first time: bring its output files back
+		// within bounds (a lister leaves that to the trimmer).
+		r.trimVM(rec.ID)
+	}
+	r.watch(rec.ID, p)
+	return true
+}
+
+// adoptLocked is ensureAdopted for a caller that holds the VM's lock and
+// has just read rec.
+func (r *Runtime) adoptLocked(ctx context.Context, rec *vmRecord, probe bool) (*vmRecord, error) {
+	if rec.Process == nil && rec.Uffd == nil && rec.Op == "" {
+		return rec, nil
+	}
+	if rec.Op == "" && rec.Process != nil && (r.watching(rec) || r.adoptLive(ctx, rec, probe)) {
+		return rec, nil
+	}
+	out, err := r.reconcile(ctx, rec)
+	if err != nil {
+		return rec, err
 	}
 	if out == nil {
 		return nil, fmt.Errorf("vm %q: %w", rec.ID, microvm.ErrNotFound)
 	}
+	r.trimVM(rec.ID)
 	return out, nil
 }

@@ -30,6 +30,7 @@ func benchCreate(b *testing.B, bin string, n int, start bool) {
 	rt := open(b, state, bin)
 	defer rt.Close()
 	spec := testSpec(b)
+	spec.RootDrive.ReadOnly = true // n live VMs share it
 	ctx := context.Background()
 	var total time.Duration
 	for i := 0; b.Loop(); i++ {
@@ -110,6 +111,7 @@ func BenchmarkCreateStart(b *testing.B) {
 
 // makeVMs creates and starts n VMs with at most 32 operations at once.
 func makeVMs(b testing.TB, rt microvm.Runtime, spec microvm.Spec, n int) {
+	spec.RootDrive.ReadOnly = true // n live VMs share it
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 32)
 	for i := range n {
@@ -163,29 +165,48 @@ func ids(n int) []string {
 	return out
 }
 
-// BenchmarkOpen measures Open over a state directory with n running VMs
-// (each adopted: pid and start time checked, API probed, watcher started),
-// the price every mvm command pays.
+// BenchmarkOpen measures what a command pays to open the runtime over a
+// state directory with n running VMs (minifc processes) and do one thing:
+// open (Open and Close: no VM is adopted), get (Get of one VM: it alone is
+// adopted, its API probed), list (List: every VM read and its process
+// checked and watched, no API probe) and adoptall (AdoptAll: every VM
+// adopted and probed, what Open did before adoption became lazy).
 func BenchmarkOpen(b *testing.B) {
-	for _, n := range []int{0, 10, 100, 1000} {
-		b.Run(fmt.Sprintf("vms=%d", n), func(b *testing.B) {
-			bin := minifcBin(b)
-			state := b.TempDir()
-			rt := open(b, state, bin)
-			makeVMs(b, rt, testSpec(b), n)
-			rt.Close()
-			defer func() {
-				rt := open(b, state, bin)
-				destroyIDs(b, rt, ids(n))
-				rt.Close()
-			}()
-			for b.Loop() {
-				rt, err := firecracker.Open(context.Background(), firecracker.Config{StateDir: state, FirecrackerBin: bin})
-				if err != nil {
-					b.Fatal(err)
+	for _, n := range []int{1, 1000} {
+		bin := minifcBin(b)
+		state := b.TempDir()
+		rt := open(b, state, bin)
+		makeVMs(b, rt, testSpec(b), n)
+		rt.Close()
+		for _, mode := range []string{"open", "get", "list", "adoptall"} {
+			b.Run(fmt.Sprintf("vms=%d/%s", n, mode), func(b *testing.B) {
+				ctx := context.Background()
+				for b.Loop() {
+					rt, err := firecracker.Open(ctx, firecracker.Config{StateDir: state, FirecrackerBin: bin})
+					if err != nil {
+						b.Fatal(err)
+					}
+					switch mode {
+					case "get":
+						_, err = rt.Get(ctx, "m0000")
+					case "list":
+						var vms []microvm.VM
+						vms, err = rt.List(ctx)
+						if err == nil && len(vms) != n {
+							err = fmt.Errorf("listed %d VMs, want %d", len(vms), n)
+						}
+					case "adoptall":
+						err = rt.AdoptAll(ctx)
+					}
+					if err != nil {
+						b.Fatal(err)
+					}
+					rt.Close()
 				}
-				rt.Close()
-			}
-		})
+			})
+		}
+		rt = open(b, state, bin)
+		destroyIDs(b, rt, ids(n))
+		rt.Close()
 	}
 }

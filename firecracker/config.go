@@ -15,7 +15,6 @@ import (
 
 	microvm "github.com/mvm-dev/microvm"
 	"github.com/mvm-dev/microvm/fcapi"
-	"github.com/mvm-dev/microvm/registry"
 )
 
 // This file holds what turns a Spec into a configured firecracker process:
@@ -102,16 +101,29 @@ func apiSockArg(p vmPaths) string {
 // maxSockPath is the size of sockaddr_un.sun_path (the path plus its NUL).
 const maxSockPath = 108
 
+// How launch records the process it starts.
+type launchRecord int
+
+const (
+	// recordNone writes nothing: the caller made the VM directory the
+	// mark of a process that may exist (a Create without a managed
+	// network, whose record is written once, configured; see strays.go).
+	recordNone launchRecord = iota
+	// recordPID writes rec with the new process (and the operation in
+	// progress) before waiting for the API, without fsync: the pid only
+	// matters while the process lives, which a crash of the host ends.
+	recordPID
+)
+
 // launch starts a firecracker for rec in its VM directory (created if
-// missing), records the process in rec and the registry, and waits until
-// its API answers. With reserve, that first write creates the record
-// (failing with microvm.ErrAlreadyExists if one exists; the caller holds
-// the VM's lock and has checked, so this only guards against a runtime
-// that does not lock): a Create without a managed network thus writes its
-// record once before it is configured instead of twice. On error nothing
-// of the process is left running; the caller removes the VM directory
-// when appropriate.
-func (r *Runtime) launch(ctx context.Context, rec *vmRecord, reserve bool) (*proc, *vmClient, error) {
+// missing), records the process in rec (and, with recordPID, in the
+// registry), and waits until its API answers. On error nothing of the
+// process is left running; the caller removes the VM directory when
+// appropriate.
+//
+// spawned, when not nil, is called right after the spawn, with
+// rec.Process set, before the wait for the API.
+func (r *Runtime) launch(ctx context.Context, rec *vmRecord, how launchRecord, spawned func()) (*proc, *vmClient, error) {
 	p := r.paths(rec.ID)
 	if err := mkdirPrivate(p.dir); err != nil {
 		return nil, nil, fmt.Errorf("create vm directory: %w", err)
@@ -127,6 +139,16 @@ func (r *Runtime) launch(ctx context.Context, rec *vmRecord, reserve bool) (*pro
 	if err != nil {
 		return nil, nil, fmt.Errorf("open console log: %w", err)
 	}
+	// A created or started VM holds its drive images for as long as its
+	// process lives (see images.go). A restore does not: clones of one
+	// snapshot share its drives.
+	var locks []*os.File
+	if rec.Op != opRestore {
+		if locks, err = r.imageLocks(ctx, rec); err != nil {
+			out.Close()
+			return nil, nil, err
+		}
+	}
 	var proc *proc
 	netns := ""
 	if rec.Net != nil {
@@ -138,29 +160,28 @@ func (r *Runtime) launch(ctx context.Context, rec *vmRecord, reserve bool) (*pro
 			args: []string{"--api-sock", apiSockArg(p), "--id", rec.ID},
 			dir:  p.dir,
 			out:  out,
+			keep: locks,
 		})
 		return err
 	})
-	out.Close() // the process has its own descriptor
+	out.Close() // the process has its own descriptors
+	closeAll(locks)
 	if err != nil {
 		return nil, nil, fmt.Errorf("start firecracker %s: %w", r.bin, err)
 	}
 	rec.Process = recordOf(proc)
 	rec.Version = ""
-	if reserve {
-		rec.UpdatedAt = nowUTC()
-		err = r.reg.Create(kindVM, rec.ID, rec)
-		if errors.Is(err, registry.ErrExists) {
-			err = fmt.Errorf("vm %q: %w", rec.ID, microvm.ErrAlreadyExists)
-		}
-	} else {
-		err = r.save(rec)
+	if spawned != nil {
+		spawned()
 	}
-	if err != nil {
-		proc.terminate(killWait)
-		proc.close()
-		rec.Process = nil
-		return nil, nil, err
+	if how == recordPID {
+		rec.UpdatedAt = nowUTC()
+		if err := r.reg.PutUnsynced(kindVM, rec.ID, rec); err != nil {
+			proc.terminate(killWait)
+			proc.close()
+			rec.Process = nil
+			return nil, nil, fmt.Errorf("vm %q: write record: %w", rec.ID, err)
+		}
 	}
 	c, err := r.waitReady(ctx, proc, rec)
 	if err != nil {
@@ -171,11 +192,11 @@ func (r *Runtime) launch(ctx context.Context, rec *vmRecord, reserve bool) (*pro
 	return proc, c, nil
 }
 
-// waitReady waits for the API socket of a new process: it polls for the
-// socket file with a backoff from 1 ms (doubling, capped at 2 ms), then
-// probes GET / (retried while the socket refuses connections), all within
-// ReadyTimeout and ctx. It fails early when the process exits. It sets
-// rec.Version from the answer.
+// waitReady waits for the API socket of a new process: it waits for the
+// socket file (woken by inotify, see dirWatch), then probes GET /
+// (retried while the socket refuses connections), all within ReadyTimeout
+// and ctx. It fails early when the process exits. It sets rec.Version
+// from the answer.
 func (r *Runtime) waitReady(ctx context.Context, p *proc, rec *vmRecord) (*vmClient, error) {
 	paths := r.paths(rec.ID)
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.ReadyTimeout)
@@ -197,26 +218,19 @@ func (r *Runtime) waitReady(ctx context.Context, p *proc, rec *vmRecord) (*vmCli
 		}
 		return fmt.Errorf("start firecracker: %s: %w", what, ctx.Err())
 	}
-	delay := time.Millisecond
-	const maxDelay = 2 * time.Millisecond
-	for {
-		if _, err := os.Stat(paths.apiSock); err == nil {
-			break
-		}
-		done, err := p.wait(ctx, delay)
-		if done {
-			return nil, exited()
-		}
-		if err != nil {
-			return nil, timedOut("API socket " + paths.apiSock + " did not appear")
-		}
-		delay = min(2*delay, maxDelay)
+	done, err := r.waitSocket(ctx, p, paths.dir, paths.apiSock)
+	if done {
+		return nil, exited()
+	}
+	if err != nil {
+		return nil, timedOut("API socket " + paths.apiSock + " did not appear")
 	}
 	c, err := r.client(rec.ID, "")
 	if err != nil {
 		return nil, err
 	}
-	delay = time.Millisecond
+	delay := 100 * time.Microsecond
+	const maxDelay = 2 * time.Millisecond
 	for {
 		info, err := c.InstanceInfo(ctx)
 		if err == nil {
@@ -226,6 +240,7 @@ func (r *Runtime) waitReady(ctx context.Context, p *proc, rec *vmRecord) (*vmCli
 			} else {
 				rec.Version = info.VMMVersion
 			}
+			r.lastVersion.Store(&rec.Version)
 			return c, nil
 		}
 		if p.exited() {
@@ -277,9 +292,6 @@ func (r *Runtime) client(id, version string) (*vmClient, error) {
 	sock := "/proc/self/fd/" + strconv.Itoa(int(dir.Fd())) + "/" + fileAPISock
 	return &vmClient{Client: fcapi.New(sock, opts), dir: dir}, nil
 }
-
-// Log settings of PUT /logger.
-const logLevel = fcapi.LogLevelInfo
 
 // configure runs the pre-boot API sequence of a cold boot: logger,
 // metrics, machine, boot source, drives, network interfaces (the managed
@@ -358,19 +370,22 @@ func (r *Runtime) configure(ctx context.Context, c *vmClient, rec *vmRecord) err
 	return r.putMMDSData(ctx, c, rec)
 }
 
-// configureOutput points firecracker's log and metrics at the VM
-// directory (files created first: older versions do not create them).
+// configureOutput points firecracker's metrics at metrics.json in the VM
+// directory (the file created first: older versions do not create it)
+// when Config.Metrics asks for them. Firecracker's log is not configured:
+// unconfigured, firecracker logs to its stdout (console.log, where error
+// reports quote it from) at its default level (Warning up to v1.6, Info
+// later), and a configured logger only costs a request, a file and, at
+// Info, a line for every API request.
 func (r *Runtime) configureOutput(ctx context.Context, c *vmClient, p vmPaths) error {
-	for _, f := range []string{p.log, p.metrics} {
-		fh, err := os.OpenFile(f, os.O_WRONLY|os.O_CREATE, 0o600)
-		if err != nil {
-			return backendErr("configure logger", err)
-		}
-		fh.Close()
+	if !r.cfg.Metrics {
+		return nil
 	}
-	if err := c.PutLogger(ctx, fcapi.Logger{LogPath: p.log, Level: logLevel, ShowLevel: true}); err != nil {
-		return backendErr("configure logger", err)
+	fh, err := os.OpenFile(p.metrics, os.O_WRONLY|os.O_CREATE, 0o600)
+	if err != nil {
+		return backendErr("configure metrics", err)
 	}
+	fh.Close()
 	if err := c.PutMetrics(ctx, fcapi.Metrics{MetricsPath: p.metrics}); err != nil {
 		return backendErr("configure metrics", err)
 	}

@@ -7,6 +7,7 @@ import (
 
 	microvm "github.com/mvm-dev/microvm"
 	"github.com/mvm-dev/microvm/conformance"
+	"github.com/mvm-dev/microvm/fcapi"
 	"github.com/mvm-dev/microvm/firecracker"
 	"github.com/mvm-dev/microvm/internal/realfc"
 )
@@ -52,7 +53,14 @@ func harness(bin string, spec microvm.Spec, parallelism int) conformance.Harness
 			states[rt] = state
 			return rt
 		},
-		Spec: func(t *testing.T) microvm.Spec { return spec.Clone() },
+		// The suite makes many VMs of one spec, live at once: their root
+		// drive is shared, so read-only (a writable image belongs to one
+		// live VM).
+		Spec: func(t *testing.T) microvm.Spec {
+			s := spec.Clone()
+			s.RootDrive.ReadOnly = true
+			return s
+		},
 		Reopen: func(t *testing.T, rt microvm.Runtime) microvm.Runtime {
 			state := states[rt]
 			if err := rt.Close(); err != nil {
@@ -72,6 +80,20 @@ func harness(bin string, spec microvm.Spec, parallelism int) conformance.Harness
 			}
 			if err := syscall.Kill(vm.Backend.PID, syscall.SIGKILL); err != nil {
 				t.Fatalf("Crash: kill %d: %v", vm.Backend.PID, err)
+			}
+		},
+		// The guest's own shutdown: Ctrl-Alt-Del sent straight to the API,
+		// behind the runtime's back; the guest resets and firecracker exits
+		// with status 0.
+		Shutdown: func(t *testing.T, rt microvm.Runtime, id string) {
+			vm, err := rt.Get(context.Background(), id)
+			if err != nil {
+				t.Fatalf("Shutdown: Get(%q): %v", id, err)
+			}
+			c := fcapi.New(vm.Backend.APISocket, nil)
+			defer c.Close()
+			if err := c.SendCtrlAltDel(t.Context()); err != nil {
+				t.Fatalf("Shutdown: SendCtrlAltDel: %v", err)
 			}
 		},
 		Parallelism: parallelism,

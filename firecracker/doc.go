@@ -15,18 +15,20 @@
 // it. The runtime keeps the process's pid, its start time (field 22 of
 // /proc/<pid>/stat) and the host's boot id in the VM's record, and works on
 // it through a pidfd, so a recycled pid is never signalled. Every mvm
-// command is a process of its own and opens a Runtime: Open adopts the VMs
-// it finds (see Adoption), and Close leaves them running.
+// command is a process of its own and opens a Runtime: the VMs it finds
+// are adopted as it meets them (see Adoption), and Close leaves them
+// running.
 //
 // # State directory
 //
 //	<StateDir>/                  0700
-//	  registry/                  VM records (package registry): vm/<id>.json, locks/
+//	  registry/                  VM records (package registry): vm/<id>.json, locks/table
 //	  vms/<id>/                  0700, one per VM
 //	    api.sock                 firecracker's API socket
-//	    console.log              guest serial console + firecracker stdout/stderr (bounded)
-//	    firecracker.log          firecracker's log (PUT /logger; bounded)
-//	    metrics.json             firecracker's metrics (PUT /metrics; bounded)
+//	    console.log              guest serial console + firecracker stdout/stderr, which
+//	                             carries firecracker's log (bounded)
+//	    firecracker.log          firecracker's log, only in VMs made by earlier versions
+//	    metrics.json             firecracker's metrics (PUT /metrics), with Config.Metrics (bounded)
 //	    vsock.sock               host side of the vsock device (when the spec has one without a path)
 //	    uffd.sock, uffd.sock.log page server of a VM restored with the uffd backend
 //	  vms/.trash-*/              a VM directory being removed (swept by Open)
@@ -44,13 +46,21 @@
 //
 // Create checks the spec's files (kernel, initrd, drives: they exist, are
 // regular files or, for drives, block devices, and open as firecracker
-// will open them), spawns firecracker, waits for its socket (polled from
-// 1 ms, then GET /) and configures it: logger, metrics, machine, boot
-// source, drives, network interfaces, vsock, MMDS config and data. If any
-// step fails the process is killed and the VM directory and record are
-// removed; the [*OpError] names the step, keeps firecracker's status code
-// and fault_message (in a [*microvm.BackendError]) and quotes the last
-// lines firecracker wrote. Start boots a created VM (InstanceStart), or
+// will open them), makes the VM directory, spawns firecracker in it, waits
+// for its socket (woken by inotify, then GET /) and configures it:
+// machine, boot source, drives, network interfaces, vsock, MMDS config and
+// data (and metrics, with Config.Metrics; firecracker's log is left on its
+// stdout, console.log, at its default level). The VM's record is written
+// once, fsynced while firecracker is being configured and made visible when
+// the configuration succeeded: a Create that returned is durable. Until
+// then the VM directory is the mark that a process may exist: a directory
+// without a record is an interrupted Create, and recovery ends the
+// processes working in it (found by their working directory and command
+// line) and removes it. (With a managed network the record is written
+// first, so that the network is found too.) If any step fails the process
+// is killed and the VM directory and record are removed; the [*OpError]
+// names the step, keeps firecracker's status code and fault_message (in a
+// [*microvm.BackendError]) and quotes the last lines firecracker wrote. Start boots a created VM (InstanceStart), or
 // spawns and configures a fresh process for a stopped or failed one. Stop
 // sends Ctrl-Alt-Del (x86, running VMs), waits, then SIGTERM, then
 // SIGKILL; a stopped VM holds no process. Pause and Resume are PATCH /vm.
@@ -69,22 +79,40 @@
 // unasked turns its VM failed, within milliseconds, with the exit status
 // or signal (known for processes this process started) and the last
 // console lines in VM.LastError; a created VM whose process dies stays
-// created, and Start spawns a new one.
+// created, and Start spawns a new one. A process this process started
+// that exits with status 0 is a guest that shut itself down (Firecracker
+// exits when its guest powers off or resets): the VM turns stopped, its
+// leftovers removed as by Stop, with no LastError (the runtime's log says
+// so at level Info). The exit status of an adopted process (started by
+// another process, so not our child) cannot be read: its end, clean or
+// not, turns the VM failed ("exit status unknown").
 //
 // # Adoption
 //
-// Open reconciles every record with the host. A record whose process is
-// alive (same pid, start time and boot) and whose API reports the recorded
-// state (GET /: "Not started" is created, "Running", "Paused") is adopted
-// as it is and watched. Otherwise, under the VM's lock: a VM whose process
-// died while no runtime ran turns failed and its leftovers (sockets, page
-// server) are removed; a state changed behind the record's back (a VM
-// paused through the API) is taken from firecracker; an operation whose
-// process died midway is finished or undone (an interrupted Create or
-// Restore is removed, a Stop is completed, a Snapshot resumes the VM it
-// paused). A VM whose lock another process holds is left to that process.
-// Open costs about 0.35 ms per live VM on a 2-core host (mostly the API
-// probe; see BenchmarkOpen).
+// Adoption is lazy: Open reads no record and probes no VM, so a command
+// about one VM costs the same with one VM or thousands in the state
+// directory. Open only sweeps what no record explains (VM directories of
+// interrupted Creates, directories left half-deleted by a Destroy), which
+// costs two directory reads. A VM is reconciled with the host when this
+// Runtime first meets it: an operation on it, Get, or List.
+//
+// A record whose process is alive (same pid, start time and boot) is
+// adopted as it is and watched; an operation or Get also asks its API for
+// its state first (GET /: "Not started" is created, "Running", "Paused")
+// and reconciles a disagreement, List does not (it reads the records and
+// checks the processes; one request per VM would make listing slow).
+// Otherwise, under the VM's lock: a VM whose process died while no
+// runtime watched turns failed and its leftovers (sockets, page server)
+// are removed; a state changed behind the record's back (a VM paused
+// through the API) is taken from firecracker; an operation whose process
+// died midway is finished or undone (an interrupted Create or Restore is
+// removed, a Stop is completed, a Snapshot resumes the VM it paused). A VM
+// whose lock another process holds is left to that process.
+//
+// Crash detection therefore covers the VMs this Runtime created or met. A
+// long-running user that wants every VM watched (and checked against its
+// API) from the start calls [Runtime.AdoptAll] once after Open; a List
+// watches every VM it lists. See BenchmarkOpen.
 //
 // # Concurrency
 //
@@ -96,16 +124,31 @@
 // process leaks. Restore and DeleteSnapshot take the lock "snap-<id>"
 // while they check and change which VMs use the snapshot.
 //
+// # Drive images
+//
+// A writable drive image belongs to one live VM (one whose firecracker
+// runs: created, running or paused). Create and Start flock(2) each image
+// of the spec, exclusively for a writable drive and shared for a
+// read-only one, on a descriptor the new firecracker inherits, so the
+// lock lives exactly as long as that process and nothing is recorded that
+// could go stale. A Create or Start that would attach an image another
+// live VM writes, or write one another live VM reads, fails with
+// [ErrImageInUse] naming that VM (after waiting up to a second for a
+// process that is exiting); read-only sharing is allowed. Files are
+// compared by device and inode, not by path. Restore takes no lock: the
+// clones of one snapshot share its drives, as the snapshot recorded them.
+//
 // # Output files
 //
-// console.log, firecracker.log and metrics.json are each bounded by
-// Config.ConsoleMaxBytes (default 2 MiB): past it, the oldest half is
-// dropped in place, without copying and without racing firecracker's
-// writes (fallocate COLLAPSE_RANGE for the O_APPEND console, PUNCH_HOLE for
+// console.log, metrics.json (and the firecracker.log of older VMs) are
+// each bounded by Config.ConsoleMaxBytes (default 2 MiB): past it, the
+// oldest half is dropped in place, without copying and without racing
+// firecracker's writes (fallocate COLLAPSE_RANGE for the O_APPEND console, PUNCH_HOLE for
 // files firecracker writes at its own offset, and for file systems without
-// COLLAPSE_RANGE such as tmpfs). Trimming runs while a Runtime is open; the
-// files may exceed the bound between two runtimes (two mvm commands) and
-// are brought back at the next Open.
+// COLLAPSE_RANGE such as tmpfs). Trimming runs while a Runtime is open, for
+// the VMs it watches; the files may exceed the bound between two runtimes
+// (two mvm commands) and are brought back when a runtime next adopts the
+// VM.
 //
 // # Networking
 //

@@ -23,7 +23,7 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer rt.Close() // the VMs keep running; the next Open adopts them
+	defer rt.Close() // the VMs keep running; a later runtime adopts them
 
 	spec := microvm.Spec{
 		Kernel:    "/var/lib/mvm/images/vmlinux",

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -213,6 +214,13 @@ func TestStartCrash(t *testing.T) {
 	// The created process was spawned before the setting: kill it with
 	// the request instead. A fresh Start then spawns processes that crash.
 	syscall.Kill(vm.Backend.PID, syscall.SIGKILL)
+	// Wait until the runtime has seen the process end: a Start racing the
+	// kill may reach the dying process, whose InstanceStart then fails.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if vm, _ = rt.Get(ctx, "sc"); vm.Backend.PID == 0 || time.Now().After(deadline) {
+			break
+		}
+	}
 	_, err := rt.Start(ctx, "sc")
 	wantErrText(t, "Start", err, `start vm "sc"`, "boot", "PUT /actions", "SIGABRT")
 	if !errors.Is(err, microvm.ErrExited) {
@@ -284,6 +292,81 @@ func TestCrashNoticed(t *testing.T) {
 	}
 }
 
+// TestGuestShutdown: a firecracker that exits by itself with status 0
+// (the guest reset or powered off) leaves its VM stopped, cleaned up like
+// after Stop, with no LastError; a non-zero status still fails it; and a
+// process that ended while no runtime watched it (its status unknowable)
+// fails it too.
+func TestGuestShutdown(t *testing.T) {
+	state := t.TempDir()
+	bin, set := standinCtl(t)
+	rt := open(t, state, bin)
+	t.Cleanup(func() { destroyAll(t, rt); rt.Close() })
+	ctx := context.Background()
+	set("FCSTANDIN_EXIT=after-start:300ms") // Create spawns the process Start boots
+	if _, err := rt.Create(ctx, "gs", testSpec(t)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rt.Start(ctx, "gs"); err != nil {
+		t.Fatal(err)
+	}
+	vm := waitStatus(t, rt, "gs", microvm.StatusStopped)
+	if vm.LastError != "" || vm.Backend.PID != 0 {
+		t.Errorf("after the guest's reset: LastError %q, pid %d; want none", vm.LastError, vm.Backend.PID)
+	}
+	if _, err := os.Stat(filepath.Join(state, "vms", "gs", "api.sock")); err == nil {
+		t.Errorf("the stopped VM's API socket was not removed")
+	}
+	if pids := procsUnder(state); len(pids) != 0 {
+		t.Errorf("processes left after the guest's reset: %v", pids)
+	}
+	if out, err := rt.Logs(ctx, "gs", 0); err != nil || !slices.ContainsFunc(out, func(l string) bool {
+		return strings.Contains(l, "reboot: Restarting system")
+	}) {
+		t.Errorf("console after the reset: %q, %v; want the guest's reset line", out, err)
+	}
+	if _, err := rt.Stop(ctx, "gs", nil); !errors.Is(err, microvm.ErrInvalidTransition) {
+		t.Errorf("Stop of the stopped VM: %v; want ErrInvalidTransition", err)
+	}
+
+	// Start boots it again; a non-zero exit status fails it.
+	set("FCSTANDIN_EXIT=after-start:300ms:1")
+	if _, err := rt.Start(ctx, "gs"); err != nil {
+		t.Fatalf("Start after the guest's reset: %v", err)
+	}
+	vm = waitStatus(t, rt, "gs", microvm.StatusFailed)
+	if !strings.Contains(vm.LastError, "exit status 1") || vm.Backend.PID != 0 {
+		t.Errorf("after exit status 1: LastError %q, pid %d; want the status and no process", vm.LastError, vm.Backend.PID)
+	}
+
+	// A clean exit while no runtime watches: the next runtime cannot tell
+	// it from a crash (the process was not its child), so the VM fails.
+	set("FCSTANDIN_EXIT=after-start:300ms")
+	vm, err := rt.Start(ctx, "gs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt.Close()
+	waitGone(t, vm.Backend.PID)
+	var ws syscall.WaitStatus
+	if _, err := syscall.Wait4(vm.Backend.PID, &ws, 0, nil); err != nil || !ws.Exited() || ws.ExitStatus() != 0 {
+		t.Fatalf("the stand-in's exit: %v, %v; want status 0", ws, err)
+	}
+	set()
+	rt = open(t, state, bin)
+	vm, err = rt.Get(ctx, "gs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vm.Status != microvm.StatusFailed || !strings.Contains(vm.LastError, "exit status unknown") {
+		t.Errorf("VM whose process exited while no runtime ran: %s, LastError %q; want failed, status unknown", vm.Status, vm.LastError)
+	}
+	if _, err := rt.Destroy(ctx, "gs"); err != nil {
+		t.Fatal(err)
+	}
+	assertClean(t, state, "gs")
+}
+
 func TestDirectoryRemoved(t *testing.T) {
 	rt, state := newRuntime(t)
 	ctx := context.Background()
@@ -317,6 +400,29 @@ func TestDirectoryRemoved(t *testing.T) {
 // TestDriverKilledMidOperation kills the process running an operation (the
 // way an mvm command can be killed) and checks that the next Open finishes
 // or undoes it.
+// waitMidOperation waits (up to 20 s) until the driver of op on VM id is
+// inside it: for create, a firecracker runs in the VM's directory (there
+// is no record yet); otherwise the record names the operation.
+func waitMidOperation(t *testing.T, state, id, op string) {
+	t.Helper()
+	dir := filepath.Join(state, "vms", id)
+	rec := filepath.Join(state, "registry", "vm", id+".json")
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		if op == "create" {
+			if len(procsUnder(dir)) > 0 {
+				return
+			}
+		} else if b, err := os.ReadFile(rec); err == nil && strings.Contains(string(b), `"op":"`+op+`"`) {
+			time.Sleep(100 * time.Millisecond) // past the write, into the wait
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the driver of %s never got inside it", op)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 func TestDriverKilledMidOperation(t *testing.T) {
 	spec := testSpec(t)
 	ctx := context.Background()
@@ -345,7 +451,7 @@ func TestDriverKilledMidOperation(t *testing.T) {
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
 			}
-			time.Sleep(700 * time.Millisecond) // the child is now waiting on the stand-in
+			waitMidOperation(t, state, "k", c.op) // the child is now waiting on the stand-in
 			cmd.Process.Kill()
 			cmd.Wait()
 			set()

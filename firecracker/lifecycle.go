@@ -65,14 +65,17 @@ func (r *Runtime) Create(ctx context.Context, id string, spec microvm.Spec) (mic
 	}
 	now := nowUTC()
 	rec := &vmRecord{ID: id, Spec: spec, Status: microvm.StatusCreated, Op: opCreate, CreatedAt: now, UpdatedAt: now}
-	// No record exists, so a directory of that name is a leftover.
-	if err := r.removeVMDir(id); err != nil {
+	// No record exists, so a directory of that name was left by an
+	// interrupted Create: end what runs in it and remove it.
+	if err := r.sweepOrphan(id); err != nil {
 		return microvm.VM{}, &OpError{Op: "create", ID: id, Err: fmt.Errorf("remove leftover vm directory: %w", err)}
 	}
-	// The record is written first when there is a network to attach (so
-	// that an interrupted Create is found and undone); otherwise the spawn
-	// writes it, with the process, in one go.
-	reserve := true
+	// With a network to attach, the record is written first, so that an
+	// interrupted Create is found (and its network released) by its
+	// record. Otherwise the VM directory, made before the process is
+	// spawned, is the mark that a process may exist (see strays.go), and
+	// the record is written once, when the VM is configured.
+	how := recordNone
 	if _, managed := managedInterface(spec); managed {
 		if err := r.reg.Create(kindVM, id, rec); err != nil {
 			if errors.Is(err, registry.ErrExists) {
@@ -80,28 +83,87 @@ func (r *Runtime) Create(ctx context.Context, id string, spec microvm.Spec) (mic
 			}
 			return microvm.VM{}, &OpError{Op: "create", ID: id, Err: err}
 		}
-		reserve = false
+		how = recordPID
 		if err := r.attachNetwork(ctx, rec); err != nil {
 			return microvm.VM{}, r.undo("create", rec, nil, err)
 		}
 	}
-	p, c, err := r.launch(ctx, rec, reserve)
-	if err != nil {
-		if errors.Is(err, microvm.ErrAlreadyExists) {
-			// Another writer (one that does not lock) made the VM: leave
-			// its directory alone.
-			return microvm.VM{}, fmt.Errorf("create vm %q: %w", id, microvm.ErrAlreadyExists)
+	// The final record is written and fsynced (Prepare) while firecracker
+	// starts and is configured, and made visible (link or rename,
+	// directory fsync) only when the configuration succeeded. It is begun
+	// right after the spawn with the version the binary reported last
+	// time, and begun again if this process reports another.
+	type prepared struct {
+		w   *registry.Pending
+		err error
+		rec *vmRecord
+	}
+	var prep chan prepared
+	startPrep := func(version string) {
+		f := *rec
+		f.Op, f.Version, f.UpdatedAt = "", version, nowUTC()
+		if v := spec.Vsock; v != nil {
+			_, f.VsockPath = vsockPath(r.paths(id), v)
 		}
+		ch := make(chan prepared, 1)
+		go func() {
+			w, err := r.reg.Prepare(kindVM, id, &f)
+			ch <- prepared{w, err, &f}
+		}()
+		prep = ch
+	}
+	dropPrep := func() {
+		if prep != nil {
+			if pw := <-prep; pw.w != nil {
+				pw.w.Discard()
+			}
+			prep = nil
+		}
+	}
+	guess := ""
+	if v := r.lastVersion.Load(); v != nil {
+		guess = *v
+	}
+	p, c, err := r.launch(ctx, rec, how, func() {
+		if guess != "" {
+			startPrep(guess)
+		}
+	})
+	if err != nil {
+		dropPrep()
 		return microvm.VM{}, r.undo("create", rec, nil, err)
 	}
 	defer c.Close()
-	if err := r.configure(ctx, c, rec); err != nil {
+	if prep == nil || guess != rec.Version {
+		dropPrep()
+		startPrep(rec.Version)
+	}
+	err = r.configure(ctx, c, rec)
+	pw := <-prep
+	if err != nil {
+		if pw.w != nil {
+			pw.w.Discard()
+		}
 		return microvm.VM{}, r.undo("create", rec, p, r.withExit(rec, p, err))
 	}
-	rec.Op = ""
-	if err := r.save(rec); err != nil {
-		return microvm.VM{}, r.undo("create", rec, p, err)
+	if pw.err != nil {
+		return microvm.VM{}, r.undo("create", rec, p, fmt.Errorf("vm %q: write record: %w", id, pw.err))
 	}
+	commit := pw.w.CommitNew
+	if how != recordNone {
+		commit = pw.w.Commit // replaces the record written first
+	}
+	if err := commit(); err != nil {
+		if errors.Is(err, registry.ErrExists) {
+			// Another writer (one that does not lock) made the VM: leave
+			// its directory and record alone.
+			p.terminate(killWait)
+			p.close()
+			return microvm.VM{}, fmt.Errorf("create vm %q: %w", id, microvm.ErrAlreadyExists)
+		}
+		return microvm.VM{}, r.undo("create", rec, p, fmt.Errorf("vm %q: write record: %w", id, err))
+	}
+	rec = pw.rec
 	r.watch(id, p)
 	return r.view(rec, nil), nil
 }
@@ -155,6 +217,10 @@ func (r *Runtime) undo(op string, rec *vmRecord, p *proc, cause error) error {
 // discard ends the VM's processes and removes all it holds on the host
 // and its record. It is the common end of Destroy and of undone creates.
 func (r *Runtime) discard(rec *vmRecord, p *proc) error {
+	// Stop watching first: the exit is asked for, and a watcher woken by
+	// it would only take the VM's lock (and make its lock file again)
+	// after Destroy removed it.
+	r.unwatch(rec.ID)
 	var errs []error
 	if p != nil {
 		if !p.terminate(killWait) {
@@ -172,7 +238,6 @@ func (r *Runtime) discard(rec *vmRecord, p *proc) error {
 		// or recovery finds it.
 		return err
 	}
-	r.unwatch(rec.ID)
 	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.APITimeout)
 	defer cancel()
 	if err := r.detachNetwork(ctx, rec); err != nil {
@@ -236,17 +301,21 @@ func (r *Runtime) Start(ctx context.Context, id string) (microvm.VM, error) {
 // attachment is used as it is.
 func (r *Runtime) coldStart(ctx context.Context, rec *vmRecord, to microvm.Status) (microvm.VM, error) {
 	r.endProcesses(rec)
-	rec.Op = opStart // written with the new process by launch
+	// The operation is marked before the process exists: a driver that
+	// dies between the spawn and the record of the pid (written by
+	// launch) leaves a mark whose recovery finds the process in the VM
+	// directory (see strayProcs).
+	rec.Op = opStart
+	err := r.mark(rec)
 	var (
-		p   *proc
-		c   *vmClient
-		err error
+		p *proc
+		c *vmClient
 	)
-	if r.cfg.Network != nil || rec.Net == nil {
+	if err == nil && (r.cfg.Network != nil || rec.Net == nil) {
 		err = r.attachNetwork(ctx, rec)
 	}
 	if err == nil {
-		p, c, err = r.launch(ctx, rec, false)
+		p, c, err = r.launch(ctx, rec, recordPID, nil)
 	}
 	if err == nil {
 		defer c.Close()
@@ -312,7 +381,7 @@ func (r *Runtime) Stop(ctx context.Context, id string, opts *microvm.StopOptions
 		return microvm.VM{}, err
 	}
 	rec.Op = opStop
-	if err := r.save(rec); err != nil {
+	if err := r.mark(rec); err != nil {
 		return microvm.VM{}, &OpError{Op: "stop", ID: id, Err: err}
 	}
 	if err := r.shutdown(ctx, rec, timeout); err != nil {
@@ -431,7 +500,10 @@ func (r *Runtime) simple(ctx context.Context, id string, op microvm.Op, step str
 		return microvm.VM{}, r.failOp(string(op), rec, err)
 	}
 	rec.setStatus(to)
-	if err := r.save(rec); err != nil {
+	// Running or paused, the status describes the live process only: a
+	// crash of the host ends it, and the VM is failed whichever of the
+	// two the record kept, so the write needs no fsync.
+	if err := r.mark(rec); err != nil {
 		return microvm.VM{}, &OpError{Op: string(op), ID: id, Err: err}
 	}
 	return r.viewOf(rec), nil
@@ -466,6 +538,9 @@ func (r *Runtime) call(ctx context.Context, rec *vmRecord, step string, fn func(
 		return berr
 	}
 	xerr := r.crashed(rec)
+	if xerr == nil {
+		return berr // the guest shut itself down: the VM is stopped
+	}
 	var be *microvm.BackendError
 	if errors.As(berr, &be) {
 		if be.Err == nil {
@@ -508,7 +583,7 @@ func (r *Runtime) Destroy(ctx context.Context, id string) (microvm.VM, error) {
 	}
 	vm := r.viewOf(rec)
 	rec.Op = opDestroy
-	if err := r.save(rec); err != nil {
+	if err := r.mark(rec); err != nil {
 		return microvm.VM{}, &OpError{Op: "destroy", ID: id, Err: err}
 	}
 	if err := r.discard(rec, nil); err != nil {
@@ -524,20 +599,18 @@ func (r *Runtime) Destroy(ctx context.Context, id string) (microvm.VM, error) {
 	return vm, nil
 }
 
-// lockLoad takes the VM's lock and reads its record. A record left
-// mid-operation by a process that died is recovered first.
+// lockLoad takes the VM's lock and reads its record, adopting the VM (see
+// adoptLocked) if this runtime meets it for the first time: a record left
+// mid-operation by a process that died is recovered, a process that died
+// unwatched turns its VM failed.
 func (r *Runtime) lockLoad(ctx context.Context, id string) (func(), *vmRecord, error) {
 	unlock, err := r.lockVM(ctx, id)
 	if err != nil {
 		return nil, nil, err
 	}
 	rec, err := r.load(id)
-	if err == nil && rec.Op != "" {
-		// We hold the lock, so whoever wrote Op is gone.
-		rec, err = r.reconcile(ctx, rec)
-		if err == nil && rec == nil {
-			err = fmt.Errorf("vm %q: %w", id, microvm.ErrNotFound)
-		}
+	if err == nil {
+		rec, err = r.adoptLocked(ctx, rec, true)
 	}
 	if err != nil {
 		unlock()

@@ -133,6 +133,20 @@ func (r *Runtime) save(rec *vmRecord) error {
 	return nil
 }
 
+// mark writes rec atomically but without fsync, for what only matters
+// while the VM's process lives: the operation it starts (rec.Op), which is
+// for recovery after the process running the operation dies (that leaves
+// the page cache intact), or a running/paused status. A crash of the host
+// ends the VM's processes too, and the record it leaves (with or without
+// the change) is recovered like any VM whose process died.
+func (r *Runtime) mark(rec *vmRecord) error {
+	rec.UpdatedAt = time.Now().UTC()
+	if err := r.reg.PutUnsynced(kindVM, rec.ID, rec); err != nil {
+		return fmt.Errorf("vm %q: write record: %w", rec.ID, err)
+	}
+	return nil
+}
+
 func nowUTC() time.Time { return time.Now().UTC() }
 
 // setStatus changes rec's status and clears the last error of a

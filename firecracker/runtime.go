@@ -7,12 +7,15 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -46,9 +49,9 @@ const (
 	// trimInterval is how often an open runtime bounds the output files
 	// of the VMs it watches.
 	trimInterval = 5 * time.Second
-	// probeTimeout bounds the API probe of each live VM during Open.
+	// probeTimeout bounds the API probe of a live VM being adopted.
 	probeTimeout = time.Second
-	// openWorkers bounds the VMs Open reconciles at once.
+	// openWorkers bounds the VMs AdoptAll reconciles at once.
 	openWorkers = 8
 )
 
@@ -92,6 +95,10 @@ type Config struct {
 	// interfaces (existing TAP devices) need nothing. The runtime does not
 	// close it.
 	Network Network
+	// Metrics makes each firecracker write its metrics to metrics.json in
+	// the VM directory (PUT /metrics). Default false: it costs a request
+	// and a file per VM, and nothing in the runtime reads them.
+	Metrics bool
 	// Logger receives the runtime's diagnostics. Default: discarded.
 	Logger *slog.Logger
 }
@@ -119,15 +126,23 @@ type Runtime struct {
 	closed   bool
 	watchers map[string]*watcher // by VM id
 	exits    map[procRecord]exitInfo
+
+	dirWatchOnce sync.Once
+	dirWatch     *dirWatch // nil until first needed, or without inotify
+
+	// lastVersion is the version the binary reported at the last launch:
+	// Create writes its record while the next process starts, assuming
+	// the same version (and writes it again if the guess was wrong).
+	lastVersion atomic.Pointer[string]
 }
 
 var _ microvm.Runtime = (*Runtime)(nil)
 
-// Open opens the runtime over cfg.StateDir. It adopts every VM an earlier
-// runtime left: live processes are checked (pid, start time, API socket)
-// and watched; VMs whose process died meanwhile turn failed and their
-// leftovers are removed; operations interrupted by a dying process are
-// finished or undone. ctx bounds Open only.
+// Open opens the runtime over cfg.StateDir. It adopts no VM (adoption is
+// lazy: each VM is reconciled with the host when this runtime first meets
+// it, see the package documentation), and only removes what no record
+// explains: directories of interrupted Creates (ending their processes)
+// and of interrupted Destroys. ctx bounds Open only.
 func Open(ctx context.Context, cfg Config) (*Runtime, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("firecracker: open: %w", err)
@@ -171,11 +186,7 @@ func Open(ctx context.Context, cfg Config) (*Runtime, error) {
 		watchers: make(map[string]*watcher),
 		exits:    make(map[procRecord]exitInfo),
 	}
-	sweepTrash(vmsDir)
-	if err := r.adoptAll(ctx); err != nil {
-		r.Close()
-		return nil, fmt.Errorf("firecracker: open: %w", err)
-	}
+	r.sweepVMDirs()
 	if cfg.Network != nil {
 		r.cleanupNetwork(ctx)
 	}
@@ -302,6 +313,10 @@ func (r *Runtime) Close() error {
 	r.mu.Lock()
 	r.watchers = nil
 	r.mu.Unlock()
+	r.dirWatchOnce.Do(func() {}) // no watch made after this
+	if r.dirWatch != nil {
+		r.dirWatch.close()
+	}
 	return r.reg.Close()
 }
 
@@ -375,7 +390,7 @@ func (r *Runtime) Get(ctx context.Context, id string) (microvm.VM, error) {
 	if err != nil {
 		return microvm.VM{}, err
 	}
-	if rec, err = r.ensureWatched(rec); err != nil {
+	if rec, err = r.ensureAdopted(ctx, rec, true); err != nil {
 		return microvm.VM{}, err
 	}
 	snaps, err := r.snapshotsOf(id)
@@ -415,7 +430,7 @@ func (r *Runtime) List(ctx context.Context) ([]microvm.VM, error) {
 		if err != nil {
 			return nil, fmt.Errorf("list vms: %w", err)
 		}
-		if rec, err = r.ensureWatched(rec); err != nil {
+		if rec, err = r.ensureAdopted(ctx, rec, false); err != nil {
 			continue // removed by recovery
 		}
 		vms = append(vms, r.view(rec, slices.Clone(byVM[id])))
@@ -511,20 +526,6 @@ func (r *Runtime) trimLoop() {
 	}
 }
 
-// sweepTrash removes VM directories left half-deleted by a Destroy that
-// died (they are renamed to a hidden name before removal).
-func sweepTrash(vmsDir string) {
-	ents, err := os.ReadDir(vmsDir)
-	if err != nil {
-		return
-	}
-	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), trashPrefix) {
-			os.RemoveAll(filepath.Join(vmsDir, e.Name()))
-		}
-	}
-}
-
 // trashPrefix marks a VM directory being removed.
 const trashPrefix = ".trash-"
 
@@ -532,13 +533,8 @@ const trashPrefix = ".trash-"
 // a crash midway never leaves a directory that looks live), then deleted.
 func (r *Runtime) removeVMDir(id string) error {
 	dir := r.paths(id).dir
-	trash, err := os.MkdirTemp(r.vmsDir, trashPrefix+id+"-")
-	if err != nil {
-		return os.RemoveAll(dir)
-	}
-	dst := filepath.Join(trash, id)
-	if err := os.Rename(dir, dst); err != nil {
-		os.Remove(trash)
+	trash := filepath.Join(r.vmsDir, trashPrefix+id+"-"+strconv.FormatUint(rand.Uint64(), 36))
+	if err := os.Rename(dir, trash); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil
 		}

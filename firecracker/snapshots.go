@@ -56,7 +56,7 @@ func (r *Runtime) Snapshot(ctx context.Context, id, snapID string, opts *microvm
 
 	wasRunning := rec.Status == microvm.StatusRunning
 	rec.Op, rec.OpSnapshot = opSnapshot, snapID
-	if err := r.save(rec); err != nil {
+	if err := r.mark(rec); err != nil {
 		return microvm.Snapshot{}, &OpError{Op: "snapshot", ID: id, Err: err}
 	}
 	// fail ends the operation: the VM keeps its status unless its
@@ -247,7 +247,7 @@ func (r *Runtime) loadSnapshot(ctx context.Context, rec *vmRecord, m snapshot.Ma
 	if err := r.attachNetwork(ctx, rec); err != nil {
 		return nil, err
 	}
-	p, c, err := r.launch(ctx, rec, false)
+	p, c, err := r.launch(ctx, rec, recordPID, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -37,7 +37,7 @@ func TestUpdateRateLimits(t *testing.T) {
 	rt, _ := newRuntime(t)
 	ctx := context.Background()
 	spec := testSpec(t)
-	spec.Drives = []microvm.Drive{{Path: spec.RootDrive.Path, ReadOnly: true}}
+	spec.Drives = []microvm.Drive{{Path: spec.Kernel, ReadOnly: true}} // any other file
 	if _, err := rt.Create(ctx, "rl", spec); err != nil {
 		t.Fatal(err)
 	}

@@ -94,7 +94,7 @@ func Example_invalidTransition() {
 
 	// Output:
 	// created pause true
-	// vm "db-1": cannot pause: invalid transition created -> paused (allowed from: running)
+	// cannot pause vm "db-1": it is created, not running
 }
 
 // Crash lets a test exercise failure handling.

@@ -625,6 +625,20 @@ func (r *Runtime) Crash(id string, reason string) error {
 	})
 }
 
+// Shutdown makes a running or paused VM stop as if its guest had shut
+// itself down: its status becomes stopped (through
+// [microvm.OpShutdown]) with no LastError. It is a test hook; other
+// states give a [*microvm.TransitionError].
+func (r *Runtime) Shutdown(id string) error {
+	return r.locked(context.Background(), "shutdown", id, func(v *vm) error {
+		if err := r.transition(v, microvm.OpShutdown, "stopped: the guest shut down"); err != nil {
+			return err
+		}
+		v.lastError = ""
+		return nil
+	})
+}
+
 // Close ends the runtime: every later call returns [microvm.ErrClosed],
 // including a second Close.
 func (r *Runtime) Close() error {

@@ -39,7 +39,35 @@ func TestConformance(t *testing.T) {
 				t.Fatalf("Crash(%q): %v", id, err)
 			}
 		},
+		Shutdown: func(t *testing.T, rt microvm.Runtime, id string) {
+			if err := rt.(*memory.Runtime).Shutdown(id); err != nil {
+				t.Fatalf("Shutdown(%q): %v", id, err)
+			}
+		},
 	})
+}
+
+// TestShutdown: the guest-shutdown hook stops a running VM through
+// OpShutdown, with no LastError, and is refused from other states.
+func TestShutdown(t *testing.T) {
+	rt := memory.New(nil)
+	defer rt.Close()
+	if _, err := rt.Create(t.Context(), "a", validSpec()); err != nil {
+		t.Fatal(err)
+	}
+	var te *microvm.TransitionError
+	if err := rt.Shutdown("a"); !errors.As(err, &te) || te.Op != microvm.OpShutdown {
+		t.Errorf("Shutdown of a created VM: %v, want a TransitionError for shutdown", err)
+	}
+	if _, err := rt.Start(t.Context(), "a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := rt.Shutdown("a"); err != nil {
+		t.Fatal(err)
+	}
+	if vm := must(rt.Get(t.Context(), "a")); vm.Status != microvm.StatusStopped || vm.LastError != "" {
+		t.Errorf("after Shutdown: %s, LastError %q; want stopped, none", vm.Status, vm.LastError)
+	}
 }
 
 // fixedClock returns a clock that starts at 2026-11-25T17:00:00Z and
@@ -361,7 +389,7 @@ func TestErrorMessagesNameTheID(t *testing.T) {
 	}{
 		{second(rt.Get(t.Context(), "web-2")), `memory: get vm "web-2": vm not found`},
 		{second(rt.Create(t.Context(), "web-1", validSpec())), `memory: create vm "web-1": vm already exists`},
-		{second(rt.Resume(t.Context(), "web-1")), `vm "web-1": cannot resume: invalid transition running -> running (allowed from: paused)`},
+		{second(rt.Resume(t.Context(), "web-1")), `cannot resume vm "web-1": it is running, not paused`},
 		{second(rt.Snapshot(t.Context(), "web-1", "snap-1", nil)), `memory: snapshot vm "web-1": snapshot "snap-1": snapshot already exists`},
 		{second(rt.Restore(t.Context(), "web-3", "snap-9", nil)), `memory: restore vm "web-3": snapshot "snap-9": snapshot not found`},
 		{rt.DeleteSnapshot(t.Context(), "snap-9", nil), `memory: delete snapshot: snapshot "snap-9": snapshot not found`},

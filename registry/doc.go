@@ -7,8 +7,8 @@
 // # Layout
 //
 //	<dir>/                      mode 0700, created by Open
-//	├── locks/                  lock files (removed only by RemoveLock)
-//	│   └── <name>.lock         flock(2) target of Lock(ctx, name), mode 0600
+//	├── locks/
+//	│   └── table               the lock table: Lock(ctx, name) holds one byte of it, mode 0600
 //	└── <kind>/                 one directory per kind, created on first write
 //	    ├── <id>.json           one record, mode 0600
 //	    └── .tmp-<id>-<random>  a write in progress, or left by a crash
@@ -47,7 +47,11 @@
 // # Durability and atomicity
 //
 // Put writes the envelope to a temporary file in the record's directory,
-// fsyncs it, renames it over the record and fsyncs the directory. Create
+// fsyncs it, renames it over the record and fsyncs the directory. Prepare
+// does the first half ahead of time (the temporary file, fsynced) and its
+// Commit or CommitNew the rest, so a caller can overlap the slow fsync with
+// other work. PutUnsynced skips both fsyncs: still atomic, and kept through
+// a crash of the writer, but not through a crash of the host. Create
 // does the same but hard-links the temporary file to the record name, which
 // fails if the record exists, so exactly one of racing creators wins, even
 // across processes. Delete unlinks the record and fsyncs the directory. A
@@ -67,16 +71,16 @@
 //
 // # Locks
 //
-// Lock takes an exclusive flock(2) on <dir>/locks/<name>.lock through its own
-// file description, so it excludes other processes and other goroutines
-// alike, and the kernel releases it when the holder exits. Record operations
-// take no lock themselves: Put and Create are atomic per record, and callers
-// that read, modify and write a record, or keep several records consistent,
-// hold a Lock around the sequence (for example one per VM id plus one for
-// allocations such as leases). TryLock does not wait. A lock file stays
-// until its holder removes it with RemoveLock (when what it guards is gone
-// for good); a waiter that then acquires the removed file notices and retries
-// on the path's new file, so removal never admits two holders.
+// Lock takes an exclusive open file description lock (fcntl(2)
+// F_OFD_SETLK) on one byte of <dir>/locks/table, chosen by a 62-bit hash of
+// the lock's name, through a file description of its own, so it excludes
+// other processes and other goroutines alike, and the kernel releases it
+// when the holder exits. Taking a lock creates no file and leaves none.
+// Record operations take no lock themselves: Put and Create are atomic per
+// record, and callers that read, modify and write a record, or keep several
+// records consistent, hold a Lock around the sequence (for example one per
+// VM id plus one for allocations such as leases). TryLock does not wait.
+// RemoveLock deletes the per-name lock file earlier versions made.
 //
 // A Registry is safe for concurrent use; any number of processes may open
 // the same directory.

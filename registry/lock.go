@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
+	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -19,7 +21,8 @@ const (
 	lockBackoffMax = 50 * time.Millisecond
 )
 
-// heldLock is one acquired lock: an open file description holding flock.
+// heldLock is one acquired lock: an open file description of the lock
+// table holding a write lock on the name's byte.
 type heldLock struct {
 	f    *os.File
 	once sync.Once
@@ -27,25 +30,41 @@ type heldLock struct {
 }
 
 func (h *heldLock) release() error {
-	h.once.Do(func() { h.err = h.f.Close() }) // closing drops the flock
+	h.once.Do(func() { h.err = h.f.Close() }) // closing drops the lock
 	return h.err
+}
+
+// lockTable is the file, under locks/, whose bytes are the locks: the lock
+// called name is a write lock (fcntl F_OFD_SETLK) on the one byte at
+// lockOffset(name). One file for every lock means taking a lock never
+// creates a file (on some file systems a new inode costs far more than
+// the rest of the lock), and no lock leaves a file behind.
+const lockTable = "table"
+
+// lockOffset is the byte of the lock table that the lock called name
+// holds: a 62-bit FNV-1a hash of the name. Two names with the same hash
+// would exclude each other (never admit two holders); at 62 bits that
+// does not happen in practice.
+func lockOffset(name string) int64 {
+	h := fnv.New64a()
+	h.Write([]byte(name))
+	return int64(h.Sum64() & (1<<62 - 1))
 }
 
 // Lock acquires the exclusive lock called name, waiting until it is free or
 // ctx is done; the error then wraps ctx.Err(). name follows the id rules
 // (ValidateID). The lock excludes other processes and other goroutines of
 // this process alike, including callers using a different Registry for the
-// same directory: it is flock(2) on <dir>/locks/<name>.lock through a file
+// same directory: it is an open file description lock (fcntl(2)
+// F_OFD_SETLK) on one byte of <dir>/locks/table, taken through a file
 // description of its own, and the kernel drops it when the holder exits,
 // even by SIGKILL. Acquisition polls with non-blocking attempts and backoff
 // (1ms to 50ms), so it is not fair. A ctx that is already done fails without
 // trying, and a Lock still waiting when the Registry is closed fails with
 // ErrClosed.
 //
-// unlock releases the lock; calling it again does nothing. A lock file
-// stays until its holder removes it with [Registry.RemoveLock]; a waiter
-// that then acquires the removed file notices and retries on the new one, so
-// removal never lets two holders in at once.
+// unlock releases the lock; calling it again does nothing. Taking a lock
+// creates no file.
 func (r *Registry) Lock(ctx context.Context, name string) (unlock func(), err error) {
 	return r.lock(ctx, name, false)
 }
@@ -60,9 +79,10 @@ func (r *Registry) TryLock(name string) (unlock func(), ok bool, err error) {
 	return unlock, err == nil, err
 }
 
-// RemoveLock deletes the file of the lock called name. Call it only while
-// holding that lock (for example when the thing it guards is gone for
-// good), then unlock. Removing a lock that has no file is not an error.
+// RemoveLock deletes the lock file <dir>/locks/<name>.lock that versions
+// before the lock table made for each lock (a lock today has no file of
+// its own). Call it only while holding that lock, when what it guards is
+// gone for good. Removing a lock that has no file is not an error.
 func (r *Registry) RemoveLock(name string) error {
 	if err := validateID("lock name", name); err != nil {
 		return err
@@ -90,35 +110,19 @@ func (r *Registry) lock(ctx context.Context, name string, noWait bool) (unlock f
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("registry: lock %s: %w", name, err)
 	}
-	path := filepath.Join(r.dir, locksDir, name+".lock")
-	var f *os.File
-	for {
-		f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE, filePerm)
-		if err != nil {
-			return nil, fmt.Errorf("registry: lock %s: %w", name, err)
-		}
-		if err := acquire(ctx, f, r.closed.Load, noWait); err != nil {
-			f.Close()
-			if errors.Is(err, ErrClosed) || errors.Is(err, errBusy) {
-				return nil, err
-			}
-			return nil, fmt.Errorf("registry: lock %s (%s): %w", name, path, err)
-		}
-		// The holder before us may have removed the file (RemoveLock):
-		// then our flock guards nothing and we retry on the path's file.
-		if same, err := sameFile(f, path); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("registry: lock %s: %w", name, err)
-		} else if same {
-			break
-		}
-		f.Close()
-	}
-	h := &heldLock{f: f}
-	if err := f.Chmod(filePerm); err != nil { // umask-independent
-		f.Close()
+	path := filepath.Join(r.dir, locksDir, lockTable)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, filePerm)
+	if err != nil {
 		return nil, fmt.Errorf("registry: lock %s: %w", name, err)
 	}
+	if err := acquire(ctx, f, lockOffset(name), r.closed.Load, noWait); err != nil {
+		f.Close()
+		if errors.Is(err, ErrClosed) || errors.Is(err, errBusy) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("registry: lock %s (%s): %w", name, path, err)
+	}
+	h := &heldLock{f: f}
 	r.mu.Lock()
 	if r.held == nil { // closed meanwhile
 		r.mu.Unlock()
@@ -135,20 +139,22 @@ func (r *Registry) lock(ctx context.Context, name string, noWait bool) (unlock f
 	}, nil
 }
 
-// acquire takes flock(LOCK_EX) on f, retrying non-blocking attempts with
-// jittered exponential backoff until ctx is done or closed reports true.
-// With noWait it returns errBusy instead of waiting.
-func acquire(ctx context.Context, f *os.File, closed func() bool, noWait bool) error {
+// acquire takes a write lock on the byte at off of f (F_OFD_SETLK),
+// retrying non-blocking attempts with jittered exponential backoff until
+// ctx is done or closed reports true. With noWait it returns errBusy
+// instead of waiting.
+func acquire(ctx context.Context, f *os.File, off int64, closed func() bool, noWait bool) error {
 	rc, err := f.SyscallConn()
 	if err != nil {
 		return err
 	}
+	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart, Start: off, Len: 1}
 	delay := lockBackoffMin
 	for {
 		var ferr error
 		if err := rc.Control(func(fd uintptr) {
 			for {
-				ferr = unix.Flock(int(fd), unix.LOCK_EX|unix.LOCK_NB)
+				ferr = unix.FcntlFlock(fd, unix.F_OFD_SETLK, &lk)
 				if ferr != unix.EINTR {
 					return
 				}
@@ -159,8 +165,8 @@ func acquire(ctx context.Context, f *os.File, closed func() bool, noWait bool) e
 		if ferr == nil {
 			return nil
 		}
-		if !errors.Is(ferr, unix.EWOULDBLOCK) {
-			return fmt.Errorf("flock: %w", ferr)
+		if !errors.Is(ferr, unix.EAGAIN) && !errors.Is(ferr, unix.EACCES) {
+			return fmt.Errorf("fcntl F_OFD_SETLK: %w", ferr)
 		}
 		if noWait {
 			return errBusy
@@ -178,20 +184,4 @@ func acquire(ctx context.Context, f *os.File, closed func() bool, noWait bool) e
 		}
 		delay = min(2*delay, lockBackoffMax)
 	}
-}
-
-// sameFile reports whether path still names the file f has open.
-func sameFile(f *os.File, path string) (bool, error) {
-	fi, err := f.Stat()
-	if err != nil {
-		return false, err
-	}
-	pi, err := os.Stat(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return false, nil
-	}
-	if err != nil {
-		return false, err
-	}
-	return os.SameFile(fi, pi), nil
 }

@@ -77,6 +77,9 @@ func Open(dir string) (*Registry, error) {
 	if err := ensureDir(filepath.Join(abs, locksDir)); err != nil {
 		return nil, fmt.Errorf("registry: open %q: %w", abs, err)
 	}
+	if err := ensureLockTable(filepath.Join(abs, locksDir, lockTable)); err != nil {
+		return nil, fmt.Errorf("registry: open %q: %w", abs, err)
+	}
 	removeStaleTemps(abs, time.Now().Add(-StaleTempAge))
 	return &Registry{dir: abs, held: make(map[*heldLock]struct{})}, nil
 }
@@ -106,39 +109,114 @@ func (r *Registry) Create(kind, id string, v any) error {
 	return r.write("create", kind, id, v, true)
 }
 
-func (r *Registry) write(op, kind, id string, v any, exclusive bool) error {
-	if err := r.check(kind, id); err != nil {
+// PutUnsynced is Put without the fsyncs: the replacement is atomic, and
+// survives a crash or SIGKILL of the writer (the kernel's page cache keeps
+// it), but not a crash of the host. It is for records whose content only
+// matters while processes of the current boot live (for example a mark of
+// an operation in progress on a running process); a later Put makes the
+// record durable again.
+func (r *Registry) PutUnsynced(kind, id string, v any) error {
+	w, err := r.prepare("put", kind, id, v, false)
+	if err != nil {
 		return err
+	}
+	return w.commit(false, false)
+}
+
+// Pending is a record write prepared by [Registry.Prepare]: its envelope
+// is written and fsynced to a temporary file, and nothing is visible until
+// Commit or CommitNew. Exactly one of Commit, CommitNew and Discard must
+// be called; a Pending is not safe for concurrent use.
+type Pending struct {
+	op, kind, id string
+	kdir, tmp    string
+	done         bool
+}
+
+// Prepare does the slow part of a Put or Create ahead of time: it encodes
+// v and writes and fsyncs the temporary file, so that the commit (a rename
+// or link and the directory's fsync) is all that remains. A caller can
+// thus overlap the file's fsync with other work and make the record appear
+// only when that work succeeded.
+func (r *Registry) Prepare(kind, id string, v any) (*Pending, error) {
+	return r.prepare("put", kind, id, v, true)
+}
+
+// Commit makes the prepared record visible and durable, replacing any
+// previous record: Put's rename and directory fsync.
+func (w *Pending) Commit() error { return w.commit(false, true) }
+
+// CommitNew is Commit that fails with an error wrapping ErrExists if the
+// record exists: Create's link.
+func (w *Pending) CommitNew() error { w.op = "create"; return w.commit(true, true) }
+
+// Discard removes the temporary file of a write that will not be
+// committed. Discarding a committed or discarded write does nothing.
+func (w *Pending) Discard() {
+	if !w.done {
+		w.done = true
+		os.Remove(w.tmp)
+	}
+}
+
+func (r *Registry) write(op, kind, id string, v any, exclusive bool) error {
+	w, err := r.prepare(op, kind, id, v, true)
+	if err != nil {
+		return err
+	}
+	return w.commit(exclusive, true)
+}
+
+// prepare validates, encodes and writes v to a temporary file of the
+// kind's directory, fsynced when sync is set.
+func (r *Registry) prepare(op, kind, id string, v any, sync bool) (*Pending, error) {
+	if err := r.check(kind, id); err != nil {
+		return nil, err
 	}
 	fail := func(err error) error { return fmt.Errorf("registry: %s %s/%s: %w", op, kind, id, err) }
 	buf, err := encode(kind, id, time.Now().UTC().Format(time.RFC3339Nano), v)
 	if err != nil {
-		return fail(err)
+		return nil, fail(err)
 	}
 	kdir, err := r.kindDir(kind)
 	if err != nil {
-		return fail(err)
+		return nil, fail(err)
 	}
-	tmp, err := writeTemp(kdir, tmpPrefix+id+"-*", buf)
+	tmp, err := writeTemp(kdir, tmpPrefix+id+"-*", buf, sync)
 	if err != nil {
-		return fail(err)
+		return nil, fail(err)
 	}
-	final := filepath.Join(kdir, id+recordExt)
+	return &Pending{op: op, kind: kind, id: id, kdir: kdir, tmp: tmp}, nil
+}
+
+// commit renames (or, exclusive, links) the temporary file to the record
+// name, then fsyncs the directory when sync is set.
+func (w *Pending) commit(exclusive, sync bool) error {
+	if w.done {
+		return fmt.Errorf("registry: %s %s/%s: write already committed or discarded", w.op, w.kind, w.id)
+	}
+	w.done = true
+	fail := func(err error) error { return fmt.Errorf("registry: %s %s/%s: %w", w.op, w.kind, w.id, err) }
+	final := filepath.Join(w.kdir, w.id+recordExt)
+	var err error
 	if exclusive {
-		err = os.Link(tmp, final)
+		err = os.Link(w.tmp, final)
 		// Once linked the record exists; a temp file that cannot be
 		// removed is harmless and a later Open sweeps it.
-		os.Remove(tmp)
+		os.Remove(w.tmp)
 		if errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("%w: %s/%s", ErrExists, kind, id)
+			return fmt.Errorf("%w: %s/%s", ErrExists, w.kind, w.id)
 		}
-	} else if err = os.Rename(tmp, final); err != nil {
-		os.Remove(tmp)
+	} else if err = os.Rename(w.tmp, final); err != nil {
+		os.Remove(w.tmp)
 	}
 	if err != nil {
 		return fail(err)
 	}
-	if err := syncDir(kdir); err != nil {
+	if !sync {
+		return nil
+	}
+	if err := syncDir(w.kdir); err != nil {
 		return fail(err)
 	}
 	return nil
@@ -156,7 +234,7 @@ func (r *Registry) Get(kind, id string, v any) error {
 		return err
 	}
 	path := r.path(kind, id)
-	raw, err := os.ReadFile(path)
+	raw, err := readFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("%w: %s/%s", ErrNotFound, kind, id)
 	}
@@ -308,9 +386,9 @@ func ensureDir(path string) error {
 }
 
 // writeTemp writes buf to a new file (mode 0600) in dir named after
-// pattern (see os.CreateTemp), fsyncs and closes it, and returns its path.
-// On error nothing is left behind.
-func writeTemp(dir, pattern string, buf []byte) (name string, err error) {
+// pattern (see os.CreateTemp), fsyncs it when sync is set, closes it, and
+// returns its path. On error nothing is left behind.
+func writeTemp(dir, pattern string, buf []byte, sync bool) (name string, err error) {
 	f, err := os.CreateTemp(dir, pattern)
 	if err != nil {
 		return "", err
@@ -327,13 +405,60 @@ func writeTemp(dir, pattern string, buf []byte) (name string, err error) {
 	if _, err := f.Write(buf); err != nil {
 		return "", err
 	}
-	if err := f.Sync(); err != nil {
-		return "", err
+	if sync {
+		if err := f.Sync(); err != nil {
+			return "", err
+		}
 	}
 	if err := f.Close(); err != nil {
 		return "", err
 	}
 	return f.Name(), nil
+}
+
+// readFile is os.ReadFile with plain system calls: a record is read in one
+// or two reads, without the runtime poller's set-up for the descriptor,
+// which costs more system calls than the read itself (List-heavy callers
+// read every record).
+func readFile(path string) ([]byte, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
+	}
+	defer unix.Close(fd)
+	buf := make([]byte, 0, 4096)
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := unix.Read(fd, buf[len(buf):cap(buf)])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, &fs.PathError{Op: "read", Path: path, Err: err}
+		}
+		if n == 0 {
+			return buf, nil
+		}
+		buf = buf[:len(buf)+n]
+	}
+}
+
+// ensureLockTable creates the lock table (mode 0600) if missing.
+func ensureLockTable(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, filePerm)
+	if errors.Is(err, fs.ErrExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	err = f.Chmod(filePerm) // umask-independent
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // syncDir fsyncs a directory so that entries created, renamed or removed in

@@ -46,8 +46,8 @@ func createCmd(g *globals) *cobra.Command {
 				spec.Labels = map[string]string{}
 				for _, l := range labels {
 					k, v, ok := strings.Cut(l, "=")
-					if !ok {
-						return usagef("--label must be KEY=VALUE (got %q)", l)
+					if !ok || k == "" {
+						return usagef("--label must be KEY=VALUE with a non-empty KEY (got %q)", l)
 					}
 					spec.Labels[k] = v
 				}
@@ -71,7 +71,7 @@ func createCmd(g *globals) *cobra.Command {
 			return g.withRuntime(cmd.Context(), func(rt microvm.Runtime) error {
 				vm, err := rt.Create(cmd.Context(), args[0], spec)
 				if err != nil {
-					return err
+					return inFlagTerms(err, spec)
 				}
 				if start {
 					if vm, err = rt.Start(cmd.Context(), args[0]); err != nil {
@@ -143,6 +143,7 @@ func stopCmd(g *globals) *cobra.Command {
 	cmd := vmCmd(g, "stop", "Shut a VM down (Ctrl-Alt-Del, then SIGTERM, then SIGKILL)", func(cmd *cobra.Command, rt microvm.Runtime, id string) (microvm.VM, error) {
 		return rt.Stop(cmd.Context(), id, &microvm.StopOptions{Timeout: timeout})
 	})
+	cmd.PreRunE = func(*cobra.Command, []string) error { return nonNegative("--timeout", timeout) }
 	cmd.Flags().DurationVar(&timeout, "timeout", microvm.DefaultStopTimeout, "how long to wait for the guest to shut down")
 	return cmd
 }
@@ -290,6 +291,9 @@ func logsCmd(g *globals) *cobra.Command {
 		Use:   "logs NAME",
 		Short: "Print the tail of a VM's console and log",
 		Args:  exactArgs(1, "NAME"),
+		PreRunE: func(*cobra.Command, []string) error {
+			return nonNegative("--lines", lines)
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.withRuntime(cmd.Context(), func(rt microvm.Runtime) error {
 				out, err := rt.Logs(cmd.Context(), args[0], lines)
@@ -318,7 +322,7 @@ func exactArgs(n int, names string) cobra.PositionalArgs {
 			}
 			return usagef("%s needs %s (got %d argument(s)); see 'mvm %s --help'", cmd.Name(), names, len(args), cmd.Name())
 		}
-		return nil
+		return nonEmptyArgs(cmd, args, names)
 	}
 }
 
@@ -327,6 +331,6 @@ func rangeArgs(lo, hi int, names string) cobra.PositionalArgs {
 		if len(args) < lo || len(args) > hi {
 			return usagef("usage: mvm %s %s (got %d argument(s))", cmd.Name(), names, len(args))
 		}
-		return nil
+		return nonEmptyArgs(cmd, args, names)
 	}
 }

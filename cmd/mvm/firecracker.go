@@ -18,8 +18,9 @@ import (
 // leases (a registry of its own).
 const netStateDir = "network"
 
-// openFirecracker opens the Firecracker runtime over the state directory,
-// adopting the VMs earlier mvm commands left running. With --egress-iface
+// openFirecracker opens the Firecracker runtime over the state directory;
+// the VMs earlier mvm commands left running are adopted as the command
+// touches them (one VM for most commands, all for ls). With --egress-iface
 // it has managed networking: a network.Manager over <state-dir>/network,
 // closed with the runtime (VM networks stay with their VMs).
 func openFirecracker(ctx context.Context, g *globals) (microvm.Runtime, error) {

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/mvm-dev/microvm/internal/fcstandin"
 	"github.com/mvm-dev/microvm/internal/realfc"
@@ -24,7 +25,7 @@ var mvmBuild struct {
 }
 
 // mvmBinary builds cmd/mvm once per test process.
-func mvmBinary(t *testing.T) string {
+func mvmBinary(t testing.TB) string {
 	t.Helper()
 	mvmBuild.once.Do(func() {
 		dir, err := os.MkdirTemp("", "mvm-cli-test-")
@@ -145,6 +146,16 @@ func TestCLILifecycleAcrossProcesses(t *testing.T) {
 		t.Fatalf("after create: %+v (pid alive %v)", vm, alive(vm.Backend.PID))
 	}
 	pid := vm.Backend.PID
+	// A snapshot of a created VM, and a second live VM on its writable
+	// root image: operation errors (exit 1) in the user's terms.
+	if code, _, errs := c.run("snapshot", "cli-a", "early"); code != 1 ||
+		!strings.Contains(errs, `cannot snapshot vm "cli-a": it is created, not running or paused`) {
+		t.Fatalf("snapshot of a created VM: exit %d %q", code, errs)
+	}
+	if code, _, errs := c.run("create", "cli-twin", "--kernel", kernel, "--rootfs", rootfs, "--memory", "32"); code != 1 ||
+		!strings.Contains(errs, `vm "cli-a" (root_drive) has it attached writable`) {
+		t.Fatalf("create of a second VM on cli-a's writable image: exit %d %q", code, errs)
+	}
 
 	c.ok("start", "cli-a")
 	if vm = c.inspect("cli-a"); vm.Status != "running" || vm.Backend.PID != pid {
@@ -155,8 +166,8 @@ func TestCLILifecycleAcrossProcesses(t *testing.T) {
 		t.Fatalf("after pause: %+v", vm)
 	}
 	// Pausing again is an invalid transition: the operation fails (exit 1).
-	if code, _, errs := c.run("pause", "cli-a"); code != 1 || !strings.Contains(errs, "invalid transition") {
-		t.Fatalf("second pause: exit %d %q, want 1 and invalid transition", code, errs)
+	if code, _, errs := c.run("pause", "cli-a"); code != 1 || !strings.Contains(errs, `cannot pause vm "cli-a": it is paused, not running`) {
+		t.Fatalf("second pause: exit %d %q, want 1 and why", code, errs)
 	}
 	c.ok("snapshot", "cli-a", "cli-snap")
 	if vm = c.inspect("cli-a"); vm.Status != "paused" {
@@ -220,6 +231,11 @@ func TestCLICrashShowsFailed(t *testing.T) {
 	if err := syscall.Kill(vm.Backend.PID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
+	// kill(2) only queues the signal: on a loaded host the process may
+	// still answer for a moment. The next command comes once it is dead.
+	for deadline := time.Now().Add(5 * time.Second); alive(vm.Backend.PID) && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
 	if vm = c.inspect("cli-a"); vm.Status != "failed" {
 		t.Fatalf("after SIGKILL: status %q, want failed", vm.Status)
 	}
@@ -249,7 +265,7 @@ func TestCLIRealBinaries(t *testing.T) {
 			if err := os.Symlink(kernel, filepath.Join(c.dir, "vmlinux")); err != nil {
 				t.Fatal(err)
 			}
-			for _, f := range []string{"rootfs.ext4", "data.img"} {
+			for _, f := range []string{"rootfs.ext4", "rootfs-b.ext4", "data.img"} {
 				if err := os.WriteFile(filepath.Join(c.dir, f), make([]byte, 1<<20), 0o600); err != nil {
 					t.Fatal(err)
 				}
@@ -302,7 +318,8 @@ func TestCLIRealBinaries(t *testing.T) {
 				}
 			}
 			// Crash: a fresh VM's firecracker killed between two commands.
-			c.ok("create", "cli-b", "--kernel", "vmlinux", "--rootfs", "rootfs.ext4", "--memory", "128")
+			// cli-a holds rootfs.ext4 writable: cli-b has its own image.
+			c.ok("create", "cli-b", "--kernel", "vmlinux", "--rootfs", "rootfs-b.ext4", "--memory", "128")
 			crashed := c.inspect("cli-b")
 			if err := syscall.Kill(crashed.Backend.PID, syscall.SIGKILL); err != nil {
 				t.Fatal(err)

@@ -6,7 +6,11 @@
 // processes and the next mvm command adopts them from the state directory.
 //
 // Exit status: 0 on success, 1 when the operation failed, 2 on a usage
-// error. An error is one line on stderr.
+// error: anything wrong with the command line itself, found before any
+// operation is tried (an unknown command or flag, a missing, empty or
+// malformed argument, a negative count or duration, a VM spec or id that
+// breaks a rule). An error is one line on stderr, naming the flag or
+// argument at fault in the command line's terms.
 package main
 
 import (
@@ -18,6 +22,8 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+
+	microvm "github.com/mvm-dev/microvm"
 )
 
 func main() {
@@ -37,10 +43,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintln(stderr, "mvm: "+oneLine(err.Error()))
 	var u *usageError
-	if errors.As(err, &u) || isCobraUsageError(err) {
+	if errors.As(err, &u) || isCobraUsageError(err) || isInputError(err) {
 		return 2
 	}
 	return 1
+}
+
+// isInputError recognises the library's refusals of what the command line
+// gave it, before any operation: a spec or an id that breaks a rule.
+func isInputError(err error) bool {
+	return errors.Is(err, microvm.ErrInvalidSpec) || errors.Is(err, microvm.ErrInvalidID)
 }
 
 // isCobraUsageError recognises the usage errors cobra makes itself without a

@@ -27,6 +27,24 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"--runtime", "qemu", "ls"},     // bad runtime
 		{"create", "x"},                 // required flags missing
 		{"create", "x", "--vcpus", "z"}, // bad flag value
+		// Empty names, negative counts and durations, bad values the
+		// library refuses (a spec or id rule): all the command line's fault.
+		{"--runtime", "memory", "snapshots", ""},
+		{"--runtime", "memory", "start", ""},
+		{"--runtime", "memory", "snapshot", "v", ""},
+		{"--runtime", "memory", "restore", "", "v"},
+		{"--runtime", "memory", "rm-snapshot", ""},
+		{"--runtime", "memory", "logs", "v", "-n", "-1"},
+		{"--runtime", "memory", "stop", "v", "--timeout", "-1s"},
+		{"--runtime", "memory", "stop", "v", "--timeout", "soon"},
+		{"--runtime", "memory", "create", "x", "--kernel", "/k", "--rootfs", "/r", "--label", "=v"},
+		{"--runtime", "memory", "create", "x", "--kernel", "/k", "--rootfs", "/r", "--label", "noequals"},
+		{"--runtime", "memory", "create", "x", "--kernel", "/k", "--rootfs", "/r", "--memory", "-1"},
+		{"--runtime", "memory", "create", "x", "--kernel", "/k", "--rootfs", "/r", "--vcpus", "0"},
+		{"--runtime", "memory", "create", "x", "--kernel", "/k", "--rootfs", "/r", "--drive", "/r"},
+		{"--runtime", "memory", "create", "bad_id", "--kernel", "/k", "--rootfs", "/r"},
+		{"--runtime", "memory", "start", "-x"},
+		{"--state-dir", "", "ls"},
 	} {
 		code, _, stderr := mvm(t, args...)
 		if code != 2 {
@@ -44,13 +62,46 @@ func TestOperationErrorsExit1(t *testing.T) {
 	if code != 1 || !strings.Contains(stderr, "not found") {
 		t.Fatalf("exit %d stderr %q, want 1 and 'not found'", code, stderr)
 	}
-	code, _, stderr = mvm(t, "--runtime", "memory", "create", "bad_id", "--kernel", "k", "--rootfs", "r")
-	if code != 1 || !strings.Contains(stderr, "invalid id") {
-		t.Fatalf("exit %d stderr %q, want 1 and 'invalid id'", code, stderr)
+	code, _, stderr = mvm(t, "--runtime", "memory", "snapshot", "nope", "s")
+	if code != 1 || !strings.Contains(stderr, "not found") {
+		t.Fatalf("exit %d stderr %q, want 1 and 'not found'", code, stderr)
 	}
-	code, _, stderr = mvm(t, "--runtime", "memory", "create", "a", "--kernel", "k", "--rootfs", "r", "--vcpus", "0")
-	if code != 1 || !strings.Contains(stderr, "vcpus") {
-		t.Fatalf("exit %d stderr %q, want 1 naming vcpus", code, stderr)
+}
+
+// TestMessagesInUserTerms: a refused command line is explained with the
+// flag or argument the user gave and the rule it breaks, never with Go
+// field names or parser internals.
+func TestMessagesInUserTerms(t *testing.T) {
+	create := []string{"--runtime", "memory", "create", "x", "--kernel", "/k", "--rootfs", "/r"}
+	for _, c := range []struct {
+		args   []string
+		want   []string
+		refuse []string
+	}{
+		{append(create, "--vcpus", "abc"), []string{`--vcpus: "abc" is not a whole number`}, []string{"strconv", "ParseInt"}},
+		{append(create, "--vsock-cid", "-1"), []string{`--vsock-cid: "-1" is not a whole number from 0 to 4294967295`}, []string{"strconv"}},
+		{[]string{"stop", "v", "--timeout", "soon"}, []string{`--timeout: "soon" is not a duration such as 30s`}, []string{"time: invalid"}},
+		{[]string{"--state-dir", "", "ls"}, []string{"--state-dir must name a directory"}, []string{"StateDir", "config:"}},
+		{append(create, "--vcpus", "0"), []string{"mvm: --vcpus: must be between 1 and 32 (got 0)\n"}, []string{"invalid spec"}},
+		{append(create, "--memory", "0"), []string{"--memory: must be at least 1 (got 0)"}, []string{"memory_mib"}},
+		{append(create, "--label", "=v"), []string{`--label must be KEY=VALUE with a non-empty KEY (got "=v")`}, nil},
+		{append(create, "--drive", "/d", "--drive", "/d"), []string{"--drive 2 (/d): is the same image as --drive 1 (/d)"}, []string{"drives["}},
+		{append(create, "--drive", "/r"), []string{"--drive 1 (/r): is the same image as --rootfs (/r)"}, []string{"root_drive"}},
+		{[]string{"--runtime", "memory", "snapshots", ""}, []string{"snapshots: NAME must not be empty"}, nil},
+		{[]string{"--runtime", "memory", "logs", "v", "-n", "-1"}, []string{"--lines must be 0 or more (got -1)"}, nil},
+		{[]string{"--runtime", "memory", "stop", "v", "--timeout", "-1s"}, []string{"--timeout must be 0 or more (got -1s)"}, nil},
+	} {
+		_, _, stderr := mvm(t, c.args...)
+		for _, w := range c.want {
+			if !strings.Contains(stderr, w) {
+				t.Errorf("mvm %q: stderr %q, want %q", c.args, stderr, w)
+			}
+		}
+		for _, r := range c.refuse {
+			if strings.Contains(stderr, r) {
+				t.Errorf("mvm %q: stderr %q mentions %q", c.args, stderr, r)
+			}
+		}
 	}
 }
 

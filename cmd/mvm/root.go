@@ -44,12 +44,15 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 			default:
 				return usagef("--runtime must be firecracker or memory (got %q)", g.runtime)
 			}
+			if g.runtime == "firecracker" && g.stateDir == "" {
+				return usagef("--state-dir must name a directory (got an empty value; unset, it is MVM_STATE_DIR or %s)", defaultStateDir())
+			}
 			return g.net.check()
 		},
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err} })
+	root.SetFlagErrorFunc(flagError)
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.stateDir, "state-dir", envOr("MVM_STATE_DIR", defaultStateDir()), "state directory (env MVM_STATE_DIR)")
 	pf.StringVar(&g.runtime, "runtime", envOr("MVM_RUNTIME", "firecracker"), "runtime: firecracker or memory (memory keeps state for one process only)")

@@ -52,6 +52,14 @@
 //     dies by SIGSEGV that long after the VM starts running (InstanceStart
 //     or a snapshot load), after Firecracker's "Shutting down VM after
 //     intercepting signal 11" line.
+//   - FCSTANDIN_EXIT=after-start:<duration>[:<status>]: that long after
+//     the VM first starts running (InstanceStart or a snapshot load), the
+//     process exits by itself with status (default 0). Status 0 is the
+//     guest resetting itself, as a Linux guest does on reboot or poweroff
+//     with reboot=k: "reboot: Restarting system" on the console, then exit
+//     0 after FCSTANDIN_STOP_DELAY (deferred until resume when paused).
+//     Another status is Firecracker ending on an error: an error log line,
+//     "Vmm is stopping." and that exit status.
 //   - FCSTANDIN_START_DELAY: delay before binding the API socket (Go
 //     duration or milliseconds), to exercise readiness polling.
 //   - FCSTANDIN_STOP_DELAY: how long after SendCtrlAltDel the process prints

@@ -3,6 +3,7 @@ package fcstandin
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -412,6 +413,53 @@ func TestCrashOnDemand(t *testing.T) {
 			t.Fatalf("after-start: %v", st)
 		}
 	})
+}
+
+// TestExitOnDemand: FCSTANDIN_EXIT ends the process by itself after the
+// start, with status 0 (the guest reset itself, also when it was paused
+// at the time and resumed later) or the status asked for.
+func TestExitOnDemand(t *testing.T) {
+	t.Run("reset", func(t *testing.T) {
+		p := startFC(t, startOpt{env: []string{"FCSTANDIN_EXIT=after-start:20ms"}})
+		bootMinimal(t, p)
+		st := p.wait(10 * time.Second)
+		if !st.Exited() || st.ExitCode() != 0 {
+			t.Fatalf("exit: %v, stderr %s", st, p.stderr)
+		}
+		if !strings.Contains(p.stdout.String(), "reboot: Restarting system") {
+			t.Fatalf("no reset line on the console: %s", p.stdout)
+		}
+	})
+	t.Run("reset-deferred-while-paused", func(t *testing.T) {
+		p := startFC(t, startOpt{env: []string{"FCSTANDIN_EXIT=after-start:50ms"}})
+		bootMinimal(t, p)
+		p.ok("PATCH", "/vm", `{"state":"Paused"}`)
+		time.Sleep(300 * time.Millisecond)
+		if b := p.ok("GET", "/", ""); !strings.Contains(b, `"state":"Paused"`) {
+			t.Fatalf("a paused guest reset itself: GET / = %s", b)
+		}
+		p.ok("PATCH", "/vm", `{"state":"Resumed"}`)
+		if st := p.wait(10 * time.Second); !st.Exited() || st.ExitCode() != 0 {
+			t.Fatalf("exit after resume: %v", st)
+		}
+	})
+	t.Run("status", func(t *testing.T) {
+		p := startFC(t, startOpt{env: []string{"FCSTANDIN_EXIT=after-start:20ms:3"}})
+		bootMinimal(t, p)
+		if st := p.wait(10 * time.Second); !st.Exited() || st.ExitCode() != 3 {
+			t.Fatalf("exit: %v, want status 3", st)
+		}
+	})
+	for _, bad := range []string{"20ms", "after-start:x", "after-start:20ms:256", "after-start:20ms:-1", "after-start:1s:a"} {
+		if _, err := ParseArgs(nil, func(k string) string {
+			if k == "FCSTANDIN_EXIT" {
+				return bad
+			}
+			return ""
+		}); !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), "FCSTANDIN_EXIT") {
+			t.Errorf("FCSTANDIN_EXIT=%q: %v; want a usage error naming it", bad, err)
+		}
+	}
 }
 
 func TestVsockProtocol(t *testing.T) {

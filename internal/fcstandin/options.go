@@ -51,6 +51,7 @@ type Options struct {
 	Crash      []crashSpec   // FCSTANDIN_CRASH
 	StartDelay time.Duration // FCSTANDIN_START_DELAY
 	StopDelay  time.Duration // FCSTANDIN_STOP_DELAY
+	Exit       *exitSpec     // FCSTANDIN_EXIT
 }
 
 type flagKind int
@@ -191,6 +192,9 @@ func ParseArgs(args []string, getenv func(string) string) (Options, error) {
 	if o.StopDelay, err = parseDelay("FCSTANDIN_STOP_DELAY", getenv("FCSTANDIN_STOP_DELAY"), DefaultStopDelay); err != nil {
 		return o, err
 	}
+	if o.Exit, err = parseExit(getenv("FCSTANDIN_EXIT")); err != nil {
+		return o, err
+	}
 	return o, nil
 }
 
@@ -222,6 +226,38 @@ func parseDelay(name, v string, def time.Duration) (time.Duration, error) {
 		return 0, fmt.Errorf("%w: %s=%q: want a duration such as 100ms or a number of milliseconds", ErrUsage, name, v)
 	}
 	return d, nil
+}
+
+// exitSpec is FCSTANDIN_EXIT: the process exits by itself with status
+// code, after the VM has been running for after.
+type exitSpec struct {
+	after time.Duration
+	code  int
+}
+
+// parseExit parses "after-start:<duration>[:<status>]" (status 0 to 255,
+// default 0).
+func parseExit(v string) (*exitSpec, error) {
+	if strings.TrimSpace(v) == "" {
+		return nil, nil
+	}
+	bad := fmt.Errorf("%w: FCSTANDIN_EXIT=%q: want after-start:<duration>[:<exit status 0-255>]", ErrUsage, v)
+	rest, ok := strings.CutPrefix(strings.TrimSpace(v), "after-start:")
+	if !ok {
+		return nil, bad
+	}
+	d, code, hasCode := strings.Cut(rest, ":")
+	e := &exitSpec{}
+	var err error
+	if e.after, err = parseDelay("FCSTANDIN_EXIT after-start", d, 0); err != nil {
+		return nil, err
+	}
+	if hasCode {
+		if e.code, err = strconv.Atoi(code); err != nil || e.code < 0 || e.code > 255 {
+			return nil, bad
+		}
+	}
+	return e, nil
 }
 
 // crashSpec is one FCSTANDIN_CRASH trigger.

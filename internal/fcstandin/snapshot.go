@@ -525,6 +525,7 @@ func (v *vmm) restore(p *loadParams) error {
 		v.setState(statePaused)
 	}
 	v.afterStartCrash()
+	v.afterStartExit()
 	return nil
 }
 

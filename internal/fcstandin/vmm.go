@@ -179,6 +179,7 @@ type vmm struct {
 	metricsSet       bool
 	loggerSet        bool
 	pendingStop      bool
+	exitArmed        bool // FCSTANDIN_EXIT's timer runs
 	stopping         bool
 	mem              *guestMemory
 	memBacking       *os.File // File backend of a restored VM
@@ -711,6 +712,7 @@ func (v *vmm) instanceStart() response {
 	v.log(lvlInfo, "main", "src/vmm/src/builder.rs:1", "Successfully started microvm that was configured from one single json")
 	go v.bootConsole()
 	v.afterStartCrash()
+	v.afterStartExit()
 	return v.noContent()
 }
 
@@ -1746,6 +1748,37 @@ func (v *vmm) afterStartCrash() {
 			}()
 		}
 	}
+}
+
+// afterStartExit arms FCSTANDIN_EXIT: that long after the VM starts
+// running, the process exits by itself. Status 0 is the guest resetting
+// itself (reboot=k: "reboot: Restarting system" on the console, then the
+// exit, as after Ctrl+Alt+Del); another status is Firecracker giving up
+// on an error ("Vmm is stopping." and that status, paused or not). A
+// paused guest resets only once resumed. The caller holds v's lock.
+func (v *vmm) afterStartExit() {
+	e := v.opts.Exit
+	if e == nil || v.exitArmed {
+		return
+	}
+	v.exitArmed = true
+	go func() {
+		time.Sleep(e.after)
+		v.Lock()
+		defer v.Unlock()
+		if e.code == 0 {
+			if v.state == statePaused {
+				v.pendingStop = true
+			} else {
+				v.scheduleStop()
+			}
+			return
+		}
+		v.log(lvlError, "fc_vcpu 0", "src/vmm/src/vstate/vcpu.rs:1", fmt.Sprintf("fcstandin: vCPU error on demand (FCSTANDIN_EXIT), exit status %d", e.code))
+		v.log(lvlInfo, "main", "src/vmm/src/lib.rs:1", "Vmm is stopping.")
+		v.flushMetrics()
+		v.exit(e.code)
+	}()
 }
 
 func (v *vmm) crash(sig unix.Signal, msg string) {

@@ -1,7 +1,8 @@
 // Package guesttest gives tests real guests: the mvm-agent binary built
 // from this repository, a minimal agent image built with package image, and
 // the real Firecracker binaries and guest kernel of the workplace's shared
-// folder (../shared/firecracker beside the repository).
+// folder (../shared/firecracker beside the repository, or
+// MVM_SHARED_DIR/firecracker), found by package realfc.
 //
 // What a test needs and does not find is a skip with one line, or a failure
 // when CI=true (CI installs e2fsprogs and busybox-static and has the shared
@@ -22,9 +23,8 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/mvm-dev/microvm/image"
+	"github.com/mvm-dev/microvm/internal/realfc"
 )
 
 // agentPackage is the import path of the guest program.
@@ -33,10 +33,7 @@ const agentPackage = "github.com/mvm-dev/microvm/cmd/mvm-agent"
 // missing skips t, or fails it when CI=true.
 func missing(t testing.TB, format string, args ...any) {
 	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf(format, args...)
-	}
-	t.Skipf(format, args...)
+	realfc.Missing(t, fmt.Errorf(format, args...))
 }
 
 // Agent builds mvm-agent (static: CGO_ENABLED=0) into a temporary directory
@@ -103,58 +100,29 @@ func Tool(name string) string {
 	return ""
 }
 
-// SharedDir returns the workplace's folder of real Firecracker binaries
-// and guest kernel: $MVM_SHARED_FIRECRACKER, or shared/firecracker in the
-// working directory or one of its parents. It skips t (fails it under
-// CI=true) when there is none.
-func SharedDir(t testing.TB) string {
-	t.Helper()
-	if d := os.Getenv("MVM_SHARED_FIRECRACKER"); d != "" {
-		return d
-	}
-	wd, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for d := wd; ; d = filepath.Dir(d) {
-		cand := filepath.Join(d, "shared", "firecracker")
-		if _, err := os.Stat(filepath.Join(cand, "vmlinux-6.1")); err == nil {
-			return cand
-		}
-		if filepath.Dir(d) == d {
-			break
-		}
-	}
-	missing(t, "guesttest: no shared/firecracker with vmlinux-6.1 above %s (set MVM_SHARED_FIRECRACKER)", wd)
-	return ""
-}
-
-// Kernel returns the guest kernel: $MVM_KERNEL, or vmlinux-6.1 of
-// SharedDir.
+// Kernel returns the guest kernel: $MVM_KERNEL, or vmlinux-6.1 of the
+// shared folder (realfc.Kernel: skipped, or failed under CI=true, when
+// missing).
 func Kernel(t testing.TB) string {
 	t.Helper()
 	if k := os.Getenv("MVM_KERNEL"); k != "" {
 		return k
 	}
-	return filepath.Join(SharedDir(t), "vmlinux-6.1")
+	return realfc.Kernel(t)
 }
 
 // Firecrackers returns the real firecracker binaries by version ("v1.7.0"):
-// $MVM_FIRECRACKER_BIN alone (as "env") when set, else every
-// firecracker-v* of SharedDir.
+// $MVM_FIRECRACKER_BIN alone (as "env") when set, else every build of the
+// shared folder (realfc.Binaries: skipped, or failed under CI=true, when
+// missing).
 func Firecrackers(t testing.TB) map[string]string {
 	t.Helper()
 	if b := os.Getenv("MVM_FIRECRACKER_BIN"); b != "" {
 		return map[string]string{"env": b}
 	}
-	dir := SharedDir(t)
-	matches, err := filepath.Glob(filepath.Join(dir, "firecracker-v*"))
-	if err != nil || len(matches) == 0 {
-		missing(t, "guesttest: no firecracker-v* binaries in %s", dir)
-	}
 	bins := map[string]string{}
-	for _, m := range matches {
-		bins[strings.TrimPrefix(filepath.Base(m), "firecracker-")] = m
+	for _, b := range realfc.Binaries(t) {
+		bins[b.Name()] = b.Path
 	}
 	return bins
 }
@@ -172,18 +140,9 @@ func Versions(bins map[string]string) []string {
 // RequireKVM skips t with one line unless /dev/kvm opens read-write.
 func RequireKVM(t testing.TB) {
 	t.Helper()
-	if err := kvmUsable(); err != nil {
-		t.Skipf("real-KVM test: %v", err)
+	if !realfc.KVM() {
+		t.Skip("real-KVM test: needs read-write /dev/kvm")
 	}
-}
-
-func kvmUsable() error {
-	fd, err := unix.Open("/dev/kvm", unix.O_RDWR|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("needs read-write /dev/kvm: %w", err)
-	}
-	unix.Close(fd)
-	return nil
 }
 
 // KernelHasConfig reports whether the kernel's configuration (the file

@@ -118,24 +118,41 @@ func Find(getenv func(string) string, start string) (dir string, bins []Binary, 
 	return dir, bins, nil
 }
 
-// missing skips t with one line, or fails it when CI=true.
-func missing(t testing.TB, err error) {
+// Missing skips t with one line saying what is missing (err), or fails it
+// when CI=true: what the shared folder provides must be there in CI.
+func Missing(t testing.TB, err error) {
 	t.Helper()
 	if os.Getenv("CI") == "true" {
-		t.Fatalf("%v (CI=true: the real-binary tests must run)", err)
+		t.Fatalf("%v (CI=true: the tests that need it must run)", err)
 	}
 	t.Skipf("%v", err)
+}
+
+// Dir returns the shared firecracker folder (see the package
+// documentation). When it is missing it skips t, or fails it when CI=true.
+func Dir(t testing.TB) string {
+	t.Helper()
+	dir, _ := find(t)
+	return dir
+}
+
+// find is Find from the working directory, skipping t (failing it under
+// CI=true) when nothing is found.
+func find(t testing.TB) (string, []Binary) {
+	t.Helper()
+	wd, _ := os.Getwd()
+	dir, bins, err := Find(os.Getenv, wd)
+	if err != nil {
+		Missing(t, err)
+	}
+	return dir, bins
 }
 
 // Binaries returns every real firecracker build, oldest first. When there
 // is none it skips t, or fails it when CI=true.
 func Binaries(t testing.TB) []Binary {
 	t.Helper()
-	wd, _ := os.Getwd()
-	_, bins, err := Find(os.Getenv, wd)
-	if err != nil {
-		missing(t, err)
-	}
+	_, bins := find(t)
 	return bins
 }
 
@@ -154,14 +171,9 @@ func Ends(t testing.TB) []Binary {
 // (vmlinux-6.1). When it is missing it skips t, or fails it when CI=true.
 func Kernel(t testing.TB) string {
 	t.Helper()
-	wd, _ := os.Getwd()
-	dir, _, err := Find(os.Getenv, wd)
-	if err != nil {
-		missing(t, err)
-	}
-	k := filepath.Join(dir, "vmlinux-6.1")
+	k := filepath.Join(Dir(t), "vmlinux-6.1")
 	if st, err := os.Stat(k); err != nil || !st.Mode().IsRegular() {
-		missing(t, fmt.Errorf("%w: guest kernel %s", ErrNotFound, k))
+		Missing(t, fmt.Errorf("%w: guest kernel %s", ErrNotFound, k))
 	}
 	return k
 }
