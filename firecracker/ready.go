@@ -115,7 +115,9 @@ func (r *Runtime) sockWatch() *dirWatch {
 }
 
 // waitSocket waits until path exists (it is created in dir), p exits, or
-// ctx ends. It reports whether p exited; the error is ctx's.
+// ctx ends. It reports whether p exited; the error is ctx's. With inotify
+// the wait sleeps until something is created in dir, looking at p every
+// exitCheck; without, it polls (1 ms, then 2 ms) on p's pidfd.
 func (r *Runtime) waitSocket(ctx context.Context, p *proc, dir, path string) (exited bool, err error) {
 	var wake <-chan struct{}
 	if w := r.sockWatch(); w != nil {
@@ -125,43 +127,35 @@ func (r *Runtime) waitSocket(ctx context.Context, p *proc, dir, path string) (ex
 			wake = ch
 		}
 	}
-	// The process's exit, through the pidfd, from a goroutine that owns
-	// p until it returns.
-	wctx, cancel := context.WithCancel(ctx)
-	died := make(chan bool, 1)
-	go func() {
-		done, _ := p.wait(wctx, 0)
-		died <- done
-	}()
-	defer func() {
-		cancel()
-		if <-died {
-			exited = true
-			err = nil
-		}
-	}()
 	delay := time.Millisecond
 	const maxDelay = 2 * time.Millisecond
 	for {
 		if _, err := os.Stat(path); err == nil {
 			return false, nil
 		}
-		var tick <-chan time.Time
-		if wake == nil { // no inotify: poll
-			tick = time.After(delay)
+		if wake == nil {
+			done, err := p.wait(ctx, delay)
+			if done {
+				return true, nil
+			}
+			if err != nil {
+				return false, err
+			}
 			delay = min(2*delay, maxDelay)
+			continue
+		}
+		if p.exited() {
+			return true, nil
 		}
 		select {
 		case <-wake:
-		case <-tick:
-		case d := <-died:
-			died <- d // for the deferred read
-			if d {
-				return true, nil
-			}
-			return false, ctx.Err()
+		case <-time.After(exitCheck):
 		case <-ctx.Done():
 			return false, ctx.Err()
 		}
 	}
 }
+
+// exitCheck is how often a launch waiting (through inotify) for its API
+// socket looks whether its process exited.
+const exitCheck = 10 * time.Millisecond

@@ -130,10 +130,10 @@ type Runtime struct {
 	dirWatchOnce sync.Once
 	dirWatch     *dirWatch // nil until first needed, or without inotify
 
-	// lastVersion is the version the binary reported at the last launch:
-	// Create writes its record while the next process starts, assuming
-	// the same version (and writes it again if the guess was wrong).
-	lastVersion atomic.Pointer[string]
+	// lastVersion is the version the binary reported at the last launch
+	// that probed it: later launches of the unchanged file skip the probe,
+	// and Create writes its record while the process starts.
+	lastVersion atomic.Pointer[binVersion]
 }
 
 var _ microvm.Runtime = (*Runtime)(nil)
