@@ -218,33 +218,39 @@ func (r *Runtime) waitReady(ctx context.Context, p *proc, rec *vmRecord) (*vmCli
 	if err != nil {
 		return nil, err
 	}
-	delay := 100 * time.Microsecond
+	// The socket file appears at bind, a moment before listen: wait until
+	// it accepts a connection, first in short sleeps (the runtime's timers
+	// sleep at least 1 ms), then on the process.
+	delay := time.Millisecond
 	const maxDelay = 2 * time.Millisecond
+	for spins := 0; ; {
+		err := dialCheck(c.SocketPath())
+		if err == nil || !errors.Is(err, unix.ECONNREFUSED) {
+			break // accepted, or let GET / say what is wrong
+		}
+		if spins < fastRetries {
+			spins++
+			unix.Nanosleep(&unix.Timespec{Nsec: fastRetryNs}, nil)
+			continue
+		}
+		if done, _ := p.wait(ctx, delay); done {
+			c.Close()
+			return nil, exited()
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		delay = min(2*delay, maxDelay)
+	}
 	if known, ok := r.knownVersion(); ok {
 		// The binary answered GET / at an earlier launch and has not
-		// changed since: its socket accepting a connection is enough,
-		// and the version is the one it reported then.
-		for {
-			err := dialCheck(c.SocketPath())
-			if err == nil {
-				if v, perr := fcapi.ParseVersion(known); perr == nil {
-					c.SetVersion(v)
-				}
-				rec.Version = known
-				return c, nil
-			}
-			if !errors.Is(err, unix.ECONNREFUSED) {
-				break // let GET / say what is wrong
-			}
-			if done, _ := p.wait(ctx, delay); done {
-				c.Close()
-				return nil, exited()
-			}
-			if ctx.Err() != nil {
-				break
-			}
-			delay = min(2*delay, maxDelay)
+		// changed since: the version is the one it reported then, and the
+		// connection accepted is readiness enough.
+		if v, perr := fcapi.ParseVersion(known); perr == nil {
+			c.SetVersion(v)
 		}
+		rec.Version = known
+		return c, nil
 	}
 	for {
 		info, err := c.InstanceInfo(ctx)
@@ -301,6 +307,13 @@ func (r *Runtime) knownVersion() (string, bool) {
 	}
 	return bv.version, true
 }
+
+// A socket that refuses connections right after it appeared is retried
+// fastRetries times, fastRetryNs apart, before the waits on the process.
+const (
+	fastRetries = 40
+	fastRetryNs = 50_000
+)
 
 // dialCheck connects to a unix socket and closes the connection: it
 // fails with ECONNREFUSED while nothing listens on it yet.
