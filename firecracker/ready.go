@@ -2,7 +2,6 @@ package firecracker
 
 import (
 	"context"
-	"errors"
 	"os"
 	"sync"
 	"time"
@@ -21,7 +20,8 @@ import (
 // Closing an inotify instance waits for an RCU grace period (10-20 ms), so
 // Close leaves that to a goroutine that finishes after the Runtime closed.
 type dirWatch struct {
-	f *os.File
+	f  *os.File // read through the runtime's poller
+	fd int      // the same descriptor, for inotify_add_watch (f.Fd would make f blocking)
 
 	mu      sync.Mutex
 	waiters map[int32]chan struct{} // by watch descriptor
@@ -36,7 +36,7 @@ func newDirWatch() (*dirWatch, error) {
 	if err != nil {
 		return nil, err
 	}
-	w := &dirWatch{f: os.NewFile(uintptr(fd), "inotify"), waiters: make(map[int32]chan struct{})}
+	w := &dirWatch{f: os.NewFile(uintptr(fd), "inotify"), fd: fd, waiters: make(map[int32]chan struct{})}
 	go w.read()
 	return w, nil
 }
@@ -46,10 +46,9 @@ func (w *dirWatch) read() {
 	for {
 		n, err := w.f.Read(buf)
 		if err != nil {
-			if errors.Is(err, os.ErrClosed) {
-				return
-			}
-			continue // EINTR and the like; a closed file ends the loop
+			// Closed (or broken): waiters fall back to looking every
+			// exitCheck.
+			return
 		}
 		w.mu.Lock()
 		for off := 0; off+unix.SizeofInotifyEvent <= n; {
@@ -74,7 +73,7 @@ func (w *dirWatch) add(dir string) (ch <-chan struct{}, remove func(), err error
 	if w.closed {
 		return nil, nil, os.ErrClosed
 	}
-	wd, err := unix.InotifyAddWatch(int(w.f.Fd()), dir, unix.IN_CREATE|unix.IN_ONLYDIR)
+	wd, err := unix.InotifyAddWatch(w.fd, dir, unix.IN_CREATE|unix.IN_ONLYDIR)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -86,7 +85,7 @@ func (w *dirWatch) add(dir string) (ch <-chan struct{}, remove func(), err error
 		if w.waiters[int32(wd)] == c {
 			delete(w.waiters, int32(wd))
 			if !w.closed {
-				unix.InotifyRmWatch(int(w.f.Fd()), uint32(wd))
+				unix.InotifyRmWatch(w.fd, uint32(wd))
 			}
 		}
 	}, nil
