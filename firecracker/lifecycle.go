@@ -120,10 +120,7 @@ func (r *Runtime) Create(ctx context.Context, id string, spec microvm.Spec) (mic
 			prep = nil
 		}
 	}
-	guess := ""
-	if v := r.lastVersion.Load(); v != nil {
-		guess = *v
-	}
+	guess, _ := r.knownVersion()
 	p, c, err := r.launch(ctx, rec, how, func() {
 		if guess != "" {
 			startPrep(guess)

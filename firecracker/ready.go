@@ -2,7 +2,6 @@ package firecracker
 
 import (
 	"context"
-	"errors"
 	"os"
 	"sync"
 	"time"
@@ -21,7 +20,8 @@ import (
 // Closing an inotify instance waits for an RCU grace period (10-20 ms), so
 // Close leaves that to a goroutine that finishes after the Runtime closed.
 type dirWatch struct {
-	f *os.File
+	f  *os.File // read through the runtime's poller
+	fd int      // the same descriptor, for inotify_add_watch (f.Fd would make f blocking)
 
 	mu      sync.Mutex
 	waiters map[int32]chan struct{} // by watch descriptor
@@ -36,7 +36,7 @@ func newDirWatch() (*dirWatch, error) {
 	if err != nil {
 		return nil, err
 	}
-	w := &dirWatch{f: os.NewFile(uintptr(fd), "inotify"), waiters: make(map[int32]chan struct{})}
+	w := &dirWatch{f: os.NewFile(uintptr(fd), "inotify"), fd: fd, waiters: make(map[int32]chan struct{})}
 	go w.read()
 	return w, nil
 }
@@ -46,10 +46,9 @@ func (w *dirWatch) read() {
 	for {
 		n, err := w.f.Read(buf)
 		if err != nil {
-			if errors.Is(err, os.ErrClosed) {
-				return
-			}
-			continue // EINTR and the like; a closed file ends the loop
+			// Closed (or broken): waiters fall back to looking every
+			// exitCheck.
+			return
 		}
 		w.mu.Lock()
 		for off := 0; off+unix.SizeofInotifyEvent <= n; {
@@ -74,7 +73,7 @@ func (w *dirWatch) add(dir string) (ch <-chan struct{}, remove func(), err error
 	if w.closed {
 		return nil, nil, os.ErrClosed
 	}
-	wd, err := unix.InotifyAddWatch(int(w.f.Fd()), dir, unix.IN_CREATE|unix.IN_ONLYDIR)
+	wd, err := unix.InotifyAddWatch(w.fd, dir, unix.IN_CREATE|unix.IN_ONLYDIR)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -86,7 +85,7 @@ func (w *dirWatch) add(dir string) (ch <-chan struct{}, remove func(), err error
 		if w.waiters[int32(wd)] == c {
 			delete(w.waiters, int32(wd))
 			if !w.closed {
-				unix.InotifyRmWatch(int(w.f.Fd()), uint32(wd))
+				unix.InotifyRmWatch(w.fd, uint32(wd))
 			}
 		}
 	}, nil
@@ -115,7 +114,9 @@ func (r *Runtime) sockWatch() *dirWatch {
 }
 
 // waitSocket waits until path exists (it is created in dir), p exits, or
-// ctx ends. It reports whether p exited; the error is ctx's.
+// ctx ends. It reports whether p exited; the error is ctx's. With inotify
+// the wait sleeps until something is created in dir, looking at p every
+// exitCheck; without, it polls (1 ms, then 2 ms) on p's pidfd.
 func (r *Runtime) waitSocket(ctx context.Context, p *proc, dir, path string) (exited bool, err error) {
 	var wake <-chan struct{}
 	if w := r.sockWatch(); w != nil {
@@ -125,43 +126,35 @@ func (r *Runtime) waitSocket(ctx context.Context, p *proc, dir, path string) (ex
 			wake = ch
 		}
 	}
-	// The process's exit, through the pidfd, from a goroutine that owns
-	// p until it returns.
-	wctx, cancel := context.WithCancel(ctx)
-	died := make(chan bool, 1)
-	go func() {
-		done, _ := p.wait(wctx, 0)
-		died <- done
-	}()
-	defer func() {
-		cancel()
-		if <-died {
-			exited = true
-			err = nil
-		}
-	}()
 	delay := time.Millisecond
 	const maxDelay = 2 * time.Millisecond
 	for {
 		if _, err := os.Stat(path); err == nil {
 			return false, nil
 		}
-		var tick <-chan time.Time
-		if wake == nil { // no inotify: poll
-			tick = time.After(delay)
+		if wake == nil {
+			done, err := p.wait(ctx, delay)
+			if done {
+				return true, nil
+			}
+			if err != nil {
+				return false, err
+			}
 			delay = min(2*delay, maxDelay)
+			continue
+		}
+		if p.exited() {
+			return true, nil
 		}
 		select {
 		case <-wake:
-		case <-tick:
-		case d := <-died:
-			died <- d // for the deferred read
-			if d {
-				return true, nil
-			}
-			return false, ctx.Err()
+		case <-time.After(exitCheck):
 		case <-ctx.Done():
 			return false, ctx.Err()
 		}
 	}
 }
+
+// exitCheck is how often a launch waiting (through inotify) for its API
+// socket looks whether its process exited.
+const exitCheck = 10 * time.Millisecond

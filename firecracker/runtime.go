@@ -53,6 +53,8 @@ const (
 	probeTimeout = time.Second
 	// openWorkers bounds the VMs AdoptAll reconciles at once.
 	openWorkers = 8
+	// listWorkers bounds the records List reads at once.
+	listWorkers = 4
 )
 
 // Config configures a Runtime. Only StateDir is required; zero values take
@@ -130,10 +132,10 @@ type Runtime struct {
 	dirWatchOnce sync.Once
 	dirWatch     *dirWatch // nil until first needed, or without inotify
 
-	// lastVersion is the version the binary reported at the last launch:
-	// Create writes its record while the next process starts, assuming
-	// the same version (and writes it again if the guess was wrong).
-	lastVersion atomic.Pointer[string]
+	// lastVersion is the version the binary reported at the last launch
+	// that probed it: later launches of the unchanged file skip the probe,
+	// and Create writes its record while the process starts.
+	lastVersion atomic.Pointer[binVersion]
 }
 
 var _ microvm.Runtime = (*Runtime)(nil)
@@ -421,19 +423,45 @@ func (r *Runtime) List(ctx context.Context) ([]microvm.VM, error) {
 	for _, s := range all {
 		byVM[s.VMID] = append(byVM[s.VMID], s.ID)
 	}
+	// Reading and decoding the records is most of the work: a few
+	// goroutines share it, each filling its slots of the result.
+	views := make([]microvm.VM, len(ids))
+	found := make([]bool, len(ids))
+	errs := make([]error, len(ids))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(listWorkers, len(ids)) {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(ids) {
+					return
+				}
+				id := ids[i]
+				rec, err := r.load(id)
+				if errors.Is(err, microvm.ErrNotFound) {
+					continue // destroyed meanwhile
+				}
+				if err != nil {
+					errs[i] = err
+					continue
+				}
+				if rec, err = r.ensureAdopted(ctx, rec, false); err != nil {
+					continue // removed by recovery
+				}
+				views[i], found[i] = r.view(rec, slices.Clone(byVM[id])), true
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("list vms: %w", err)
+	}
 	vms := make([]microvm.VM, 0, len(ids))
-	for _, id := range ids {
-		rec, err := r.load(id)
-		if errors.Is(err, microvm.ErrNotFound) {
-			continue // destroyed meanwhile
+	for i, ok := range found {
+		if ok {
+			vms = append(vms, views[i])
 		}
-		if err != nil {
-			return nil, fmt.Errorf("list vms: %w", err)
-		}
-		if rec, err = r.ensureAdopted(ctx, rec, false); err != nil {
-			continue // removed by recovery
-		}
-		vms = append(vms, r.view(rec, slices.Clone(byVM[id])))
 	}
 	return vms, nil
 }
