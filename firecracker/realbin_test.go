@@ -111,7 +111,7 @@ func TestRealEveryFeature(t *testing.T) {
 		for _, mmdsVersion := range []string{"V1", "V2"} {
 			t.Run("MMDS"+mmdsVersion, func(t *testing.T) {
 				fn := newFakeNet(t)
-				rt, _ := realRuntime(t, b, func(c *firecracker.Config) { c.Network = fn })
+				rt, _ := realRuntime(t, b, func(c *firecracker.Config) { c.Network = fn; c.Metrics = true })
 				checkEveryFeature(t, b, rt, mmdsVersion)
 			})
 		}
@@ -240,13 +240,23 @@ func checkEveryFeature(t *testing.T, b realfc.Binary, rt *firecracker.Runtime, m
 	if string(mmds["latest"]) != `{"meta-data":{"instance-id":"i-every"}}` {
 		t.Errorf("GET /mmds = %s, want the spec's data", mmds)
 	}
-	// Logger and metrics: GET /vm/config shows neither, and metrics are
-	// written only after boot; the binary's own log, where mvm pointed it,
-	// shows it took the metrics file (and the rest of the configuration).
-	log, err := os.ReadFile(vm.Backend.Log)
-	metricsPut := `Put request on "/metrics" with body "{\"metrics_path\":\"` + filepath.Join(vm.Backend.Dir, "metrics.json")
-	if err != nil || !strings.Contains(string(log), "/machine-config") || !strings.Contains(string(log), metricsPut) {
-		t.Errorf("firecracker log %s (%v) does not show the configuration requests:\n%s", vm.Backend.Log, err, log)
+	// Metrics (Config.Metrics): GET /vm/config does not show them and
+	// firecracker writes them only after boot, but it took the file (or
+	// Create would have failed). Its log goes, unconfigured, to its stdout
+	// (console.log) at its default level: Info from v1.7, where it shows
+	// the configuration requests; Warning before, where it shows nothing.
+	if st, err := os.Stat(filepath.Join(vm.Backend.Dir, "metrics.json")); err != nil || !st.Mode().IsRegular() {
+		t.Errorf("metrics file: %v", err)
+	}
+	if vm.Backend.Log != vm.Backend.ConsoleLog {
+		t.Errorf("Backend.Log = %s, want the console log %s (firecracker logs to its stdout)", vm.Backend.Log, vm.Backend.ConsoleLog)
+	}
+	if !strings.HasPrefix(b.Version, "1.0.") {
+		log, err := os.ReadFile(vm.Backend.Log)
+		metricsPut := `Put request on "/metrics" with body "{\"metrics_path\":\"` + filepath.Join(vm.Backend.Dir, "metrics.json")
+		if err != nil || !strings.Contains(string(log), "/machine-config") || !strings.Contains(string(log), metricsPut) {
+			t.Errorf("firecracker log %s (%v) does not show the configuration requests:\n%s", vm.Backend.Log, err, log)
+		}
 	}
 
 	checkStartWithoutKVM(t, rt, "every")

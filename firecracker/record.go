@@ -175,9 +175,10 @@ func (r *Runtime) view(rec *vmRecord, snaps []string) microvm.VM {
 			Dir:        p.dir,
 			APISocket:  p.apiSock,
 			ConsoleLog: p.console,
-			Log:        p.log,
-			Version:    rec.Version,
-			VsockPath:  rec.VsockPath,
+			// Firecracker's log goes to its stdout (configureOutput).
+			Log:       p.console,
+			Version:   rec.Version,
+			VsockPath: rec.VsockPath,
 		},
 	}
 	if rec.Process != nil {
