@@ -64,8 +64,8 @@ import (
 //	    iifname "tap0" jump egress }
 //	chain egress {
 //	    ct direction reply accept            # answers to flows the host opened
-//	    ct state new limit rate over <NewFlowsPerSecond>/second burst <2x> packets drop
-//	    ct state new ct count over <MaxFlows> drop
+//	    ct status & confirmed == 0 limit rate over <NewFlowsPerSecond>/second burst <2x> packets drop
+//	    ct status & confirmed == 0 ct count over <MaxFlows> drop   # first packets of flows only
 //	    ip daddr <cidr> [meta l4proto <p> th dport <ports>] accept   # Config.HostAllow
 //	    ip daddr @host drop                  # the host, whatever Allow says
 //	    ip daddr <pool> drop                 # other VMs and the host's veth ends
@@ -252,10 +252,10 @@ func (m *Manager) writeFirewall(c *nftables.Conn, p Policy, a addrs, deny, host 
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{ctDirReply}},
 	}, verdict(expr.VerdictAccept))
 	rate, count := p.flowLimits()
-	rule(matchCtState(expr.CtStateBitNEW),
+	rule(matchUnconfirmed(),
 		[]expr.Any{&expr.Limit{Type: expr.LimitTypePkts, Rate: uint64(rate), Unit: expr.LimitTimeSecond, Burst: 2 * rate, Over: true}},
 		verdict(expr.VerdictDrop))
-	rule(matchCtState(expr.CtStateBitNEW),
+	rule(matchUnconfirmed(),
 		[]expr.Any{&expr.Connlimit{Count: count, Flags: connlimitInvert}},
 		verdict(expr.VerdictDrop))
 	for _, r := range m.hostAllow {
@@ -378,6 +378,23 @@ func matchNFProto(p byte) []expr.Any {
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{p}},
 	}
 }
+
+// matchUnconfirmed matches the first packet of a flow (its conntrack
+// entry is not confirmed yet): "ct status & confirmed == 0". Unlike "ct
+// state new" it does not match the later packets of a flow that has seen
+// no reply yet.
+func matchUnconfirmed() []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Register: 1, Key: expr.CtKeySTATUS},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(ipsConfirmed), Xor: binaryutil.NativeEndian.PutUint32(0)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(0)},
+	}
+}
+
+// ipsConfirmed is IPS_CONFIRMED, the conntrack status bit of an entry in
+// the table.
+const ipsConfirmed = 1 << 3
 
 func matchCtState(bits uint32) []expr.Any {
 	return []expr.Any{
