@@ -64,10 +64,8 @@ func (m *Manager) build(ctx context.Context, l *leaseRecord, opts Options) error
 	if err := step("sysctl"); err != nil {
 		return err
 	}
-	for _, kv := range slotSysctls {
-		if err := writeSysctl(ns, kv[0], kv[1]); err != nil {
-			return wrap("sysctl "+kv[0], err)
-		}
+	if err := writeSysctls(ns, slotSysctls); err != nil {
+		return wrap("sysctl", err)
 	}
 	if lo, err := nsNL.LinkByName("lo"); err != nil {
 		return wrap("loopback", err)
@@ -124,7 +122,7 @@ func (m *Manager) build(ctx context.Context, l *leaseRecord, opts Options) error
 	if err := writeSysctl(ns, "net/ipv4/conf/"+NSVethName+"/send_redirects", "0"); err != nil {
 		return wrap("namespace veth send_redirects", err)
 	}
-	if m.fwdPerIf {
+	if m.fwdPerIf.Load() {
 		if err := writeSysctl(m.hostNS, "net/ipv4/conf/"+l.Name+"/forwarding", "1"); err != nil {
 			return wrap("host veth forwarding", err)
 		}
@@ -441,16 +439,24 @@ func tapOwnedBy(t *netlink.Tuntap, uid, gid uint32) bool {
 // writeSysctl writes /proc/sys/<key> as seen from ns: /proc/sys/net
 // follows the network namespace of the thread that opens it.
 func writeSysctl(ns netns.NsHandle, key, value string) error {
+	return writeSysctls(ns, [][2]string{{key, value}})
+}
+
+// writeSysctls writes several keys in one switch into ns.
+func writeSysctls(ns netns.NsHandle, kvs [][2]string) error {
 	return netnsutil.Do(ns, func() error {
-		f, err := os.OpenFile("/proc/sys/"+key, os.O_WRONLY, 0)
-		if err != nil {
-			return err
+		for _, kv := range kvs {
+			fd, err := unix.Open("/proc/sys/"+kv[0], unix.O_WRONLY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return fmt.Errorf("%s: %w", kv[0], &os.PathError{Op: "open", Path: "/proc/sys/" + kv[0], Err: err})
+			}
+			_, err = unix.Write(fd, []byte(kv[1]))
+			unix.Close(fd)
+			if err != nil {
+				return fmt.Errorf("write %s=%s: %w", kv[0], kv[1], err)
+			}
 		}
-		_, err = f.WriteString(value)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		return err
+		return nil
 	})
 }
 

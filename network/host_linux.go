@@ -39,22 +39,32 @@ type hostRecord struct {
 // on each slot's veth (at build) and on the egress interface, whose
 // previous value is recorded (nethost/<prefix>) and restored by the last
 // Close. It reports whether forwarding from the egress interface to
-// anything but a slot must be dropped (mvm turned it on). The caller
-// holds the allocation lock.
+// anything but a slot must be dropped (mvm turned it on). If global
+// forwarding was turned on by someone else since, the record is dropped:
+// forwarding is theirs. The caller holds the allocation lock.
 func (m *Manager) enableForwarding() (bool, error) {
+	global, err := readSysctl(m.hostNS, "net/ipv4/ip_forward")
+	if err != nil {
+		return false, fmt.Errorf("network: read host ip_forward: %w", err)
+	}
 	var rec hostRecord
-	err := m.store.Get(kindHost, m.prefix, &rec)
+	err = m.store.Get(kindHost, m.prefix, &rec)
 	switch {
+	case err == nil && global == "1":
+		// Someone (an operator, Docker) turned global forwarding on
+		// since: forwarding is theirs now; nothing to restore, and the
+		// egress guard would break their routing.
+		if err := m.store.Delete(kindHost, m.prefix); err != nil {
+			return false, fmt.Errorf("network: remove %s/%s: %w", kindHost, m.prefix, err)
+		}
+		m.fwdPerIf.Store(false)
+		return false, nil
 	case err == nil:
 	case !isNotFound(err):
 		return false, fmt.Errorf("network: read %s/%s: %w", kindHost, m.prefix, err)
 	default:
-		global, err := readSysctl(m.hostNS, "net/ipv4/ip_forward")
-		if err != nil {
-			return false, fmt.Errorf("network: read host ip_forward: %w", err)
-		}
 		if global == "1" {
-			m.fwdPerIf = false
+			m.fwdPerIf.Store(false)
 			return false, nil
 		}
 		was, err := readSysctl(m.hostNS, "net/ipv4/conf/"+m.egress+"/forwarding")
@@ -66,7 +76,7 @@ func (m *Manager) enableForwarding() (bool, error) {
 			return false, fmt.Errorf("network: record host changes: %w", err)
 		}
 	}
-	m.fwdPerIf = true
+	m.fwdPerIf.Store(true)
 	if err := writeSysctl(m.hostNS, "net/ipv4/conf/"+rec.Egress+"/forwarding", "1"); err != nil {
 		return false, fmt.Errorf("network: enable forwarding on %s: %w", rec.Egress, err)
 	}

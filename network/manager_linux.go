@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/nftables"
@@ -36,7 +37,7 @@ type Manager struct {
 
 	hostAllow []Rule
 	rest      time.Duration // how long a released HostIP rests
-	fwdPerIf  bool          // forwarding is enabled per interface (host veths, egress)
+	fwdPerIf  atomic.Bool   // forwarding is enabled per interface (host veths, egress)
 	hostMu    sync.Mutex    // serialises writing host sets into slot tables
 
 	hostNS netns.NsHandle
