@@ -865,3 +865,52 @@ func TestTempFilesOfCrashedWritesSwept(t *testing.T) {
 	}
 	os.Remove(otherTmp)
 }
+
+// The host checks each slot's source itself (fib reverse path per veth):
+// even with the slot's own post-NAT check gone, a packet from slot a with
+// slot b's HostIP as source is not forwarded.
+func TestHostAntiSpoofingPerSlot(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, nil)
+	up := h.upSniffer()
+	a := h.setup("vm-a", Options{})
+	defer h.teardown("vm-a")
+	b := h.setup("vm-b", Options{})
+	defer h.teardown("vm-b")
+	ns := nstest.Netns(t, a.NetNSPath)
+	defer ns.Close()
+	c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.FlushChain(&nftables.Chain{Name: chainPostrouting, Table: &nftables.Table{Name: testPrefix + "_fw", Family: nftables.TableFamilyINet}})
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	send := func(src netip.Addr, marker string) {
+		pkt := nstest.UDPPacket(src.String(), 40050, nstest.UpstreamIP, 7777, 64, []byte(marker))
+		if err := netnsutil.DoPath(a.NetNSPath, func() error {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(fd)
+			return unix.Sendto(fd, pkt, 0, &unix.SockaddrInet4{Addr: netip.MustParseAddr(nstest.UpstreamIP).As4()})
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(a.HostIP, "spoof-own")
+	if !up.WaitSeen(reach, nstest.Contains("spoof-own")) {
+		t.Fatal("control: slot a's own source was not forwarded")
+	}
+	send(b.HostIP, "spoof-other")
+	send(netip.MustParseAddr("10.200.0.250"), "spoof-pool")
+	send(netip.MustParseAddr("192.168.1.1"), "spoof-outside")
+	time.Sleep(drop)
+	for _, m := range []string{"spoof-other", "spoof-pool", "spoof-outside"} {
+		if got := up.Seen(nstest.Contains(m)); len(got) > 0 {
+			t.Errorf("%s: the host forwarded a packet from slot a with a source not its own (%s)", m, nstest.Src(got[0]))
+		}
+	}
+}
