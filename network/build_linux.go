@@ -251,8 +251,10 @@ func (m *Manager) destroy(name string) error {
 		errs = append(errs, err)
 	}
 	if ip, ok := m.ours(name); ok {
+		// Not an error that keeps the slot: its address rests anyway,
+		// and the entries time out.
 		if err := m.flushHostConntrack(ip); err != nil {
-			errs = append(errs, err)
+			m.log.Warn("network: remove slot: conntrack entries left", "slot", name, "err", err)
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -305,10 +307,10 @@ func (m *Manager) healthy(name string) bool {
 // applyFirewall installs p as the firewall of the built slot name: one
 // transaction that refills the egress chain and sets, or, if that fails
 // (the table was damaged), one that replaces the whole table.
-// Every existing flow of the slot is then cut (conntrack flushed in the
-// slot and the host namespace), so that the next packet of each is judged
-// by p as a new one.
-func (m *Manager) applyFirewall(name string, p Policy) error {
+// With cut, every existing flow of the slot is then cut (conntrack flushed
+// in the slot and the host namespace), so that the next packet of each is
+// judged by p as a new one.
+func (m *Manager) applyFirewall(name string, p Policy, cut bool) error {
 	hostIP, ok := m.ours(name)
 	if !ok {
 		return fmt.Errorf("network: firewall of %s: not a slot of this pool", name)
@@ -324,6 +326,9 @@ func (m *Manager) applyFirewall(name string, p Policy) error {
 		if err := m.firewallIn(ns, a, p, fwReplace); err != nil {
 			return fmt.Errorf("network: firewall of %s: %w", name, err)
 		}
+	}
+	if !cut {
+		return nil
 	}
 	if err := m.flushConntrack(ns, hostIP); err != nil {
 		return fmt.Errorf("network: firewall of %s: %w", name, err)

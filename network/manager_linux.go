@@ -411,7 +411,7 @@ func (m *Manager) existing(ctx context.Context, vmID string, vr *vmRecord, l *le
 			return nil, fmt.Errorf("network: vm %q: record lease: %w", vmID, err)
 		}
 	} else if !vr.sameOptions(opts) {
-		if err := m.configure(l.Name, vr.options(), opts); err != nil {
+		if err := m.configure(l.Name, vr.options(), opts, false); err != nil {
 			return nil, err
 		}
 	}
@@ -424,10 +424,11 @@ func (m *Manager) existing(ctx context.Context, vmID string, vr *vmRecord, l *le
 	return m.slotOf(vmID, l), nil
 }
 
-// configure changes a built slot's policy and TAP owner from old to opts.
-func (m *Manager) configure(name string, old, opts Options) error {
+// configure changes a built slot's policy and TAP owner from old to opts;
+// warm is set for a slot no VM has used yet (no flow to cut).
+func (m *Manager) configure(name string, old, opts Options, warm bool) error {
 	if !old.Policy.equal(opts.Policy) {
-		if err := m.applyFirewall(name, opts.Policy); err != nil {
+		if err := m.applyFirewall(name, opts.Policy, !warm); err != nil {
 			return err
 		}
 	}
@@ -441,7 +442,7 @@ func (m *Manager) configure(name string, old, opts Options) error {
 
 // assignPooled gives a warm slot to vmID: one Store write.
 func (m *Manager) assignPooled(l *leaseRecord, vmID string, opts Options) (*Slot, error) {
-	if err := m.configure(l.Name, Options{}, opts); err != nil {
+	if err := m.configure(l.Name, Options{}, opts, true); err != nil {
 		m.discard(l.Name)
 		return nil, err
 	}
@@ -692,7 +693,7 @@ func (m *Manager) SetPolicy(ctx context.Context, vmID string, p Policy) error {
 	if status != assigned {
 		return fmt.Errorf("%w: %q", ErrNotFound, vmID)
 	}
-	if err := m.applyFirewall(l.Name, p); err != nil {
+	if err := m.applyFirewall(l.Name, p, true); err != nil {
 		return err
 	}
 	vr.Policy = p
