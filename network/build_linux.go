@@ -247,6 +247,15 @@ func (m *Manager) destroy(name string) error {
 	} else if !isLinkNotFound(err) {
 		errs = append(errs, fmt.Errorf("look up veth %s: %w", name, err))
 	}
+	// The slot's own entries go with its namespace, unless a process
+	// (Firecracker) still holds it: flush them now.
+	if ns, err := netnsutil.Open(m.nsPath(name)); err == nil {
+		if h, err := netlink.NewHandleAt(ns, unix.NETLINK_NETFILTER); err == nil {
+			h.ConntrackTableFlush(netlink.ConntrackTable)
+			h.Close()
+		}
+		ns.Close()
+	}
 	if err := netnsutil.Remove(m.nsPath(name)); err != nil {
 		errs = append(errs, err)
 	}
