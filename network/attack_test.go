@@ -914,3 +914,34 @@ func TestHostAntiSpoofingPerSlot(t *testing.T) {
 		}
 	}
 }
+
+// If someone else turns global forwarding on while slots exist, it is
+// theirs: the record of mvm's change goes, nothing is "restored" over it,
+// and the egress guard (which would break their routing) goes.
+func TestGlobalForwardingTurnedOnByOthersIsLeftAlone(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, nil)
+	s := h.setup("vm-a", Options{})
+	var rec hostRecord
+	if err := h.store.Get(kindHost, testPrefix, &rec); err != nil || rec.EgressWas != "0" || rec.Egress != nstest.HostEgress {
+		t.Fatalf("host change record %+v, %v; want egress %s was 0", rec, err, nstest.HostEgress)
+	}
+	if err := netnsutil.DoPath(h.env.Host, func() error {
+		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	m2 := h.newManager(nil) // the next command sees it
+	if err := h.store.Get(kindHost, testPrefix, &rec); !isNotFound(err) {
+		t.Fatalf("record kept after global forwarding was turned on: %+v, %v", rec, err)
+	}
+	if err := m2.Teardown(ctxT(t), s.VMID); err != nil {
+		t.Fatal(err)
+	}
+	if err := m2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if v := sysctlIn(t, h.env.Host, "net/ipv4/conf/"+nstest.HostEgress+"/forwarding"); v != "1" {
+		t.Fatalf("egress forwarding = %s; want the operator's 1 left alone", v)
+	}
+}
