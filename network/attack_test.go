@@ -283,8 +283,12 @@ func TestH2TCPFlowCutByDenyAll(t *testing.T) {
 	if got := g.Received(nstest.Contains("h2-data-2")); len(got) > 0 {
 		t.Fatalf("the peer's segments still reach the guest after DenyAll (%d)", len(got))
 	}
+	// After the peer's segments (which, with loose pick-up, would have
+	// re-created the flow as the peer's), the guest's still do not pass.
+	g.Send(nstest.TCPPacket(nstest.GuestIP, gport, nstest.UpstreamIP, 7780, 1001, peerSeq+10, nstest.ACK|nstest.PSH, []byte("h2-guest-late")))
+	time.Sleep(drop)
 	if got := up.Seen(nstest.Contains("h2-guest")); len(got) > 0 {
-		t.Fatal("the guest's data left after DenyAll")
+		t.Fatalf("the guest's data left after DenyAll (%d segments)", len(got))
 	}
 }
 

@@ -15,11 +15,13 @@ const MaxRules = 1024
 // link-local, loopback, multicast, reserved), the host's own addresses and
 // the address pool (other VMs).
 //
-// Allow rules are checked first and win over every deny, so a caller can
-// open 10.1.2.0/24 or one host port. With DenyAll, only what Allow lists is
-// reachable. Replies to connections that the host opened towards the guest
-// are always let out; every packet the guest originates (new or part of an
-// existing flow) is checked, so a policy update also cuts established flows.
+// Allow rules win over DefaultDenied, so a caller can open 10.1.2.0/24 or
+// one port of a private server; they never open the host itself or the
+// pool (only Config.HostAllow opens a host service). With DenyAll, only
+// what Allow lists is reachable. Replies to connections that the host
+// opened towards the guest are always let out; every packet the guest
+// originates is checked, and a policy update flushes the VM's conntrack
+// entries, so it cuts every established flow (in both directions).
 type Policy struct {
 	// DenyAll drops everything Allow does not list.
 	DenyAll bool `json:"deny_all,omitempty"`
