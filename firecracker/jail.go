@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -37,9 +39,6 @@ const (
 	// range [900000, 901024); each VM's gid equals its uid.
 	DefaultJailUIDBase  = 900000
 	DefaultJailUIDCount = 1024
-	// DefaultJailParentCgroup is the cgroup under which each VM gets its
-	// own (named after the VM).
-	DefaultJailParentCgroup = "mvm"
 	// DefaultJailPidsMax bounds the tasks of one jailed firecracker.
 	DefaultJailPidsMax = 128
 	// DefaultJailMemoryOverheadMiB is added to the guest's memory for the
@@ -69,15 +68,20 @@ type JailerConfig struct {
 	// elsewhere, bind-mounted.
 	ChrootBase string
 	// UIDBase and UIDCount are the uid range [UIDBase,
-	// UIDBase+UIDCount); the gid of each VM equals its uid. Defaults
-	// DefaultJailUIDBase and DefaultJailUIDCount.
+	// UIDBase+UIDCount); the gid of each VM equals its uid. Leases are
+	// kept in the state directory: runtimes over different state
+	// directories need ranges of their own. Defaults DefaultJailUIDBase
+	// and DefaultJailUIDCount.
 	UIDBase, UIDCount int
 	// CgroupVersion is 1 or 2; 0 picks 2 on a host with a unified
 	// hierarchy at /sys/fs/cgroup and 1 otherwise (hybrid hosts, whose
 	// v1 controllers are under /sys/fs/cgroup/<controller>).
 	CgroupVersion int
-	// ParentCgroup is the cgroup under which each VM gets its own.
-	// Default DefaultJailParentCgroup.
+	// ParentCgroup is the cgroup under which each VM gets its own (named
+	// after the VM). It belongs to one state directory: the runtime
+	// removes the cgroups under it that no VM of its state directory
+	// explains. Default "mvm-" and 12 hex digits of the state
+	// directory's SHA-256.
 	ParentCgroup string
 	// PidsMax bounds the tasks of a VM's firecracker. Default
 	// DefaultJailPidsMax.
@@ -133,7 +137,8 @@ func newJailLauncher(r *Runtime, cfg JailerConfig) (*jailLauncher, error) {
 		return nil, invalidArg("config: Jailer uid range [%d, %d+%d) must be positive, and not include uid 0", cfg.UIDBase, cfg.UIDBase, cfg.UIDCount)
 	}
 	if cfg.ParentCgroup == "" {
-		cfg.ParentCgroup = DefaultJailParentCgroup
+		sum := sha256.Sum256([]byte(r.state))
+		cfg.ParentCgroup = "mvm-" + hex.EncodeToString(sum[:6])
 	}
 	if strings.Contains(cfg.ParentCgroup, "..") || filepath.IsAbs(cfg.ParentCgroup) {
 		return nil, invalidArg("config: Jailer.ParentCgroup %q must be a relative path without ..", cfg.ParentCgroup)
