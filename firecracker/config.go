@@ -123,9 +123,8 @@ func (r *Runtime) launch(ctx context.Context, rec *vmRecord, how launchRecord, s
 		return nil, nil, err
 	}
 	if rec.Jail != nil {
-		rec.UpdatedAt = nowUTC()
-		if err := r.reg.PutUnsynced(kindVM, rec.ID, rec); err != nil {
-			return nil, nil, r.releaseFailedLaunch(rec, nil, fmt.Errorf("vm %q: write record: %w", rec.ID, err))
+		if err := r.recordJail(ctx, rec); err != nil {
+			return nil, nil, r.releaseFailedLaunch(rec, nil, err)
 		}
 	}
 	l := r.layout(rec)
@@ -144,7 +143,7 @@ func (r *Runtime) launch(ctx context.Context, rec *vmRecord, how launchRecord, s
 	// process lives (see images.go). A restore does not: clones of one
 	// snapshot share its drives.
 	var locks []*os.File
-	if rec.Op != opRestore {
+	if rec.Op != opRestore && rec.Jail == nil {
 		if locks, err = r.imageLocks(ctx, rec); err != nil {
 			out.Close()
 			return nil, nil, r.releaseFailedLaunch(rec, nil, err)
@@ -514,9 +513,13 @@ func (r *Runtime) putMMDSData(ctx context.Context, c *vmClient, rec *vmRecord) e
 // working directory (the VM directory, or the chroot's root): it always
 // fits in a socket address, and a snapshot records it relative, so a VM
 // restored from it binds its own directory's socket. A jailed process
-// sees only its chroot: a spec path is taken inside it.
+// sees only its chroot: the default is /vsock.sock there (the same path
+// in every clone's own chroot), and a spec path is taken inside it.
 func vsockPath(p vmPaths, v *microvm.Vsock) (uds, abs string) {
 	if v.Path == "" {
+		if p.root != "" {
+			return p.fcSock(p.vsock), p.vsock
+		}
 		return fileVsock, p.vsock
 	}
 	if p.root != "" {

@@ -394,7 +394,9 @@ func (l *jailLauncher) start(ctx context.Context, rec *vmRecord, lp vmPaths, out
 			if err := bindFile(host, target, !writable[host]); err != nil {
 				return nil, fmt.Errorf("make %s visible in the chroot: %w", host, err)
 			}
-		} else if err := os.Link(host, target); err != nil {
+		} else if err := unix.Linkat(unix.AT_FDCWD, host, unix.AT_FDCWD, target, unix.AT_SYMLINK_FOLLOW); err != nil {
+			// (AT_SYMLINK_FOLLOW: a symbolic link's target, not the link,
+			// which would dangle in the chroot.)
 			return nil, fmt.Errorf("make %s visible in the chroot (hard link): %w", host, err)
 		}
 	}

@@ -17,6 +17,7 @@ import (
 	microvm "github.com/mvm-dev/microvm"
 	"github.com/mvm-dev/microvm/conformance"
 	"github.com/mvm-dev/microvm/firecracker"
+	"github.com/mvm-dev/microvm/internal/guesttest"
 	"github.com/mvm-dev/microvm/internal/realfc"
 )
 
@@ -78,7 +79,9 @@ func jailConfig(t testing.TB, jailer string) *firecracker.JailerConfig {
 // openJailed opens a jailed runtime over state.
 func openJailed(t testing.TB, state, fc string, jc *firecracker.JailerConfig, mod ...func(*firecracker.Config)) *firecracker.Runtime {
 	t.Helper()
-	return open(t, state, fc, append([]func(*firecracker.Config){func(c *firecracker.Config) { c.Jailer = jc }}, mod...)...)
+	rt := open(t, state, fc, append([]func(*firecracker.Config){func(c *firecracker.Config) { c.Jailer = jc }}, mod...)...)
+	t.Cleanup(func() { destroyAll(t, rt); rt.Close() })
+	return rt
 }
 
 // jailedHarness is harness with every runtime jailed.
@@ -245,15 +248,21 @@ func TestJailedIsolation(t *testing.T) {
 			ctx := context.Background()
 			spec := testSpec(t)
 			spec.VCPUs, spec.MemoryMiB = 2, 256
-			// The root drive is writable: one VM only; the others share
-			// it read-only.
-			rootfs := spec.RootDrive.Path
+			// VM 0's root drive is its own and writable; the others share
+			// one read-only.
+			rootfs := filepath.Join(t.TempDir(), "own.ext4")
+			if err := os.WriteFile(rootfs, make([]byte, 1<<20), 0o600); err != nil {
+				t.Fatal(err)
+			}
 			os.Chown(rootfs, 1234, 5678)
 			uids := map[string]string{}
 			var vms []microvm.VM
 			for i := range 3 {
 				s := spec.Clone()
 				s.RootDrive.ReadOnly = i > 0
+				if i == 0 {
+					s.RootDrive.Path = rootfs
+				}
 				id := fmt.Sprintf("jailed-%d", i)
 				vm, err := rt.Create(ctx, id, s)
 				if err != nil {
@@ -679,4 +688,86 @@ func TestJailedBadJailer(t *testing.T) {
 	}
 	checkNoJailLeft(t, state)
 	assertClean(t, state, "refused")
+}
+
+// TestJailedImageInUse: a writable image attached by a live jailed VM is
+// refused to a second one (ErrImageInUse naming the first), as in direct
+// mode; once the first is destroyed, it can be attached.
+func TestJailedImageInUse(t *testing.T) {
+	p := jailPairs(t)[1]
+	state := t.TempDir()
+	rt := openJailed(t, state, p.fc, jailConfig(t, p.jailer))
+	defer rt.Close()
+	ctx := context.Background()
+	spec := testSpec(t)
+	if _, err := rt.Create(ctx, "first", spec); err != nil {
+		t.Fatal(err)
+	}
+	_, err := rt.Create(ctx, "second", spec)
+	if !errors.Is(err, firecracker.ErrImageInUse) || !strings.Contains(err.Error(), `"first"`) {
+		t.Fatalf("second Create of a writable image: %v, want ErrImageInUse naming \"first\"", err)
+	}
+	if _, err := rt.Destroy(ctx, "first"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rt.Create(ctx, "second", spec); err != nil {
+		t.Fatalf("Create after the holder was destroyed: %v", err)
+	}
+	destroyAll(t, rt)
+	checkNoJailLeft(t, state)
+}
+
+// TestKVMJailedSnapshotRestore boots the agent image in a jailed
+// firecracker v1.7 (real KVM), talks to its agent over vsock (the socket
+// lives in the chroot), snapshots it (written in the chroot, moved into
+// the store) and restores it twice into jailed clones, with the file and
+// the uffd memory backends (the snapshot staged into each clone's chroot,
+// the page server's socket in it); each clone's agent answers with the
+// counter where the snapshot left it. Destroy leaves no jail behind.
+func TestKVMJailedSnapshotRestore(t *testing.T) {
+	guesttest.RequireKVM(t)
+	p := jailPairs(t)[1]
+	ctx := kvmCtx(t)
+	state := t.TempDir()
+	rt := openJailed(t, state, p.fc, jailConfig(t, p.jailer), func(c *firecracker.Config) { c.UffdBin = uffdBin(t) })
+	spec := guestSpec(guesttest.Kernel(t), kvmRootFS(t))
+	vm, err := rt.Create(ctx, "src", spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rt.Start(ctx, "src"); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(vm.Backend.VsockPath, vm.Backend.Jail.Chroot+"/") {
+		t.Errorf("vsock socket %s is not in the chroot %s", vm.Backend.VsockPath, vm.Backend.Jail.Chroot)
+	}
+	n, err := guesttest.Counter(ctx, rt, "src")
+	if err != nil {
+		lines, _ := rt.Logs(context.Background(), "src", 30)
+		t.Logf("logs:\n%s", strings.Join(lines, "\n"))
+		t.Fatalf("agent of the jailed VM: %v", err)
+	}
+	if _, err := rt.Snapshot(ctx, "src", "snap", nil); err != nil {
+		t.Fatalf("Snapshot: %v", err)
+	}
+	for _, backend := range []microvm.MemoryBackend{microvm.MemoryBackendFile, microvm.MemoryBackendUffd} {
+		id := "clone-" + string(backend)
+		c, err := rt.Restore(ctx, id, "snap", &microvm.RestoreOptions{MemoryBackend: backend})
+		if err != nil {
+			t.Fatalf("Restore(%s): %v", backend, err)
+		}
+		if c.Backend.Jail == nil || c.Backend.Jail.UID == vm.Backend.Jail.UID {
+			t.Errorf("clone %s: jail %+v, want its own uid", id, c.Backend.Jail)
+		}
+		got, err := guesttest.Counter(ctx, rt, id)
+		if err != nil {
+			t.Fatalf("agent of clone %s: %v", id, err)
+		}
+		if got <= n {
+			t.Errorf("clone %s counter %d, want > %d (the source's before the snapshot)", id, got, n)
+		}
+	}
+	destroyAll(t, rt)
+	checkNoJailLeft(t, state)
+	assertNoJailProcs(t, state)
 }
