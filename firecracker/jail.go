@@ -91,6 +91,12 @@ type JailerConfig struct {
 	MemoryOverheadMiB int
 	// NoFile is the limit on open files. Default DefaultJailNoFile.
 	NoFile int
+	// ExtraFiles are more files to make visible, read-only, in every
+	// chroot: host path -> absolute path inside the chroot (e.g. a file
+	// a wrapper of firecracker or a custom seccomp filter reads). They
+	// are linked or bind-mounted like the images, and must be readable
+	// by others.
+	ExtraFiles map[string]string
 }
 
 // kindUID is the registry kind of uid leases: id = the uid, value the VM.
@@ -151,6 +157,12 @@ func newJailLauncher(r *Runtime, cfg JailerConfig) (*jailLauncher, error) {
 	}
 	if cfg.NoFile == 0 {
 		cfg.NoFile = DefaultJailNoFile
+	}
+	for host, in := range cfg.ExtraFiles {
+		clean := filepath.Clean(in)
+		if !filepath.IsAbs(host) || !filepath.IsAbs(in) || clean != in || clean == "/" || strings.Count(clean, "/") < 1 {
+			return nil, invalidArg("config: Jailer.ExtraFiles[%q] = %q: both paths must be absolute and clean, and not the chroot's root", host, in)
+		}
 	}
 	if cfg.PidsMax < 0 || cfg.MemoryOverheadMiB < 0 || cfg.NoFile < 0 {
 		return nil, invalidArg("config: Jailer.PidsMax, MemoryOverheadMiB and NoFile must be >= 0")
@@ -293,27 +305,28 @@ func (l *jailLauncher) prepare(ctx context.Context, rec *vmRecord) error {
 	type file struct {
 		host, name string
 		write      bool
+		ours       bool // the snapshot store's, not the user's
 	}
 	var files []file
 	if k := rec.Spec.Kernel; k != "" && rec.Op != opRestore {
-		files = append(files, file{k, "kernel", false})
+		files = append(files, file{k, "kernel", false, false})
 	}
 	if i := rec.Spec.Initrd; i != "" && rec.Op != opRestore {
-		files = append(files, file{i, "initrd", false})
+		files = append(files, file{i, "initrd", false, false})
 	}
 	for _, d := range specDriveList(rec.Spec) {
-		files = append(files, file{d.Path, "drive-" + d.ID, !d.ReadOnly})
+		files = append(files, file{d.Path, "drive-" + d.ID, !d.ReadOnly, false})
 	}
 	if rec.Op == opRestore && rec.MemorySnapshot != "" {
 		state, _, err := l.r.snaps.Paths(rec.MemorySnapshot)
 		if err == nil {
-			files = append(files, file{state, "snapshot-state", false})
+			files = append(files, file{state, "snapshot-state", false, true})
 			if rec.MemoryBackend != microvm.MemoryBackendUffd {
 				mem, merr := l.r.snaps.MemoryFile(ctx, rec.MemorySnapshot)
 				if merr != nil {
 					err = merr
 				} else {
-					files = append(files, file{mem, "snapshot-mem", false})
+					files = append(files, file{mem, "snapshot-mem", false, true})
 				}
 			}
 		}
@@ -321,6 +334,9 @@ func (l *jailLauncher) prepare(ctx context.Context, rec *vmRecord) error {
 			l.r.releaseUID(uid, rec.ID)
 			return err
 		}
+	}
+	for host, in := range l.cfg.ExtraFiles {
+		files = append(files, file{host, strings.TrimPrefix(in, "/"), false, false})
 	}
 	var problems []microvm.FieldError
 	for _, f := range files {
@@ -332,6 +348,16 @@ func (l *jailLauncher) prepare(ctx context.Context, rec *vmRecord) error {
 			continue // firecracker reports it, as in a direct launch
 		}
 		st := fi.Sys().(*syscall.Stat_t)
+		if f.ours && fi.Mode().Perm()&0o004 == 0 {
+			// The store's files are read-only for their owner, in
+			// directories only root may enter: readable by others, they
+			// are reachable only through the links in the chroots.
+			if err := os.Chmod(f.host, fi.Mode().Perm()|0o444); err != nil {
+				l.r.releaseUID(uid, rec.ID)
+				return fmt.Errorf("make snapshot file %s readable in the chroot: %w", f.host, err)
+			}
+			fi, _ = os.Stat(f.host)
+		}
 		if !f.write && fi.Mode().Perm()&0o004 == 0 {
 			problems = append(problems, microvm.FieldError{Field: f.name, Rule: fmt.Sprintf(
 				"%s is not readable by others (mode %s): a jailed firecracker runs as a uid of its own and needs read permission for others on a read-only file",
@@ -390,6 +416,9 @@ func (l *jailLauncher) start(ctx context.Context, rec *vmRecord, lp vmPaths, out
 	}
 	for host, inJail := range j.Files {
 		target := filepath.Join(j.Root, inJail)
+		if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+			return nil, fmt.Errorf("make %s visible in the chroot: %w", host, err)
+		}
 		if slices.Contains(j.Mounts, target) {
 			if err := bindFile(host, target, !writable[host]); err != nil {
 				return nil, fmt.Errorf("make %s visible in the chroot: %w", host, err)

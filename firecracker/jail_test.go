@@ -17,6 +17,7 @@ import (
 	microvm "github.com/mvm-dev/microvm"
 	"github.com/mvm-dev/microvm/conformance"
 	"github.com/mvm-dev/microvm/firecracker"
+	"github.com/mvm-dev/microvm/internal/fcstandin"
 	"github.com/mvm-dev/microvm/internal/guesttest"
 	"github.com/mvm-dev/microvm/internal/realfc"
 )
@@ -53,12 +54,12 @@ func jailPairs(t *testing.T) []jailPair {
 // a parent cgroup of its own, so that parallel tests never share one.
 var uidRanges atomic.Int64
 
-// jailConfig is a JailerConfig for one test runtime: 16 uids of its own
+// jailConfig is a JailerConfig for one test runtime: 256 uids of its own
 // and a parent cgroup named after the test process and the range, removed
 // at the end of the test (it must then be empty).
 func jailConfig(t testing.TB, jailer string) *firecracker.JailerConfig {
-	n := int(uidRanges.Add(1))
-	base := 700000 + (os.Getpid()%1000)*1000 + n*16
+	n := int(uidRanges.Add(1)) % 256
+	base := 1000000 + (os.Getpid()%64)*65536 + n*256
 	parent := "mvm-test-" + strconv.Itoa(os.Getpid()) + "-" + strconv.Itoa(n)
 	t.Cleanup(func() {
 		for _, c := range []string{"cpu", "memory", "pids"} {
@@ -73,7 +74,7 @@ func jailConfig(t testing.TB, jailer string) *firecracker.JailerConfig {
 			}
 		}
 	})
-	return &firecracker.JailerConfig{Bin: jailer, UIDBase: base, UIDCount: 16, ParentCgroup: parent}
+	return &firecracker.JailerConfig{Bin: jailer, UIDBase: base, UIDCount: 256, ParentCgroup: parent}
 }
 
 // openJailed opens a jailed runtime over state.
@@ -85,13 +86,16 @@ func openJailed(t testing.TB, state, fc string, jc *firecracker.JailerConfig, mo
 }
 
 // jailedHarness is harness with every runtime jailed.
-func jailedHarness(t *testing.T, p jailPair, spec microvm.Spec, parallelism int) conformance.Harness {
+func jailedHarness(t *testing.T, p jailPair, spec microvm.Spec, parallelism int, mod ...func(*firecracker.JailerConfig)) conformance.Harness {
 	h := harness(p.fc, spec, parallelism)
 	cfgs := map[microvm.Runtime]*firecracker.JailerConfig{}
 	states := map[microvm.Runtime]string{}
 	h.New = func(t *testing.T) microvm.Runtime {
 		state := t.TempDir()
 		jc := jailConfig(t, p.jailer)
+		for _, m := range mod {
+			m(jc)
+		}
 		rt := openJailed(t, state, p.fc, jc)
 		states[rt], cfgs[rt] = state, jc
 		t.Cleanup(func() { checkNoJailLeft(t, state) })
@@ -130,6 +134,79 @@ func checkNoJailLeft(t testing.TB, state string) {
 	mi, _ := os.ReadFile("/proc/self/mountinfo")
 	if strings.Contains(string(mi), " "+jail) {
 		t.Errorf("a mount under %s left behind", jail)
+	}
+}
+
+// TestConformanceJailedStandin runs the conformance suite with the real
+// jailer v1.7 and the stand-in (a static binary) as its exec file:
+// everything, booted guests, crashes, guest shutdowns, snapshots and
+// restores (written in and staged into chroots, the uffd socket in the
+// clone's chroot) included. The jailer clears the environment, so the
+// stand-in speaks the newest API (the v1.0 dialect runs jailed with the
+// real v1.0 binary, TestConformanceJailed) and finds the API
+// specification at /shared/reference, made visible in each chroot with
+// JailerConfig.ExtraFiles.
+func TestConformanceJailedStandin(t *testing.T) {
+	p := jailPairs(t)[1]
+	bin, extra := jailedStandin(t)
+	h := jailedHarness(t, jailPair{name: "standin", fc: bin, jailer: p.jailer}, testSpec(t), 4,
+		func(jc *firecracker.JailerConfig) { jc.ExtraFiles = extra })
+	conformance.Run(t, h)
+}
+
+// jailedStandin returns the stand-in binary and the ExtraFiles that make
+// its API specification visible in a chroot (at /shared/reference, where
+// it looks when its environment names none).
+func jailedStandin(t *testing.T) (string, map[string]string) {
+	bin := fcstandin.Build(t)
+	specDir := fcstandin.SpecDir(t)
+	extra := map[string]string{}
+	ents, _ := os.ReadDir(specDir)
+	for _, e := range ents {
+		if strings.HasSuffix(e.Name(), ".yaml") {
+			extra[filepath.Join(specDir, e.Name())] = filepath.Join("/shared/reference", e.Name())
+		}
+	}
+	return bin, extra
+}
+
+// TestJailedRestoreUffd: a jailed clone restored with the uffd backend
+// connects to its page server through a socket in its chroot (given to
+// its uid) and runs; Destroy ends the page server and leaves no jail.
+func TestJailedRestoreUffd(t *testing.T) {
+	p := jailPairs(t)[1]
+	bin, extra := jailedStandin(t)
+	state := t.TempDir()
+	jc := jailConfig(t, p.jailer)
+	jc.ExtraFiles = extra
+	rt := openJailed(t, state, bin, jc, func(c *firecracker.Config) { c.UffdBin = uffdBin(t) })
+	ctx := context.Background()
+	if _, err := rt.Create(ctx, "us", testSpec(t)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rt.Start(ctx, "us"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rt.Snapshot(ctx, "us", "us-snap", nil); err != nil {
+		t.Fatal(err)
+	}
+	vm, err := rt.Restore(ctx, "ur", "us-snap", &microvm.RestoreOptions{MemoryBackend: microvm.MemoryBackendUffd})
+	if err != nil {
+		t.Fatalf("Restore with uffd: %v", err)
+	}
+	if vm.Status != microvm.StatusRunning || vm.Backend.Jail == nil {
+		t.Fatalf("restored VM: %s, jail %+v", vm.Status, vm.Backend.Jail)
+	}
+	// (The load succeeded: the jailed uid connected to the page
+	// server's socket, which the server removes once connected.)
+	if _, err := rt.Pause(ctx, "ur"); err != nil {
+		t.Fatalf("Pause: %v", err)
+	}
+	destroyAll(t, rt)
+	checkNoJailLeft(t, state)
+	assertNoJailProcs(t, state)
+	if pids := procsUnder(uffdBin(t)); len(pids) > 0 {
+		t.Errorf("page servers left: %v", pids)
 	}
 }
 
@@ -307,8 +384,8 @@ func TestJailedIsolation(t *testing.T) {
 				}
 				cg := "/sys/fs/cgroup/%s" + want + "/%s"
 				for file, v := range map[string]string{
-					fmt.Sprintf(cg, "cpu", "cpu.cfs_quota_us"):        "200000",
-					fmt.Sprintf(cg, "cpu", "cpu.cfs_period_us"):       "100000",
+					fmt.Sprintf(cg, "cpu", "cpu.cfs_quota_us"):         "200000",
+					fmt.Sprintf(cg, "cpu", "cpu.cfs_period_us"):        "100000",
 					fmt.Sprintf(cg, "memory", "memory.limit_in_bytes"): strconv.Itoa((256 + firecracker.DefaultJailMemoryOverheadMiB) << 20),
 					fmt.Sprintf(cg, "pids", "pids.max"):                strconv.Itoa(firecracker.DefaultJailPidsMax),
 				} {
@@ -770,4 +847,51 @@ func TestKVMJailedSnapshotRestore(t *testing.T) {
 	destroyAll(t, rt)
 	checkNoJailLeft(t, state)
 	assertNoJailProcs(t, state)
+}
+
+// BenchmarkJailedCreate measures what jailing costs per Create with the
+// real firecracker v1.7: Create (spawn and the pre-boot API sequence) and
+// Destroy, one VM at a time, direct and through jailer v1.7 (uid lease,
+// chroot with hard links, jailer, cgroups; Destroy removes them).
+//
+//	go test -run '^$' -bench BenchmarkJailedCreate -benchtime 30x ./firecracker/
+func BenchmarkJailedCreate(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("jailed mode needs root")
+	}
+	dir := realfc.Dir(b)
+	fc, jailer := filepath.Join(dir, "firecracker-v1.7.0"), filepath.Join(dir, "jailer-v1.7.0")
+	for _, jailed := range []bool{false, true} {
+		name := "direct"
+		if jailed {
+			name = "jailed"
+		}
+		b.Run(name, func(b *testing.B) {
+			state := benchStateDir(b)
+			var jc *firecracker.JailerConfig
+			if jailed {
+				jc = jailConfig(b, jailer)
+			}
+			rt := open(b, state, fc, func(c *firecracker.Config) { c.Jailer = jc })
+			defer rt.Close()
+			spec := testSpec(b)
+			spec.MemoryMiB = 128
+			ctx := context.Background()
+			var create, destroy time.Duration
+			for i := 0; b.Loop(); i++ {
+				id := fmt.Sprintf("b%d", i)
+				t0 := time.Now()
+				if _, err := rt.Create(ctx, id, spec); err != nil {
+					b.Fatal(err)
+				}
+				t1 := time.Now()
+				if _, err := rt.Destroy(ctx, id); err != nil {
+					b.Fatal(err)
+				}
+				create, destroy = create+t1.Sub(t0), destroy+time.Since(t1)
+			}
+			b.ReportMetric(float64(create.Microseconds())/1000/float64(b.N), "create-ms")
+			b.ReportMetric(float64(destroy.Microseconds())/1000/float64(b.N), "destroy-ms")
+		})
+	}
 }
