@@ -434,6 +434,16 @@ func (l *jailLauncher) start(ctx context.Context, rec *vmRecord, lp vmPaths, out
 			return nil, fmt.Errorf("give writable drive %s to uid %d: %w", o.Path, j.UID, err)
 		}
 	}
+	if rec.Net != nil {
+		nic, _ := managedInterface(rec.Spec)
+		owner, ok := l.r.cfg.Network.(TAPOwner)
+		if !ok {
+			return nil, fmt.Errorf("network[%s]: the runtime's Network cannot give the TAP to the jailed uid (it does not implement TAPOwner): %w", nic.ID, microvm.ErrUnsupported)
+		}
+		if err := owner.SetTAPOwner(ctx, rec.ID, nic, uint32(j.UID), uint32(j.GID)); err != nil {
+			return nil, fmt.Errorf("give TAP %s to uid %d: %w", rec.Net.TAP, j.UID, err)
+		}
+	}
 	args := []string{
 		"--id", rec.ID,
 		"--exec-file", l.bin,
