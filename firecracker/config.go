@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -438,7 +439,7 @@ func (r *Runtime) configure(ctx context.Context, c *vmClient, rec *vmRecord) err
 	}
 	if v := spec.Vsock; v != nil {
 		uds, abs := vsockPath(p, v)
-		if err := prepareSocketPath(ctx, abs); err != nil {
+		if err := r.prepareVsock(ctx, rec, abs); err != nil {
 			return backendErr("configure vsock", err)
 		}
 		if err := c.PutVsock(ctx, fcapi.Vsock{GuestCID: v.CID, UDSPath: uds}); err != nil {
@@ -550,6 +551,25 @@ func prepareSocketPath(ctx context.Context, path string) error {
 		}
 		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("remove stale socket %s: %w", path, err)
+		}
+	}
+	return nil
+}
+
+// prepareVsock makes the vsock socket path abs bindable (see
+// prepareSocketPath); for a jailed process, the directories made for it
+// inside the chroot are given to the VM's uid, which binds the socket.
+func (r *Runtime) prepareVsock(ctx context.Context, rec *vmRecord, abs string) error {
+	if err := prepareSocketPath(ctx, abs); err != nil {
+		return err
+	}
+	j := rec.Jail
+	if j == nil {
+		return nil
+	}
+	for dir := filepath.Dir(abs); strings.HasPrefix(dir, j.Root+"/"); dir = filepath.Dir(dir) {
+		if err := os.Chown(dir, j.UID, j.GID); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -33,6 +33,12 @@
 //	    uffd.sock, uffd.sock.log page server of a VM restored with the uffd backend
 //	  vms/.trash-*/              a VM directory being removed (swept by Open)
 //	  snapshots/                 the snapshot store (package snapshot)
+//	  jail/<binary>/<id>/root/   jailed mode (default JailerConfig.ChrootBase): the chroot of
+//	                             the VM's process, holding api.sock, vsock.sock, uffd.sock,
+//	                             metrics.json and links to (or bind mounts of) its images
+//
+// In jailed mode the registry also holds kind "uid": one lease per live
+// jailed process, naming its VM.
 //
 // A VM record (registry kind "vm") holds the defaulted spec, the status,
 // the current process (pid, start time, boot id), the firecracker version,

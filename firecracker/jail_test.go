@@ -895,3 +895,31 @@ func BenchmarkJailedCreate(b *testing.B) {
 		})
 	}
 }
+
+// TestJailedVsockPath: a spec's vsock path is taken inside the chroot
+// (the jailed process sees nothing else), its directories are made for
+// the VM's uid, and the socket is bound there.
+func TestJailedVsockPath(t *testing.T) {
+	p := jailPairs(t)[1]
+	bin, extra := jailedStandin(t)
+	state := t.TempDir()
+	jc := jailConfig(t, p.jailer)
+	jc.ExtraFiles = extra
+	rt := openJailed(t, state, bin, jc)
+	spec := testSpec(t)
+	spec.Vsock = &microvm.Vsock{CID: 3, Path: "/socks/deep/v.sock"}
+	vm, err := rt.Create(context.Background(), "vs", spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := filepath.Join(vm.Backend.Jail.Chroot, "socks/deep/v.sock")
+	if vm.Backend.VsockPath != want {
+		t.Errorf("VsockPath %s, want %s", vm.Backend.VsockPath, want)
+	}
+	fi, err := os.Lstat(want)
+	if err != nil || fi.Mode().Type() != os.ModeSocket {
+		t.Errorf("vsock socket %s: %v (%v), want a socket", want, err, fi)
+	}
+	destroyAll(t, rt)
+	checkNoJailLeft(t, state)
+}

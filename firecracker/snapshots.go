@@ -317,7 +317,7 @@ func (r *Runtime) loadSnapshot(ctx context.Context, rec *vmRecord, m snapshot.Ma
 						"and firecracker %s cannot move it (vsock_override needs >= 1.16): %w", abs, rec.Version, microvm.ErrUnsupported))
 			}
 		}
-		if err := prepareSocketPath(ctx, abs); err != nil {
+		if err := r.prepareVsock(ctx, rec, abs); err != nil {
 			return p, backendErr("load snapshot", err)
 		}
 		rec.VsockPath = abs
