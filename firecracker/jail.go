@@ -2,7 +2,6 @@ package firecracker
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -91,6 +90,11 @@ type JailerConfig struct {
 	MemoryOverheadMiB int
 	// NoFile is the limit on open files. Default DefaultJailNoFile.
 	NoFile int
+	// SkipVersionCheck lets Open accept a firecracker binary whose
+	// --version differs from the jailer's (a custom build): by default
+	// they must be of the same release, since the jailer passes
+	// firecracker the arguments of its own.
+	SkipVersionCheck bool
 	// ExtraFiles are more files to make visible, read-only, in every
 	// chroot: host path -> absolute path inside the chroot (e.g. a file
 	// a wrapper of firecracker or a custom seccomp filter reads). They
@@ -197,8 +201,20 @@ func newJailLauncher(r *Runtime, cfg JailerConfig) (*jailLauncher, error) {
 			return nil, fmt.Errorf("%w: cgroup v%d controller %q is not available at %s: %w", ErrJailer, v, c, l.controllerDir(c), err)
 		}
 	}
-	if err := checkJailerVersion(jailer); err != nil {
+	jv, err := checkJailerVersion(jailer)
+	if err != nil {
 		return nil, err
+	}
+	if !cfg.SkipVersionCheck {
+		out, err := runOutput(r.bin, "--version")
+		fv, ok := strings.CutPrefix(firstLine(out), "Firecracker v")
+		if err != nil || !ok {
+			return nil, fmt.Errorf("%w: %s --version did not report a firecracker version (%q, %v)", ErrJailer, r.bin, firstLine(out), err)
+		}
+		if fv != jv {
+			return nil, fmt.Errorf("%w: jailer %s is v%s but firecracker %s is v%s: use the jailer of the same release (or JailerConfig.SkipVersionCheck): %w",
+				ErrJailer, jailer, jv, r.bin, fv, microvm.ErrInvalidArgument)
+		}
 	}
 	// A jailed firecracker is the jailer's child in a new PID namespace:
 	// once the jailer exits, it is reparented to its nearest subreaper.
@@ -210,15 +226,16 @@ func newJailLauncher(r *Runtime, cfg JailerConfig) (*jailLauncher, error) {
 	return l, nil
 }
 
-// checkJailerVersion runs `jailer --version` (reading all its output) and
-// checks that it is a jailer.
-func checkJailerVersion(jailer string) error {
+// checkJailerVersion runs `jailer --version` (reading all its output),
+// checks that it is a jailer and returns its version.
+func checkJailerVersion(jailer string) (string, error) {
 	out, err := runOutput(jailer, "--version")
-	if err != nil || !bytes.HasPrefix(bytes.TrimSpace(out), []byte("Jailer v")) {
-		return fmt.Errorf("%w: %s --version did not report a jailer (%q, %v): %w", ErrJailer, jailer,
+	v, ok := strings.CutPrefix(firstLine(out), "Jailer v")
+	if err != nil || !ok {
+		return "", fmt.Errorf("%w: %s --version did not report a jailer (%q, %v): %w", ErrJailer, jailer,
 			firstLine(out), err, microvm.ErrInvalidArgument)
 	}
-	return nil
+	return v, nil
 }
 
 // runOutput runs bin with args (no shell, a bounded time) and returns all

@@ -150,7 +150,7 @@ func TestConformanceJailedStandin(t *testing.T) {
 	p := jailPairs(t)[1]
 	bin, extra := jailedStandin(t)
 	h := jailedHarness(t, jailPair{name: "standin", fc: bin, jailer: p.jailer}, testSpec(t), 4,
-		func(jc *firecracker.JailerConfig) { jc.ExtraFiles = extra })
+		func(jc *firecracker.JailerConfig) { jc.ExtraFiles, jc.SkipVersionCheck = extra, true })
 	conformance.Run(t, h)
 }
 
@@ -178,7 +178,7 @@ func TestJailedRestoreUffd(t *testing.T) {
 	bin, extra := jailedStandin(t)
 	state := t.TempDir()
 	jc := jailConfig(t, p.jailer)
-	jc.ExtraFiles = extra
+	jc.ExtraFiles, jc.SkipVersionCheck = extra, true // the stand-in reports its own version
 	rt := openJailed(t, state, bin, jc, func(c *firecracker.Config) { c.UffdBin = uffdBin(t) })
 	ctx := context.Background()
 	if _, err := rt.Create(ctx, "us", testSpec(t)); err != nil {
@@ -737,8 +737,9 @@ func TestJailedBindMount(t *testing.T) {
 	}
 }
 
-// TestJailedBadJailer: a missing jailer, a binary that is not a jailer,
-// and a jailer that fails before it execs firecracker each give a clear
+// TestJailedBadJailer: a missing jailer, a binary that is not a jailer, a
+// jailer of another release than firecracker (v1.0 with v1.7), and a
+// jailer that fails before it execs firecracker each give a clear
 // error and leave nothing.
 func TestJailedBadJailer(t *testing.T) {
 	p := jailPairs(t)[1]
@@ -748,6 +749,7 @@ func TestJailedBadJailer(t *testing.T) {
 	}{
 		{"missing", filepath.Join(state, "no-such-jailer"), "does not exist"},
 		{"not-a-jailer", p.fc, "did not report a jailer"},
+		{"other-release", jailPairs(t)[0].jailer, "use the jailer of the same release"},
 	} {
 		_, err := firecracker.Open(context.Background(), firecracker.Config{StateDir: state, FirecrackerBin: p.fc,
 			Jailer: &firecracker.JailerConfig{Bin: tc.bin}})
@@ -904,7 +906,7 @@ func TestJailedVsockPath(t *testing.T) {
 	bin, extra := jailedStandin(t)
 	state := t.TempDir()
 	jc := jailConfig(t, p.jailer)
-	jc.ExtraFiles = extra
+	jc.ExtraFiles, jc.SkipVersionCheck = extra, true // the stand-in reports its own version
 	rt := openJailed(t, state, bin, jc)
 	spec := testSpec(t)
 	spec.Vsock = &microvm.Vsock{CID: 3, Path: "/socks/deep/v.sock"}
