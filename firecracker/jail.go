@@ -196,10 +196,8 @@ func newJailLauncher(r *Runtime, cfg JailerConfig) (*jailLauncher, error) {
 		return nil, invalidArg("config: the jailer only runs a binary whose name contains \"firecracker\" (got %q)", execName)
 	}
 	l := &jailLauncher{r: r, cfg: cfg, jailer: jailer, bin: r.bin, execName: execName, base: base, cgroupV: v}
-	for _, c := range l.controllers() {
-		if _, err := os.Stat(l.controllerDir(c)); err != nil {
-			return nil, fmt.Errorf("%w: cgroup v%d controller %q is not available at %s: %w", ErrJailer, v, c, l.controllerDir(c), err)
-		}
+	if err := l.checkControllers(); err != nil {
+		return nil, err
 	}
 	jv, err := checkJailerVersion(jailer)
 	if err != nil {
@@ -249,6 +247,35 @@ func runOutput(bin string, args ...string) ([]byte, error) {
 func firstLine(b []byte) string {
 	s, _, _ := strings.Cut(strings.TrimSpace(string(b)), "\n")
 	return s
+}
+
+// checkControllers checks that the controllers the limits use are
+// available: v1, each hierarchy mounted; v2, each listed in the unified
+// hierarchy's cgroup.controllers.
+func (l *jailLauncher) checkControllers() error {
+	var have map[string]bool
+	if l.cgroupV == 2 {
+		path := filepath.Join(cgroupRoot, "cgroup.controllers")
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			return fmt.Errorf("%w: cgroup v2: no unified hierarchy at %s (%v): use CgroupVersion 1 on a hybrid host: %w", ErrJailer, cgroupRoot, err, microvm.ErrUnsupported)
+		}
+		have = map[string]bool{}
+		for _, c := range strings.Fields(string(raw)) {
+			have[c] = true
+		}
+	}
+	for _, c := range l.controllers() {
+		if have != nil && !have[c] {
+			return fmt.Errorf("%w: cgroup v2 controller %q is not enabled (%s lists %v): %w", ErrJailer, c, filepath.Join(cgroupRoot, "cgroup.controllers"), have, microvm.ErrUnsupported)
+		}
+		if have == nil {
+			if _, err := os.Stat(filepath.Join(l.controllerDir(c), "tasks")); err != nil {
+				return fmt.Errorf("%w: cgroup v1 controller %q is not mounted at %s: %w", ErrJailer, c, l.controllerDir(c), microvm.ErrUnsupported)
+			}
+		}
+	}
+	return nil
 }
 
 // controllers are the cgroup controllers the limits use.

@@ -738,8 +738,9 @@ func TestJailedBindMount(t *testing.T) {
 }
 
 // TestJailedBadJailer: a missing jailer, a binary that is not a jailer, a
-// jailer of another release than firecracker (v1.0 with v1.7), and a
-// jailer that fails before it execs firecracker each give a clear
+// jailer of another release than firecracker (v1.0 with v1.7), cgroup
+// controllers missing (the cgroup version this host does not have), and
+// a jailer that fails before it execs firecracker each give a clear
 // error and leave nothing.
 func TestJailedBadJailer(t *testing.T) {
 	p := jailPairs(t)[1]
@@ -753,6 +754,21 @@ func TestJailedBadJailer(t *testing.T) {
 	} {
 		_, err := firecracker.Open(context.Background(), firecracker.Config{StateDir: state, FirecrackerBin: p.fc,
 			Jailer: &firecracker.JailerConfig{Bin: tc.bin}})
+		if !errors.Is(err, firecracker.ErrJailer) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: Open: %v, want ErrJailer saying %q", tc.name, err, tc.want)
+		}
+	}
+	// A cgroup version whose controllers the host lacks: v2 on a hybrid
+	// host (an empty unified hierarchy), v1 on a unified one.
+	other, want := 2, "no unified hierarchy"
+	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
+		other, want = 1, "is not mounted"
+	}
+	for _, tc := range []struct {
+		name, bin, want string
+	}{{fmt.Sprintf("cgroup-v%d", other), p.jailer, want}} {
+		_, err := firecracker.Open(context.Background(), firecracker.Config{StateDir: state, FirecrackerBin: p.fc,
+			Jailer: &firecracker.JailerConfig{Bin: tc.bin, CgroupVersion: other}})
 		if !errors.Is(err, firecracker.ErrJailer) || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: Open: %v, want ErrJailer saying %q", tc.name, err, tc.want)
 		}
