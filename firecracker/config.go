@@ -178,24 +178,10 @@ func (r *Runtime) launch(ctx context.Context, rec *vmRecord, how launchRecord, s
 // process, when p is not nil, and what the launcher holds) and returns
 // cause, with the release's failure added.
 func (r *Runtime) releaseFailedLaunch(rec *vmRecord, p *proc, cause error) error {
-	var ls []resource
-	if p != nil || rec.Jail != nil {
-		ls = r.held(rec, p, scopeProcess)
+	if err := r.release(rec, p, scopeProcess); err != nil {
+		// The record keeps naming what is left: recovery ends it.
+		return fmt.Errorf("%w (and releasing what the launch made failed: %v)", cause, err)
 	}
-	var errs []error
-	for _, res := range ls {
-		if err := res.undo(); err != nil {
-			errs = append(errs, fmt.Errorf("release %s: %w", res.what, err))
-			if res.process {
-				break
-			}
-		}
-	}
-	if len(errs) > 0 {
-		// Keep the record naming what is left: recovery ends it.
-		return fmt.Errorf("%w (and releasing what the launch made failed: %v)", cause, errors.Join(errs...))
-	}
-	rec.Process, rec.Jail = nil, nil
 	return cause
 }
 
