@@ -314,7 +314,7 @@ func (r *Runtime) reconcile(ctx context.Context, rec *vmRecord) (*vmRecord, erro
 // probe asks a VM's firecracker for its state (GET /), within
 // probeTimeout.
 func (r *Runtime) probe(ctx context.Context, rec *vmRecord) (fcapi.InstanceState, error) {
-	c, err := r.client(rec.ID, rec.Version)
+	c, err := r.client(rec, rec.Version)
 	if err != nil {
 		return "", err
 	}
