@@ -152,7 +152,9 @@ func buildLayers(ctx context.Context, layers []Layer, out string, opts BuildOpti
 			return fmt.Errorf("%s: %w: %w", tag, ErrBadArchive, err)
 		}
 		err = u.apply(ctx, rc, tag, whiteouts)
-		rc.Close()
+		if cerr := rc.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("%s: %w: %w", tag, ErrBadArchive, cerr)
+		}
 		if err != nil {
 			return fmt.Errorf("image: %w", err)
 		}

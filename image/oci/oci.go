@@ -206,13 +206,18 @@ type verifier struct {
 	h    hash.Hash
 	want v1.Hash
 	done bool
+	err  error
 }
 
 func (v *verifier) Read(p []byte) (int, error) {
+	if v.err != nil {
+		return 0, v.err
+	}
 	n, err := v.r.Read(p)
 	v.h.Write(p[:n])
 	if err == io.EOF {
 		if cerr := v.check(); cerr != nil {
+			v.err = cerr // sticky: a reader above may drop an error once
 			return n, cerr
 		}
 	}
@@ -233,4 +238,11 @@ func (v *verifier) check() error {
 	return nil
 }
 
-func (v *verifier) Close() error { return v.r.Close() }
+// Close fails when the stream was read to its end and did not match.
+func (v *verifier) Close() error {
+	err := v.r.Close()
+	if v.err != nil {
+		return v.err
+	}
+	return err
+}
