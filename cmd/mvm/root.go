@@ -64,7 +64,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		createCmd(g), startCmd(g), stopCmd(g), pauseCmd(g), resumeCmd(g),
 		snapshotCmd(g), restoreCmd(g), rmCmd(g), lsCmd(g), inspectCmd(g),
 		snapshotsCmd(g), rmSnapshotCmd(g), logsCmd(g), doctorCmd(g), demoCmd(g),
-		egressCmd(g), ratelimitCmd(g),
+		egressCmd(g), ratelimitCmd(g), imageCmd(g),
 	)
 	return root
 }

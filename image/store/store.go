@@ -239,13 +239,17 @@ func reclaimPending(p string) (bool, error) {
 type BuildFunc func(ctx context.Context, path string) error
 
 // Create builds image name with build and commits it with a manifest
-// naming src and builder. The image appears (in Get, List) only once it is
+// naming *src and builder; build may complete *src (say, a Digest only
+// known once the source is read), which is recorded after it returns. The image appears (in Get, List) only once it is
 // complete and durable; on any failure, cancellation or crash nothing is
 // left. Of concurrent Creates of one name exactly one can win; the others
 // fail with [ErrExists].
-func (s *Store) Create(ctx context.Context, name string, src Source, builder string, build BuildFunc) (Image, error) {
+func (s *Store) Create(ctx context.Context, name string, src *Source, builder string, build BuildFunc) (Image, error) {
 	if err := ValidateName(name); err != nil {
 		return Image{}, err
+	}
+	if src == nil {
+		src = &Source{}
 	}
 	if build == nil {
 		return Image{}, fmt.Errorf("image store: create %q: build function is nil", name)
@@ -282,7 +286,7 @@ func (s *Store) Create(ctx context.Context, name string, src Source, builder str
 	m := Manifest{
 		FormatVersion: FormatVersion,
 		Name:          name,
-		Source:        src,
+		Source:        *src,
 		SizeBytes:     size,
 		SHA256:        sum,
 		Created:       time.Now().UTC().Truncate(time.Second),

@@ -57,14 +57,14 @@ func TestCreateGetListRemove(t *testing.T) {
 		t.Fatal(err)
 	}
 	content := bytes.Repeat([]byte("ext4"), 1000)
-	src := store.Source{Kind: "dir", Path: "/src"}
+	src := &store.Source{Kind: "dir", Path: "/src"}
 	img, err := s.Create(ctx, "base", src, "test", writeBytes(content))
 	if err != nil {
 		t.Fatalf("Create: %v", err)
 	}
 	// sha256 of 4000 bytes of "ext4" repeated, computed independently
 	want := fmt.Sprintf("%x", sha256Sum(content))
-	if img.SHA256 != want || img.SizeBytes != 4000 || img.FormatVersion != store.FormatVersion || img.Source != src || img.Builder != "test" || img.Created.IsZero() {
+	if img.SHA256 != want || img.SizeBytes != 4000 || img.FormatVersion != store.FormatVersion || img.Source != *src || img.Builder != "test" || img.Created.IsZero() {
 		t.Errorf("manifest: %+v (want sha %s, 4000 bytes)", img.Manifest, want)
 	}
 	got, err := os.ReadFile(img.Path)
@@ -136,7 +136,7 @@ func TestNames(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, n := range []string{"", ".hidden", "-x", "a/b", "../x", "a b", strings.Repeat("a", 129), ".pending-x"} {
-		if _, err := s.Create(context.Background(), n, store.Source{}, "t", writeBytes([]byte("x"))); !errors.Is(err, store.ErrInvalidName) {
+		if _, err := s.Create(context.Background(), n, &store.Source{}, "t", writeBytes([]byte("x"))); !errors.Is(err, store.ErrInvalidName) {
 			t.Errorf("Create(%q): %v, want ErrInvalidName", n, err)
 		}
 		if _, err := s.Get(n); !errors.Is(err, store.ErrInvalidName) {
@@ -144,7 +144,7 @@ func TestNames(t *testing.T) {
 		}
 	}
 	for _, n := range []string{"alpine:3.19", "a", "ubuntu_22.04-min"} {
-		if _, err := s.Create(context.Background(), n, store.Source{}, "t", writeBytes([]byte("x"))); err != nil {
+		if _, err := s.Create(context.Background(), n, &store.Source{}, "t", writeBytes([]byte("x"))); err != nil {
 			t.Errorf("Create(%q): %v", n, err)
 		}
 	}
@@ -156,7 +156,7 @@ func TestInUse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Create(ctx, "base", store.Source{Kind: "dir"}, "t", writeBytes([]byte("x"))); err != nil {
+	if _, err := s.Create(ctx, "base", &store.Source{Kind: "dir"}, "t", writeBytes([]byte("x"))); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.Use("nope", "vm1"); !errors.Is(err, store.ErrNotFound) {
@@ -218,7 +218,7 @@ func TestConcurrentCreate(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, err := s.Create(context.Background(), "same", store.Source{}, "t", writeBytes([]byte(fmt.Sprint(i))))
+			_, err := s.Create(context.Background(), "same", &store.Source{}, "t", writeBytes([]byte(fmt.Sprint(i))))
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
@@ -242,7 +242,7 @@ func TestCorruptManifest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	img, err := s.Create(context.Background(), "base", store.Source{}, "t", writeBytes([]byte("xyz")))
+	img, err := s.Create(context.Background(), "base", &store.Source{}, "t", writeBytes([]byte("xyz")))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -271,7 +271,7 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(2)
 		}
-		_, err = s.Create(context.Background(), "victim", store.Source{}, "t", func(ctx context.Context, p string) error {
+		_, err = s.Create(context.Background(), "victim", &store.Source{}, "t", func(ctx context.Context, p string) error {
 			os.WriteFile(p, bytes.Repeat([]byte{1}, 1<<20), 0o644)
 			fmt.Println("building")
 			time.Sleep(time.Hour)
@@ -310,7 +310,7 @@ func TestBuilderKilled(t *testing.T) {
 	if _, err := s.Get("victim"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("Get of an image being built: %v", err)
 	}
-	if _, err := s.Create(context.Background(), "victim", store.Source{}, "t", writeBytes([]byte("x"))); !errors.Is(err, store.ErrExists) || !strings.Contains(err.Error(), "being built") {
+	if _, err := s.Create(context.Background(), "victim", &store.Source{}, "t", writeBytes([]byte("x"))); !errors.Is(err, store.ErrExists) || !strings.Contains(err.Error(), "being built") {
 		t.Errorf("Create while another process builds it: %v", err)
 	}
 	cmd.Process.Signal(syscall.SIGKILL)
@@ -328,7 +328,7 @@ func TestBuilderKilled(t *testing.T) {
 	if h := hidden(t, dir); len(h) != 0 {
 		t.Errorf("Open did not sweep: %v", h)
 	}
-	if _, err := s2.Create(context.Background(), "victim", store.Source{}, "t", writeBytes([]byte("x"))); err != nil {
+	if _, err := s2.Create(context.Background(), "victim", &store.Source{}, "t", writeBytes([]byte("x"))); err != nil {
 		t.Errorf("Create after the crash: %v", err)
 	}
 }
