@@ -83,11 +83,12 @@ func BuildFromDir(ctx context.Context, dir, out string, opts BuildOptions) error
 	if !fi.IsDir() {
 		return fmt.Errorf("%w: dir: %s is not a directory", ErrInvalidOptions, dir)
 	}
-	return BuildFromLayers(ctx, []Layer{{Name: dir, Open: func() (io.ReadCloser, error) {
+	// Names starting with ".wh." are ordinary files here, not whiteouts.
+	return buildLayers(ctx, []Layer{{Name: dir, Open: func() (io.ReadCloser, error) {
 		pr, pw := io.Pipe()
 		go func() { pw.CloseWithError(dirTar(ctx, dir, pw)) }()
 		return pr, nil
-	}}}, out, opts)
+	}}}, out, opts, false)
 }
 
 // BuildFromTar writes an ext4 image of the tar archive (plain or gzip) at

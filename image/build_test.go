@@ -89,6 +89,7 @@ func sample(t *testing.T) []byte {
 		ent{name: "secret/", typ: tar.TypeDir, mode: 0o500, uid: 7, gid: 8},
 		ent{name: "secret/key", body: "k", mode: 0o400, uid: 7, gid: 8},
 		ent{name: "pipe", typ: tar.TypeFifo, mode: 0o620},
+		ent{name: `etc/my "odd" conf`, body: "spaced", mode: 0o600, uid: 5, gid: 6},
 	)
 }
 
@@ -118,6 +119,9 @@ func checkSample(t *testing.T, img string) {
 	}
 	if st := debugfs(t, img, "stat /secret/key"); !strings.Contains(st, "Mode:  0400") || !strings.Contains(st, "Group:     8") {
 		t.Errorf("/secret/key:\n%s", st)
+	}
+	if st := debugfs(t, img, `stat "/etc/my ""odd"" conf"`); !strings.Contains(st, "User:     5") || !strings.Contains(st, "Mode:  0600") {
+		t.Errorf("/etc/my \"odd\" conf:\n%s", st)
 	}
 	if st := debugfs(t, img, "stat /pipe"); !strings.Contains(st, "Type: FIFO") || !strings.Contains(st, "Mode:  0620") {
 		t.Errorf("/pipe:\n%s", st)
@@ -161,6 +165,7 @@ func TestBuildFromDirAgent(t *testing.T) {
 	os.Symlink("usr/sbin", filepath.Join(src, "sbin")) // merged /usr
 	os.WriteFile(filepath.Join(src, "usr", "sbin", "init"), []byte("systemd"), 0o755)
 	os.WriteFile(filepath.Join(src, "hello"), []byte("hi"), 0o600)
+	os.WriteFile(filepath.Join(src, ".wh.hello"), []byte("not a whiteout"), 0o644)
 	os.Chown(filepath.Join(src, "hello"), 42, 43)
 	os.Link(filepath.Join(src, "hello"), filepath.Join(src, "hello2"))
 	outDir := t.TempDir()
@@ -175,6 +180,9 @@ func TestBuildFromDirAgent(t *testing.T) {
 	}
 	if st := debugfs(t, img, "stat /sbin"); !strings.Contains(st, `Fast link dest: "usr/sbin"`) {
 		t.Errorf("/sbin link replaced:\n%s", st)
+	}
+	if got := debugfs(t, img, "cat /.wh.hello"); got != "not a whiteout" {
+		t.Errorf("/.wh.hello of a directory = %q", got)
 	}
 	if st := debugfs(t, img, "stat /hello"); !strings.Contains(st, "User:    42") || !strings.Contains(st, "Links: 2") {
 		t.Errorf("/hello:\n%s", st)

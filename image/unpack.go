@@ -179,9 +179,16 @@ func (u *unpacker) host(p string) string { return filepath.Join(u.root, filepath
 // parents makes sure every parent of image path p is a real directory in
 // the tree (creating missing ones, 0755), never a symbolic link.
 func (u *unpacker) parents(p, name string) error {
+	_, err := u.walkParents(p, name, true)
+	return err
+}
+
+// walkParents checks the parents of p as parents does; without create it
+// reports false, creating nothing, when one is missing.
+func (u *unpacker) walkParents(p, name string, create bool) (bool, error) {
 	dir := path.Dir(p)
 	if dir == "/" {
-		return nil
+		return true, nil
 	}
 	cur := "/"
 	for _, c := range strings.Split(strings.TrimPrefix(dir, "/"), "/") {
@@ -189,19 +196,22 @@ func (u *unpacker) parents(p, name string) error {
 		fi, err := os.Lstat(u.host(cur))
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
+			if !create {
+				return false, nil
+			}
 			if err := os.Mkdir(u.host(cur), 0o755); err != nil {
-				return fmt.Errorf("%s: %w", name, err)
+				return false, fmt.Errorf("%s: %w", name, err)
 			}
 			u.created[cur] = true
 		case err != nil:
-			return fmt.Errorf("%s: %w", name, err)
+			return false, fmt.Errorf("%s: %w", name, err)
 		case fi.Mode()&fs.ModeSymlink != 0:
-			return fmt.Errorf("%w: %q: parent %s is a symbolic link (writing through it is refused)", ErrUnsafeEntry, name, cur)
+			return false, fmt.Errorf("%w: %q: parent %s is a symbolic link (writing through it is refused)", ErrUnsafeEntry, name, cur)
 		case !fi.IsDir():
-			return fmt.Errorf("%w: %q: parent %s is not a directory", ErrUnsafeEntry, name, cur)
+			return false, fmt.Errorf("%w: %q: parent %s is not a directory", ErrUnsafeEntry, name, cur)
 		}
 	}
-	return nil
+	return true, nil
 }
 
 func (u *unpacker) entry(hdr *tar.Header, r io.Reader, whiteouts bool) error {
@@ -212,12 +222,17 @@ func (u *unpacker) entry(hdr *tar.Header, r io.Reader, whiteouts bool) error {
 	}
 	base := path.Base(p)
 	if whiteouts && strings.HasPrefix(base, whiteoutPrefix) {
-		if err := u.parents(p, name); err != nil {
+		// A whiteout creates nothing: under a missing directory it has
+		// nothing to delete.
+		if ok, err := u.walkParents(p, name, false); err != nil || !ok {
 			return err
 		}
 		dir := path.Dir(p)
 		if base == opaqueWhiteout {
 			ents, err := os.ReadDir(u.host(dir))
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
 			if err != nil {
 				return fmt.Errorf("%s: %w", name, err)
 			}

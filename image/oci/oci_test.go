@@ -109,6 +109,7 @@ func twoLayers(t *testing.T) v1.Image {
 	)
 	l2 := layer(t,
 		ent{name: "etc/.wh.gone"},
+		ent{name: "nodir/.wh.nothing"},
 		ent{name: "opq/", typ: tar.TypeDir, mode: 0o750},
 		ent{name: "opq/new", body: "kept"},
 		ent{name: "opq/.wh..wh..opq"},
@@ -161,6 +162,9 @@ func checkTwoLayers(t *testing.T, img string) {
 	}
 	if got := debugfs(t, img, "ls /etc"); strings.Contains(got, "gone") || strings.Contains(got, ".wh.") {
 		t.Errorf("whiteout not applied: %s", got)
+	}
+	if got := debugfs(t, img, "ls /"); strings.Contains(got, "nodir") {
+		t.Errorf("a whiteout under a missing directory created it: %s", got)
 	}
 	if got := debugfs(t, img, "ls /opq"); strings.Contains(got, "old") || !strings.Contains(got, "new") || strings.Contains(got, ".wh.") {
 		t.Errorf("opaque directory: %s", got)
