@@ -3,13 +3,16 @@ package main
 import (
 	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
@@ -140,4 +143,57 @@ func TestCLIImages(t *testing.T) {
 			t.Errorf("left in the image store: %s", e.Name())
 		}
 	}
+}
+
+// TestCLIImageBuildKilled SIGKILLs `mvm image build` while it unpacks a
+// large tarball: the image never appears, the name stays free, and the
+// next command sweeps the half-built files.
+func TestCLIImageBuildKilled(t *testing.T) {
+	guesttest.RequireImageTools(t)
+	c := newCLI(t)
+	work := t.TempDir()
+	// 1 GiB of zeros, a few MiB gzipped: unpacking takes seconds.
+	var buf bytes.Buffer
+	zw, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
+	tw := tar.NewWriter(zw)
+	tw.WriteHeader(&tar.Header{Name: "big", Mode: 0o644, Size: 1 << 30, Typeflag: tar.TypeReg})
+	zero := make([]byte, 1<<20)
+	for range 1 << 10 {
+		tw.Write(zero)
+	}
+	tw.Close()
+	zw.Close()
+	src := filepath.Join(work, "big.tar.gz")
+	os.WriteFile(src, buf.Bytes(), 0o644)
+
+	cmd := exec.Command(c.bin, "--state-dir", c.stateDir, "image", "build", "big", "--from-tar", src)
+	cmd.Env = c.env
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	store := filepath.Join(c.stateDir, "images")
+	staged := func() bool {
+		m, _ := filepath.Glob(filepath.Join(store, ".pending-big", ".rootfs.ext4.stage-*", "root", "big"))
+		return len(m) > 0
+	}
+	for deadline := time.Now().Add(time.Minute); !staged() && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	err := cmd.Wait()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+		t.Fatalf("build was not killed mid-way: %v", err)
+	}
+	if out := c.ok("image", "ls"); strings.Contains(out, "big") {
+		t.Errorf("a killed build is listed:\n%s", out)
+	}
+	ents, _ := os.ReadDir(store)
+	for _, e := range ents {
+		if e.Name() != ".lock" {
+			t.Errorf("left in the image store after the next command: %s", e.Name())
+		}
+	}
+	small := filepath.Join(work, "small.tar")
+	os.WriteFile(small, tarOf(t, map[string]string{"x": "y"}), 0o644)
+	c.ok("image", "build", "big", "--from-tar", small)
 }
