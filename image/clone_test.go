@@ -5,10 +5,12 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/mvm-dev/microvm/image"
 	"github.com/mvm-dev/microvm/internal/guesttest"
@@ -211,4 +213,52 @@ func benchTemplate(b *testing.B) string {
 	}
 	os.RemoveAll(src)
 	return img
+}
+
+const cloneChildEnv = "MVM_IMAGE_CLONE_CHILD"
+
+// TestCloneKilled SIGKILLs a process in the middle of Clone: nothing
+// appears at the destination, and SweepClones removes the partial clone
+// (its writer's flock died with it).
+func TestCloneKilled(t *testing.T) {
+	if dir := os.Getenv(cloneChildEnv); dir != "" {
+		image.Clone(ctxT(t), filepath.Join(dir, "src"), filepath.Join(dir, "vm", "disk"), image.CloneOptions{NoReflink: true})
+		return
+	}
+	dir := t.TempDir()
+	os.Mkdir(filepath.Join(dir, "vm"), 0o755)
+	f, err := os.Create(filepath.Join(dir, "src"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	block := bytes.Repeat([]byte("data"), 1<<18)
+	for range 512 {
+		f.Write(block)
+	}
+	f.Close()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestCloneKilled$")
+	cmd.Env = append(os.Environ(), cloneChildEnv+"="+dir)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	vm := filepath.Join(dir, "vm")
+	partial := func() bool {
+		m, _ := filepath.Glob(filepath.Join(vm, ".disk.clone-*"))
+		return len(m) == 1
+	}
+	for deadline := time.Now().Add(time.Minute); !partial() && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	err = cmd.Wait()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+		t.Fatalf("clone was not killed mid-way: %v", err)
+	}
+	if _, err := os.Lstat(filepath.Join(vm, "disk")); err == nil {
+		t.Fatalf("a killed clone appeared at its destination")
+	}
+	if n, err := image.SweepClones(vm); n != 1 || err != nil {
+		t.Errorf("SweepClones = %d, %v; want 1", n, err)
+	}
+	noLeftovers(t, vm)
 }
