@@ -64,8 +64,9 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		createCmd(g), startCmd(g), stopCmd(g), pauseCmd(g), resumeCmd(g),
 		snapshotCmd(g), restoreCmd(g), rmCmd(g), lsCmd(g), inspectCmd(g),
 		snapshotsCmd(g), rmSnapshotCmd(g), logsCmd(g), doctorCmd(g), demoCmd(g),
-		egressCmd(g), ratelimitCmd(g), imageCmd(g),
+		egressCmd(g), ratelimitCmd(g),
 	)
+	root.AddCommand(imageCmd(g)) // cmd/mvm/image.go
 	return root
 }
 
