@@ -13,6 +13,20 @@
 // prints the agent's ready marker on the console and serves the agent's
 // protocol on vsock and on the console.
 //
+// [BuildFromTar], [BuildFromDir] and [BuildFromLayers] build images from a
+// tar archive (plain or gzip), a directory, or tar streams applied as OCI
+// layers (whiteouts honoured; package image/oci reads OCI layouts and
+// docker-save archives). Entries are unpacked into a private staging
+// directory; hostile ones (absolute names, "..", writes through symbolic
+// links, hard links out of the tree, device nodes, sizes over [Limits])
+// fail with [ErrUnsafeEntry], unreadable input with [ErrBadArchive].
+// Without root, ownership and what the staging tree cannot hold are set
+// in the image afterwards with debugfs. [BuildOptions].Agent installs
+// mvm-agent as /sbin/init.
+//
+// [Clone] gives a VM its own copy of an image: a reflink where the file
+// system has it, else a sparse copy; optionally grown with resize2fs.
+//
 // Images are written atomically: mke2fs writes a temporary file beside the
 // output, which is renamed over it only when complete, so a failed or
 // cancelled build leaves nothing at the output path.

@@ -44,6 +44,12 @@ const MaxSizeMiB = 1 << 20
 // atomically: out is replaced only when the image is complete. File modes,
 // ownership, symbolic links and hard links of dir are kept (mke2fs -d).
 func BuildExt4(ctx context.Context, dir, out string, opts *Ext4Options) error {
+	return buildExt4(ctx, dir, out, opts, nil)
+}
+
+// buildExt4 is BuildExt4 with a step run on the finished temporary image
+// before it is synced and renamed to out (post may be nil).
+func buildExt4(ctx context.Context, dir, out string, opts *Ext4Options, post func(ctx context.Context, tmp string) error) error {
 	var o Ext4Options
 	if opts != nil {
 		o = *opts
@@ -102,6 +108,11 @@ func BuildExt4(ctx context.Context, dir, out string, opts *Ext4Options) error {
 			return fmt.Errorf("image: mke2fs of %s: %w", dir, context.Cause(ctx))
 		}
 		return fmt.Errorf("image: %s %s: %w: %s", mke2fs, strings.Join(args, " "), err, lastLines(outBuf.String(), 5))
+	}
+	if post != nil {
+		if err := post(ctx, tmpPath); err != nil {
+			return err
+		}
 	}
 	f, err := os.Open(tmpPath)
 	if err != nil {

@@ -68,6 +68,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		snapshotsCmd(g), rmSnapshotCmd(g), logsCmd(g), doctorCmd(g), demoCmd(g),
 		egressCmd(g), ratelimitCmd(g),
 	)
+	root.AddCommand(imageCmd(g)) // cmd/mvm/image.go
 	return root
 }
 
