@@ -526,6 +526,9 @@ func (r *Runtime) trimVM(id string) {
 		path string
 		mode trimMode
 	}{{p.console, trimCollapse}, {p.log, trimPunch}, {p.metrics, trimPunch}} {
+		if f.path == p.metrics {
+			r.collectMetrics(id) // nothing is cut unread
+		}
 		if err := trimFile(f.path, limit, f.mode); err != nil {
 			r.log.Warn("trim output file", "vm", id, "file", f.path, "err", err)
 		}

@@ -37,6 +37,9 @@ func Collect(metricsPath, statePath string) (Totals, error) {
 	if t, ok := upToDate(metricsPath, statePath); ok {
 		return t, nil
 	}
+	if !exists(metricsPath) && !exists(statePath) {
+		return Totals{}, nil // metrics never configured: leave no files
+	}
 	return withState(statePath, func(st *state) error {
 		return st.follow(metricsPath)
 	})
@@ -287,3 +290,8 @@ func remember(path string, st *state) {
 // Forget drops what this process cached of the state file at statePath
 // (for a VM that is gone).
 func Forget(statePath string) { cache.Delete(statePath) }
+
+func exists(path string) bool {
+	var st unix.Stat_t
+	return !errors.Is(unix.Lstat(path, &st), unix.ENOENT)
+}
