@@ -1,3 +1,6 @@
+// This file sorts before net_test.go on purpose: TestNetworkCLI removes the
+// cached stand-in build in its cleanup, which breaks later tests of the package.
+
 package main
 
 import (
