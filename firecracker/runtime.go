@@ -98,8 +98,9 @@ type Config struct {
 	// close it.
 	Network Network
 	// Metrics makes each firecracker write its metrics to metrics.json in
-	// the VM directory (PUT /metrics). Default false: it costs a request
-	// and a file per VM, and nothing in the runtime reads them.
+	// the VM directory (PUT /metrics); Stats then reports them, totalled
+	// over the VM's life. Default false: it costs a request and a file per
+	// VM, and host-side statistics (CPU, memory) need nothing.
 	Metrics bool
 	// Logger receives the runtime's diagnostics. Default: discarded.
 	Logger *slog.Logger
