@@ -72,7 +72,7 @@ func (r *Runtime) statsOf(ctx context.Context, rec *vmRecord, opts *microvm.Stat
 			st.Process = &ps
 		}
 	}
-	if cg := r.vmCgroup(rec); cg != "" {
+	if cg := r.vmCgroup(rec); cg != (cgroupPaths{}) {
 		cs, err := readCgroupStats(cg)
 		if err != nil {
 			warn("cgroup: %v", err)
@@ -131,10 +131,18 @@ func (r *Runtime) collectMetrics(id string) {
 	}
 }
 
-// vmCgroup returns the cgroup (v2) directory that holds only rec's
-// processes, or "" when the VM has none. Hook for jailed VMs: unjailed
+// cgroupPaths names the cgroup directories that hold only a VM's
+// processes: V2 on a cgroup v2 host, else the v1 controllers' directories
+// (any may be empty).
+type cgroupPaths struct {
+	V2                   string
+	CPUAcct, CPU, Memory string
+}
+
+// vmCgroup returns the cgroups of rec's processes, zero when the VM has
+// none of its own. Hook for jailed VMs (the jailer makes them): unjailed
 // VMs share mvm's cgroup, whose counters are not the VM's.
-func (r *Runtime) vmCgroup(rec *vmRecord) string { return "" }
+func (r *Runtime) vmCgroup(rec *vmRecord) cgroupPaths { return cgroupPaths{} }
 
 // readProcessStats reads /proc/<pid>/stat, checking that pid is still the
 // process started at startTime.
@@ -169,43 +177,82 @@ func readProcessStats(pid int, startTime uint64) (microvm.ProcessStats, error) {
 	}, nil
 }
 
-// readCgroupStats reads cpu.stat and memory.current (and memory.peak
-// where the kernel has it) of a cgroup v2 directory.
-func readCgroupStats(dir string) (microvm.CgroupStats, error) {
-	cs := microvm.CgroupStats{Path: dir}
-	b, err := os.ReadFile(filepath.Join(dir, "cpu.stat"))
-	if err != nil {
-		return cs, err
-	}
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		k, v, _ := strings.Cut(sc.Text(), " ")
-		n, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			continue
-		}
-		d := time.Duration(n) * time.Microsecond
-		switch k {
-		case "usage_usec":
-			cs.CPUUsage = d
-		case "user_usec":
-			cs.CPUUser = d
-		case "system_usec":
-			cs.CPUSystem = d
-		case "throttled_usec":
-			cs.CPUThrottled = d
-		}
-	}
-	read := func(name string) (uint64, error) {
+// readCgroupStats reads a VM's cgroup counters: v2's cpu.stat,
+// memory.current and memory.peak, or v1's cpuacct.usage(_user,_sys),
+// cpu.stat's throttled_time, memory.usage_in_bytes and
+// memory.max_usage_in_bytes. Files a hierarchy lacks (a v2 cgroup without
+// the memory controller, memory.peak before Linux 5.19) leave their
+// fields 0; a missing cgroup is an error.
+func readCgroupStats(cg cgroupPaths) (microvm.CgroupStats, error) {
+	read := func(dir, name string) (uint64, error) {
 		b, err := os.ReadFile(filepath.Join(dir, name))
 		if err != nil {
 			return 0, err
 		}
 		return strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
 	}
-	if cs.MemoryCurrent, err = read("memory.current"); err != nil {
-		return cs, fmt.Errorf("cgroup %s: memory.current: %w", dir, err)
+	optional := func(dir, name string) uint64 {
+		if dir == "" {
+			return 0
+		}
+		v, _ := read(dir, name)
+		return v
 	}
-	cs.MemoryPeak, _ = read("memory.peak") // Linux >= 5.19
+	if cg.V2 != "" {
+		cs := microvm.CgroupStats{Path: cg.V2}
+		st, err := readKeyed(filepath.Join(cg.V2, "cpu.stat"))
+		if err != nil {
+			return cs, fmt.Errorf("cgroup %s: %w", cg.V2, err)
+		}
+		us := time.Microsecond
+		cs.CPUUsage, cs.CPUUser = time.Duration(st["usage_usec"])*us, time.Duration(st["user_usec"])*us
+		cs.CPUSystem, cs.CPUThrottled = time.Duration(st["system_usec"])*us, time.Duration(st["throttled_usec"])*us
+		cs.MemoryCurrent = optional(cg.V2, "memory.current")
+		cs.MemoryPeak = optional(cg.V2, "memory.peak")
+		return cs, nil
+	}
+	cs := microvm.CgroupStats{Path: cg.CPUAcct}
+	if cg.CPUAcct != "" {
+		usage, err := read(cg.CPUAcct, "cpuacct.usage")
+		if err != nil {
+			return cs, fmt.Errorf("cgroup %s: %w", cg.CPUAcct, err)
+		}
+		cs.CPUUsage = time.Duration(usage)
+		cs.CPUUser = time.Duration(optional(cg.CPUAcct, "cpuacct.usage_user"))
+		cs.CPUSystem = time.Duration(optional(cg.CPUAcct, "cpuacct.usage_sys"))
+	}
+	if cg.CPU != "" {
+		if st, err := readKeyed(filepath.Join(cg.CPU, "cpu.stat")); err == nil {
+			cs.CPUThrottled = time.Duration(st["throttled_time"]) // ns in v1
+		}
+	}
+	if cg.Memory != "" {
+		if cs.Path == "" {
+			cs.Path = cg.Memory
+		}
+		cur, err := read(cg.Memory, "memory.usage_in_bytes")
+		if err != nil {
+			return cs, fmt.Errorf("cgroup %s: %w", cg.Memory, err)
+		}
+		cs.MemoryCurrent = cur
+		cs.MemoryPeak = optional(cg.Memory, "memory.max_usage_in_bytes")
+	}
 	return cs, nil
+}
+
+// readKeyed reads a "key value" per line file such as cpu.stat.
+func readKeyed(path string) (map[string]uint64, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]uint64{}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		k, v, _ := strings.Cut(sc.Text(), " ")
+		if n, err := strconv.ParseUint(v, 10, 64); err == nil {
+			out[k] = n
+		}
+	}
+	return out, nil
 }

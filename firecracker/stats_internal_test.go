@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	microvm "github.com/mvm-dev/microvm"
 )
@@ -79,4 +81,77 @@ func BenchmarkStats1000(b *testing.B) {
 	// the wall time also counts waits for a CPU on a loaded host.
 	cpu := (ru1.Utime.Nano() + ru1.Stime.Nano()) - (ru0.Utime.Nano() + ru0.Stime.Nano())
 	b.ReportMetric(float64(cpu)/1e6/float64(b.N), "cpu-ms/op")
+}
+
+// readCgroupStats reads real cgroups (v2, and v1 where the host has the
+// controllers mounted) holding a child that burns CPU.
+func TestReadCgroupStats(t *testing.T) {
+	mk := func(root string) string {
+		if _, err := os.Stat(root); err != nil {
+			return ""
+		}
+		dir := filepath.Join(root, fmt.Sprintf("mvm-test-%d", os.Getpid()))
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Logf("cannot make a cgroup under %s: %v", root, err)
+			return ""
+		}
+		t.Cleanup(func() { os.Remove(dir) })
+		return dir
+	}
+	v2 := "/sys/fs/cgroup"
+	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err != nil {
+		v2 = "/sys/fs/cgroup/unified" // hybrid host
+	}
+	cases := map[string]cgroupPaths{
+		"v2": {V2: mk(v2)},
+		"v1": {CPUAcct: mk("/sys/fs/cgroup/cpuacct"), CPU: mk("/sys/fs/cgroup/cpu"), Memory: mk("/sys/fs/cgroup/memory")},
+	}
+	ran := 0
+	for name, cg := range cases {
+		if cg.V2 == "" && (cg.CPUAcct == "" || cg.Memory == "") {
+			t.Logf("%s: not available here", name)
+			continue
+		}
+		ran++
+		t.Run(name, func(t *testing.T) {
+			cmd := exec.Command("sh", "-c", "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done; exec sleep 100")
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer func() { cmd.Process.Kill(); cmd.Wait() }()
+			for _, d := range []string{cg.V2, cg.CPUAcct, cg.CPU, cg.Memory} {
+				if d != "" {
+					if err := os.WriteFile(filepath.Join(d, "cgroup.procs"), []byte(fmt.Sprint(cmd.Process.Pid)), 0); err != nil {
+						t.Fatalf("move child into %s: %v", d, err)
+					}
+				}
+			}
+			deadline := time.Now().Add(20 * time.Second)
+			for {
+				cs, err := readCgroupStats(cg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if cs.CPUUsage > 0 && cs.CPUUser+cs.CPUSystem > 0 && (cg.Memory == "" || cs.MemoryCurrent > 0) {
+					t.Logf("%+v", cs)
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("no CPU charged after 20s: %+v", cs)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			cmd.Process.Kill()
+			cmd.Wait()
+		})
+	}
+	if ran == 0 {
+		t.Skip("no writable cgroup hierarchy")
+	}
+	if _, err := readCgroupStats(cgroupPaths{V2: t.TempDir()}); err == nil {
+		t.Error("a directory that is not a cgroup read without error")
+	}
+	if _, err := readCgroupStats(cgroupPaths{CPUAcct: t.TempDir()}); err == nil {
+		t.Error("a v1 directory that is not a cgroup read without error")
+	}
 }
