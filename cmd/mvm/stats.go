@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
+	"sync/atomic"
 	"text/tabwriter"
 	"time"
 
@@ -132,19 +134,45 @@ func sample(ctx context.Context, rt microvm.Runtime, sr microvm.StatsReader, ids
 			ids = append(ids, vm.ID)
 		}
 	}
+	// A few VMs at once: each read waits on its VM's flush.
+	got := make([]*microvm.VMStats, len(ids))
+	errs := make([]error, len(ids))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(statsWorkers, len(ids)) {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(ids) {
+					return
+				}
+				s, err := sr.Stats(ctx, ids[i], &microvm.StatsOptions{Flush: true})
+				if all && errors.Is(err, microvm.ErrNotFound) {
+					continue // destroyed meanwhile
+				}
+				if err != nil {
+					errs[i] = err
+					continue
+				}
+				got[i] = &s
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
 	out := make([]microvm.VMStats, 0, len(ids))
-	for _, id := range ids {
-		s, err := sr.Stats(ctx, id, &microvm.StatsOptions{Flush: true})
-		if all && errors.Is(err, microvm.ErrNotFound) {
-			continue
+	for _, s := range got {
+		if s != nil {
+			out = append(out, *s)
 		}
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, s)
 	}
 	return out, nil
 }
+
+// statsWorkers bounds the VMs `mvm stats` reads at once.
+const statsWorkers = 4
 
 func (g *globals) runStats(ctx context.Context, rt microvm.Runtime, sr microvm.StatsReader, ids []string, watch bool, interval time.Duration) error {
 	prev := map[string]microvm.VMStats{}
