@@ -166,6 +166,7 @@ func (r *Runtime) crashed(rec *vmRecord) error {
 				r.log.Error("record guest shutdown", "vm", rec.ID, "err", err)
 			}
 			r.log.Info("guest shut down (firecracker exited with status 0)", "vm", rec.ID, "pid", pr.PID)
+			r.emit(microvm.EventStopped, rec, "the guest shut down", "")
 			return nil
 		}
 	}
@@ -180,6 +181,7 @@ func (r *Runtime) crashed(rec *vmRecord) error {
 		r.log.Error("record crash", "vm", rec.ID, "err", err)
 	}
 	r.log.Warn("vm process exited unexpectedly", "vm", rec.ID, "err", msg)
+	r.emit(microvm.EventCrashed, rec, msg, "")
 	return xerr
 }
 
@@ -466,10 +468,12 @@ func (r *Runtime) adoptLocked(ctx context.Context, rec *vmRecord, probe bool) (*
 	if rec.Op == "" && rec.Process != nil && (r.watching(rec) || r.adoptLive(ctx, rec, probe)) {
 		return rec, nil
 	}
+	op := rec.Op
 	out, err := r.reconcile(ctx, rec)
 	if err != nil {
 		return rec, err
 	}
+	r.emitAdopted(op, rec, out)
 	if out == nil {
 		return nil, fmt.Errorf("vm %q: %w", rec.ID, microvm.ErrNotFound)
 	}

@@ -461,6 +461,7 @@ func (r *Runtime) configureOutput(ctx context.Context, c *vmClient, rec *vmRecor
 		return nil
 	}
 	p := r.layout(rec)
+	r.relaunchMetrics(p) // totals keep the previous process's reports
 	fh, err := os.OpenFile(p.metrics, os.O_WRONLY|os.O_CREATE, 0o600)
 	if err != nil {
 		return backendErr("configure metrics", err)

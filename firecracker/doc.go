@@ -29,6 +29,7 @@
 //	                             carries firecracker's log (bounded)
 //	    firecracker.log          firecracker's log, only in VMs made by earlier versions
 //	    metrics.json             firecracker's metrics (PUT /metrics), with Config.Metrics (bounded)
+//	    metrics.state(.lock)     the VM's metrics totals (package metrics), read by Stats
 //	    vsock.sock               host side of the vsock device (when the spec has one without a path)
 //	    uffd.sock, uffd.sock.log page server of a VM restored with the uffd backend
 //	  vms/.trash-*/              a VM directory being removed (swept by Open)
@@ -39,6 +40,7 @@
 //
 // In jailed mode the registry also holds kind "uid": one lease per live
 // jailed process, naming its VM.
+//	  events/                    the event log (events.log, events.log.1, events.lock) behind Events
 //
 // A VM record (registry kind "vm") holds the defaulted spec, the status,
 // the current process (pid, start time, boot id), the firecracker version,

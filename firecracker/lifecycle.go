@@ -166,6 +166,7 @@ func (r *Runtime) Create(ctx context.Context, id string, spec microvm.Spec) (mic
 	}
 	rec = pw.rec
 	r.watch(id, p)
+	r.emit(microvm.EventCreated, rec, "", "")
 	return r.view(rec, nil), nil
 }
 
@@ -255,6 +256,7 @@ func (r *Runtime) Start(ctx context.Context, id string) (microvm.VM, error) {
 				if err := r.save(rec); err != nil {
 					return microvm.VM{}, &OpError{Op: "start", ID: id, Err: err}
 				}
+				r.emit(microvm.EventStarted, rec, "", "")
 				return r.viewOf(rec), nil
 			}
 			// call records the exit (rec.Process nil) when the process
@@ -328,6 +330,7 @@ func (r *Runtime) coldStart(ctx context.Context, rec *vmRecord, to microvm.Statu
 		return microvm.VM{}, &OpError{Op: "start", ID: rec.ID, Err: err}
 	}
 	r.watch(rec.ID, p)
+	r.emit(microvm.EventStarted, rec, "", "")
 	return r.viewOf(rec), nil
 }
 
@@ -375,6 +378,7 @@ func (r *Runtime) Stop(ctx context.Context, id string, opts *microvm.StopOptions
 	if err := r.save(rec); err != nil {
 		return microvm.VM{}, &OpError{Op: "stop", ID: id, Err: err}
 	}
+	r.emit(microvm.EventStopped, rec, "", "")
 	return r.viewOf(rec), nil
 }
 
@@ -468,6 +472,7 @@ func (r *Runtime) simple(ctx context.Context, id string, op microvm.Op, step str
 	if err := r.mark(rec); err != nil {
 		return microvm.VM{}, &OpError{Op: string(op), ID: id, Err: err}
 	}
+	r.emit(opEvent(op), rec, "", "")
 	return r.viewOf(rec), nil
 }
 
@@ -558,6 +563,8 @@ func (r *Runtime) Destroy(ctx context.Context, id string) (microvm.VM, error) {
 	}
 	vm.Status = to
 	vm.Backend.PID = 0
+	rec.Status = to
+	r.emit(microvm.EventDestroyed, rec, "", "")
 	return vm, nil
 }
 

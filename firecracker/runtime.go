@@ -98,8 +98,9 @@ type Config struct {
 	// close it.
 	Network Network
 	// Metrics makes each firecracker write its metrics to metrics.json in
-	// the VM directory (PUT /metrics). Default false: it costs a request
-	// and a file per VM, and nothing in the runtime reads them.
+	// the VM directory (PUT /metrics); Stats then reports them, totalled
+	// over the VM's life. Default false: it costs a request and a file per
+	// VM, and host-side statistics (CPU, memory) need nothing.
 	Metrics bool
 	// Logger receives the runtime's diagnostics. Default: discarded.
 	Logger *slog.Logger
@@ -545,6 +546,9 @@ func (r *Runtime) trimVM(id string) {
 		path string
 		mode trimMode
 	}{{p.console, trimCollapse}, {p.log, trimPunch}, {p.metrics, trimPunch}} {
+		if f.path == p.metrics {
+			r.collectMetrics(id) // nothing is cut unread
+		}
 		if err := trimFile(f.path, limit, f.mode); err != nil {
 			r.log.Warn("trim output file", "vm", id, "file", f.path, "err", err)
 		}

@@ -137,6 +137,7 @@ func (r *Runtime) Snapshot(ctx context.Context, id, snapID string, opts *microvm
 	if err := r.save(rec); err != nil {
 		return microvm.Snapshot{}, &OpError{Op: "snapshot", ID: id, Err: err}
 	}
+	r.emit(microvm.EventSnapshotted, rec, "", snapID)
 	return r.snaps.Snapshot(m), nil
 }
 
@@ -225,6 +226,7 @@ func (r *Runtime) Restore(ctx context.Context, newID, snapID string, opts *micro
 		return microvm.VM{}, r.undo("restore", rec, p, err)
 	}
 	r.watch(newID, p)
+	r.emit(microvm.EventRestored, rec, "", snapID)
 	return r.view(rec, nil), nil
 }
 

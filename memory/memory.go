@@ -56,6 +56,9 @@ type Options struct {
 	// Logger receives a debug record for every lifecycle event. Nil
 	// discards them.
 	Logger *slog.Logger
+	// Stats supplies the figures Stats returns for a VM (its ID and
+	// Status are set by the runtime). Nil: zero counters.
+	Stats func(id string) microvm.VMStats
 }
 
 // Runtime is the in-memory [microvm.Runtime]. Create one with [New]. It is
@@ -71,6 +74,9 @@ type Runtime struct {
 	vms    map[string]*vm
 	snaps  map[string]*snapshot
 	seq    uint64 // orders snapshots, oldest first
+
+	events hub
+	stats  func(id string) microvm.VMStats
 }
 
 var _ microvm.Runtime = (*Runtime)(nil)
@@ -109,6 +115,9 @@ func New(opts *Options) *Runtime {
 	}
 	if opts != nil && opts.Logger != nil {
 		r.log = opts.Logger
+	}
+	if opts != nil {
+		r.stats = opts.Stats
 	}
 	return r
 }
@@ -180,6 +189,7 @@ func (r *Runtime) transition(v *vm, op microvm.Op, event string) error {
 		v.updatedAt = now
 	}
 	r.event(v, now, event)
+	r.publishOp(v, now, op, event)
 	return nil
 }
 
@@ -273,6 +283,7 @@ func (r *Runtime) Create(ctx context.Context, id string, spec microvm.Spec) (mic
 		return microvm.VM{}, fmt.Errorf("memory: create vm %q: %w", id, microvm.ErrAlreadyExists)
 	}
 	r.event(v, now, "created")
+	r.publish(v, now, microvm.EventCreated, "", "")
 	r.vms[id] = v
 	return r.viewWith(v, nil), nil
 }
@@ -372,6 +383,7 @@ func (r *Runtime) Snapshot(ctx context.Context, id, snapshotID string, opts *mic
 			desc += ", parent " + s.meta.Parent
 		}
 		r.event(v, now, desc+")") // OpSnapshot keeps the status
+		r.publish(v, now, microvm.EventSnapshotted, "", snapshotID)
 		out = copySnapshot(s)
 		return nil
 	})
@@ -479,6 +491,7 @@ func (r *Runtime) Restore(ctx context.Context, newID, snapshotID string, opts *m
 	now := r.now()
 	v := &vm{id: newID, status: status, spec: spec, restoredFrom: snapshotID, createdAt: now, updatedAt: now}
 	r.event(v, now, "restored from snapshot "+snapshotID+" ("+string(status)+")")
+	r.publish(v, now, microvm.EventRestored, "", snapshotID)
 	r.vms[newID] = v
 	return r.viewWith(v, nil), nil
 }
@@ -648,5 +661,6 @@ func (r *Runtime) Close() error {
 		return fmt.Errorf("memory: close: %w", microvm.ErrClosed)
 	}
 	r.closed = true
+	r.closeEvents()
 	return nil
 }

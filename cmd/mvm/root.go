@@ -67,6 +67,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		snapshotCmd(g), restoreCmd(g), rmCmd(g), lsCmd(g), inspectCmd(g),
 		snapshotsCmd(g), rmSnapshotCmd(g), logsCmd(g), doctorCmd(g), demoCmd(g),
 		egressCmd(g), ratelimitCmd(g),
+		statsCmd(g), eventsCmd(g),
 	)
 	root.AddCommand(imageCmd(g)) // cmd/mvm/image.go
 	return root

@@ -782,7 +782,7 @@ var periodicOnce sync.Once
 func (v *vmm) startPeriodicMetrics() {
 	periodicOnce.Do(func() {
 		go func() {
-			t := time.NewTicker(60 * time.Second)
+			t := time.NewTicker(metricsPeriod())
 			defer t.Stop()
 			for range t.C {
 				v.Lock()
@@ -798,6 +798,7 @@ func (v *vmm) flushMetrics() (bool, error) {
 		up := uint64(time.Since(v.startTime).Milliseconds())
 		v.metrics.inc("vcpu", "exit_io_out", up/10+1)
 		v.metrics.inc("vcpu", "exit_mmio_read", up/50+1)
+		v.simulateGuestIO()
 	}
 	var extra []string
 	for _, d := range v.cfg.Drives {

@@ -1,0 +1,74 @@
+package microvm
+
+import (
+	"context"
+	"slices"
+	"time"
+)
+
+// EventType names what happened to a VM.
+type EventType string
+
+// The event types.
+const (
+	EventCreated     EventType = "created"
+	EventStarted     EventType = "started"
+	EventPaused      EventType = "paused"
+	EventResumed     EventType = "resumed"
+	EventSnapshotted EventType = "snapshotted"
+	EventRestored    EventType = "restored"
+	// EventStopped: stopped on request, or the guest shut itself down
+	// (Reason then says so).
+	EventStopped EventType = "stopped"
+	// EventCrashed: the VM's process died unasked; Reason says how.
+	// Exactly one is recorded per crash, whichever runtimes see it.
+	EventCrashed   EventType = "crashed"
+	EventDestroyed EventType = "destroyed"
+	// EventAdopted: a runtime took over a live VM another process started.
+	EventAdopted EventType = "adopted"
+)
+
+// EventTypes lists every event type.
+func EventTypes() []EventType {
+	return []EventType{EventCreated, EventStarted, EventPaused, EventResumed, EventSnapshotted,
+		EventRestored, EventStopped, EventCrashed, EventDestroyed, EventAdopted}
+}
+
+// Valid reports whether t is one of the defined event types.
+func (t EventType) Valid() bool { return slices.Contains(EventTypes(), t) }
+
+// Event is one thing that happened to a VM.
+type Event struct {
+	// Time is when it happened (UTC).
+	Time time.Time `json:"time"`
+	// VM is the VM's id.
+	VM string `json:"vm"`
+	// Type is what happened.
+	Type EventType `json:"type"`
+	// Status is the VM's status after it.
+	Status Status `json:"status"`
+	// Reason says why (crashes, shutdowns by the guest).
+	Reason string `json:"reason,omitempty"`
+	// Snapshot names the snapshot taken (snapshotted) or restored from
+	// (restored).
+	Snapshot string `json:"snapshot,omitempty"`
+	// PID is the process that recorded the event (not the VM's).
+	PID int `json:"pid,omitempty"`
+}
+
+// EventSource is an optional capability of a [Runtime]: a stream of the
+// VMs' lifecycle events, including those caused by other processes using
+// the same state.
+type EventSource interface {
+	// Events delivers events until ctx ends or the runtime closes, then
+	// closes the channel. A nil opts delivers only events that happen
+	// after the call.
+	Events(ctx context.Context, opts *EventOptions) (<-chan Event, error)
+}
+
+// EventOptions tunes Events.
+type EventOptions struct {
+	// Since replays the kept events at or after this time before
+	// following new ones. Zero: no replay.
+	Since time.Time
+}
