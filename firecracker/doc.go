@@ -40,7 +40,8 @@
 //
 // In jailed mode the registry also holds kind "uid": one lease per live
 // jailed process, naming its VM.
-//	  events/                    the event log (events.log, events.log.1, events.lock) behind Events
+//
+//	events/                    the event log (events.log, events.log.1, events.lock) behind Events
 //
 // A VM record (registry kind "vm") holds the defaulted spec, the status,
 // the current process (pid, start time, boot id), the firecracker version,
