@@ -406,7 +406,7 @@ func writeTemp(dir, pattern string, buf []byte, sync bool) (name string, err err
 		return "", err
 	}
 	if sync {
-		if err := f.Sync(); err != nil {
+		if err := fsync(f); err != nil {
 			return "", err
 		}
 	}
@@ -461,6 +461,11 @@ func ensureLockTable(path string) error {
 	return err
 }
 
+// fsync flushes a file or directory to stable storage. Every fsync of the
+// registry goes through it, so that tests can count fsyncs and make them
+// fail (see export_test.go): a skipped fsync is otherwise invisible.
+var fsync = (*os.File).Sync
+
 // syncDir fsyncs a directory so that entries created, renamed or removed in
 // it survive a crash.
 func syncDir(dir string) error {
@@ -468,7 +473,7 @@ func syncDir(dir string) error {
 	if err != nil {
 		return err
 	}
-	err = d.Sync()
+	err = fsync(d)
 	if cerr := d.Close(); err == nil {
 		err = cerr
 	}
@@ -476,6 +481,85 @@ func syncDir(dir string) error {
 		return fmt.Errorf("sync directory %s: %w", dir, err)
 	}
 	return nil
+}
+
+// RemoveTemps removes the temporary files of record kind/id: what writes
+// of that record left when the process making them died between writing
+// the temporary file and renaming it. Call it only where no other writer
+// of that record can be at work (the caller holds the lock its writers
+// take); other records' temporary files are not touched. Removing none is
+// not an error.
+func (r *Registry) RemoveTemps(kind, id string) error {
+	if err := r.check(kind, id); err != nil {
+		return err
+	}
+	kdir := filepath.Join(r.dir, kind)
+	ents, err := os.ReadDir(kdir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("registry: remove temporary files of %s/%s: %w", kind, id, err)
+	}
+	var errs []error
+	for _, e := range ents {
+		if tid, ok := tempID(e.Name()); ok && tid == id {
+			if err := os.Remove(filepath.Join(kdir, e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("registry: remove temporary files of %s/%s: %w", kind, id, err)
+	}
+	return nil
+}
+
+// TempIDs returns the ids, sorted and without repeats, of the records of
+// kind that have temporary files: writes in progress, or left by a writer
+// that died (see RemoveTemps).
+func (r *Registry) TempIDs(kind string) ([]string, error) {
+	if err := ValidateKind(kind); err != nil {
+		return nil, err
+	}
+	if err := r.usable(); err != nil {
+		return nil, err
+	}
+	ents, err := os.ReadDir(filepath.Join(r.dir, kind))
+	if errors.Is(err, fs.ErrNotExist) {
+		return []string{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("registry: list temporary files of %s: %w", kind, err)
+	}
+	ids := []string{}
+	for _, e := range ents {
+		if id, ok := tempID(e.Name()); ok {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	return slices.Compact(ids), nil
+}
+
+// tempID returns the record id of a temporary file name
+// (".tmp-<id>-<digits>", as os.CreateTemp makes from tmpPrefix+id+"-*").
+func tempID(name string) (string, bool) {
+	rest, ok := strings.CutPrefix(name, tmpPrefix)
+	if !ok {
+		return "", false
+	}
+	i := strings.LastIndexByte(rest, '-')
+	if i <= 0 || i == len(rest)-1 {
+		return "", false
+	}
+	for _, c := range rest[i+1:] {
+		if c < '0' || c > '9' {
+			return "", false
+		}
+	}
+	id := rest[:i]
+	return id, ValidateID(id) == nil
 }
 
 // removeStaleTemps removes temporary files last modified before cutoff
