@@ -25,7 +25,7 @@ type childJob struct {
 	Bin   string       `json:"bin"`
 	ID    string       `json:"id"`
 	Spec  microvm.Spec `json:"spec"`
-	Ops   []string     `json:"ops"` // "create", "start", "pause", "kill-self"
+	Ops   []string     `json:"ops"` // "create", "start", "pause", "stop", "snapshot", "get", "exit-without-close"
 }
 
 // childMain opens a runtime, runs the job's operations, prints the VM as
@@ -54,6 +54,8 @@ func childMain(job string) int {
 			vm, err = rt.Pause(ctx, j.ID)
 		case "stop":
 			vm, err = rt.Stop(ctx, j.ID, nil)
+		case "snapshot":
+			_, err = rt.Snapshot(ctx, j.ID, j.ID+"-snap", nil)
 		case "get":
 			vm, err = rt.Get(ctx, j.ID)
 		case "exit-without-close":

@@ -65,6 +65,12 @@
 //   - FCSTANDIN_STOP_DELAY: how long after SendCtrlAltDel the process prints
 //     "reboot: Restarting system" and exits 0 (default 50ms).
 //
+//   - FCSTANDIN_IGNORE_STOP=1: SIGTERM and SIGINT are ignored and
+//     SendCtrlAltDel has no effect (a hung guest): only SIGKILL ends the
+//     process.
+//   - FCSTANDIN_SNAPSHOT_DELAY: how long PUT /snapshot/create takes before
+//     it writes the files; the API answers nothing else meanwhile.
+//
 // SIGTERM and SIGINT are not handled, as in Firecracker: the process dies
 // by the signal.
 //

@@ -52,6 +52,14 @@ type Options struct {
 	StartDelay time.Duration // FCSTANDIN_START_DELAY
 	StopDelay  time.Duration // FCSTANDIN_STOP_DELAY
 	Exit       *exitSpec     // FCSTANDIN_EXIT
+	// IgnoreStop (FCSTANDIN_IGNORE_STOP=1): SIGTERM and SIGINT are ignored
+	// and SendCtrlAltDel has no effect (a hung guest): only SIGKILL ends
+	// the process.
+	IgnoreStop bool
+	// SnapshotDelay (FCSTANDIN_SNAPSHOT_DELAY): how long PUT
+	// /snapshot/create takes before it writes the files (the API answers
+	// nothing else meanwhile, as Firecracker's does not).
+	SnapshotDelay time.Duration
 }
 
 type flagKind int
@@ -193,6 +201,16 @@ func ParseArgs(args []string, getenv func(string) string) (Options, error) {
 		return o, err
 	}
 	if o.Exit, err = parseExit(getenv("FCSTANDIN_EXIT")); err != nil {
+		return o, err
+	}
+	switch v := getenv("FCSTANDIN_IGNORE_STOP"); v {
+	case "", "0":
+	case "1":
+		o.IgnoreStop = true
+	default:
+		return o, fmt.Errorf("%w: FCSTANDIN_IGNORE_STOP=%q: want 1 or 0", ErrUsage, v)
+	}
+	if o.SnapshotDelay, err = parseDelay("FCSTANDIN_SNAPSHOT_DELAY", getenv("FCSTANDIN_SNAPSHOT_DELAY"), 0); err != nil {
 		return o, err
 	}
 	return o, nil
