@@ -64,7 +64,6 @@
 //     duration or milliseconds), to exercise readiness polling.
 //   - FCSTANDIN_STOP_DELAY: how long after SendCtrlAltDel the process prints
 //     "reboot: Restarting system" and exits 0 (default 50ms).
-//
 //   - FCSTANDIN_IGNORE_STOP=1: SIGTERM and SIGINT are ignored and
 //     SendCtrlAltDel has no effect (a hung guest): only SIGKILL ends the
 //     process.
