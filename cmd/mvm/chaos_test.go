@@ -488,6 +488,7 @@ func (tr *trial) killOne(t *testing.T) {
 	pickProc := tr.rng.IntN(1 << 20)
 	cmd := tr.mvmCmd(args)
 	tr.start(t, cmd)
+	var killed []int
 	killVM := func() {
 		pids := slices.Sorted(func(yield func(int) bool) {
 			for pid := range procsIn(tr.state) {
@@ -501,8 +502,10 @@ func (tr *trial) killOne(t *testing.T) {
 			return
 		}
 		pid := pids[pickProc%len(pids)]
+		name := procName(pid)
 		syscall.Kill(pid, syscall.SIGKILL)
-		tr.logf("  SIGKILL %s (pid %d)", procName(pid), pid)
+		tr.logf("  SIGKILL %s (pid %d)", name, pid)
+		killed = append(killed, pid)
 	}
 	if alsoVM && vmFirst {
 		time.Sleep(vmDelay)
@@ -516,6 +519,19 @@ func (tr *trial) killOne(t *testing.T) {
 	if alsoVM && !vmFirst {
 		time.Sleep(vmDelay)
 		killVM()
+	}
+	// A process killed is dead only once it has run its exit (which a
+	// busy host can delay): until then a new mvm rightly sees it alive.
+	for _, pid := range killed {
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+			if _, ok := procStart(pid); !ok {
+				break
+			}
+			if time.Now().After(deadline) {
+				tr.violation("process", "pid %d still alive 10s after SIGKILL", pid)
+				break
+			}
+		}
 	}
 	how := "finished first"
 	if ee, ok := err.(*exec.ExitError); ok && !ee.Exited() {
