@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -257,4 +258,70 @@ func startTime(t testing.TB, pid int) uint64 {
 		t.Fatal(err)
 	}
 	return v
+}
+
+// TestRecoveryEndsUnrecordedPageServer: a restore with the uffd backend
+// whose driver died after it started the page server and before it
+// recorded it leaves a page server no record names; recovery finds it by
+// its socket in the VM directory (it does not run there) and ends it with
+// the VM, and leaves other VMs' processes alone.
+func TestRecoveryEndsUnrecordedPageServer(t *testing.T) {
+	state := t.TempDir()
+	bin := standin(t)
+	spec := testSpec(t)
+	born := runChild(t, childJob{State: state, Bin: bin, ID: "u", Spec: spec, Ops: []string{"create"}})
+	other := testSpec(t)
+	kept := runChild(t, childJob{State: state, Bin: bin, ID: "u2", Spec: other, Ops: []string{"create"}})
+	// The restore as its driver left it: marked, the firecracker
+	// recorded, the page server not.
+	recPath := filepath.Join(state, "registry", "vm", "u.json")
+	var env map[string]any
+	b, err := os.ReadFile(recPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &env); err != nil {
+		t.Fatal(err)
+	}
+	data := env["data"].(map[string]any)
+	data["op"], data["memory_backend"] = "restore", string(microvm.MemoryBackendUffd)
+	if b, err = json.Marshal(env); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(recPath, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mem := filepath.Join(t.TempDir(), "memory")
+	if err := os.WriteFile(mem, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ps := exec.Command(uffdBin(t), "--socket", filepath.Join(state, "vms", "u", "uffd.sock"), "--mem-file", mem,
+		"--accept-timeout", "1h", "--peer-pid", strconv.Itoa(born.Backend.PID))
+	if err := ps.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { ps.Wait(); close(done) }()
+	t.Cleanup(func() { ps.Process.Kill(); <-done })
+
+	rt := open(t, state, bin)
+	defer rt.Close()
+	if _, err := rt.Get(context.Background(), "u"); !errors.Is(err, microvm.ErrNotFound) {
+		t.Fatalf("Get after an interrupted restore: %v, want ErrNotFound", err)
+	}
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the page server no record named still runs after recovery")
+	}
+	if alive(born.Backend.PID) {
+		t.Errorf("the interrupted restore's firecracker %d still runs", born.Backend.PID)
+	}
+	if !alive(kept.Backend.PID) {
+		t.Errorf("recovery of one VM ended another VM's firecracker %d", kept.Backend.PID)
+	}
+	if _, err := rt.Destroy(context.Background(), "u2"); err != nil {
+		t.Fatal(err)
+	}
+	assertClean(t, state, "u")
 }
