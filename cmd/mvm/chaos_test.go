@@ -119,54 +119,57 @@ func TestChaos(t *testing.T) {
 		ce.uffdOK = true
 	}
 
-	var kinds []chaosKind
-	var counts []int
-	kinds, counts = append(kinds, chaosKind{name: "standin", fc: fc}), append(counts, standinN)
-	if realN > 0 {
-		var bins []realfc.Binary
-		for _, b := range realfc.Binaries(t) {
-			if strings.HasPrefix(b.Version, "1.0.") || strings.HasPrefix(b.Version, "1.7.") {
-				bins = append(bins, b)
-			}
-		}
-		if len(bins) == 0 {
-			bins = realfc.Ends(t)
-		}
-		ce.kernel = realfc.Kernel(t)
-		for i, b := range bins {
-			n := realN / len(bins)
-			if i < realN%len(bins) {
-				n++
-			}
-			kinds, counts = append(kinds, chaosKind{name: "real-" + b.Name(), fc: b.Path, real: true}), append(counts, n)
-		}
-	}
-	if netN > 0 {
-		kinds, counts = append(kinds, chaosKind{name: "net", fc: fc, net: true}), append(counts, netN)
-	}
-
 	began := time.Now()
-	trialNo := 0
-	total := 0
+	next, total := 0, 0
 	t.Cleanup(func() {
 		t.Logf("chaos: %d trials in %s (%d commands killed before they finished), %d leaked or inconsistent (%d violations) %v; seed %d",
 			total, time.Since(began).Round(time.Millisecond), ce.midway, ce.leaked, ce.viols, ce.byClass, seed)
 	})
-	for k, kind := range kinds {
-		for range counts[k] {
-			n := trialNo
-			trialNo++
-			if only >= 0 && n != only {
-				continue
-			}
-			total++
-			t.Run(fmt.Sprintf("%s-%d", kind.name, n), func(t *testing.T) {
-				t.Parallel() // two at a time by default (GOMAXPROCS)
-				tr := &trial{chaosEnv: ce, kind: kind, n: n, rng: rand.New(rand.NewPCG(seed, uint64(n)))}
-				tr.run(t)
-			})
+	// Each family is a subtest, so that missing real binaries skip (or,
+	// with CI=true, fail) that family only; its trials run two at a time.
+	family := func(name string, n int, kinds func(t *testing.T) []chaosKind) {
+		first := next
+		next += n
+		if n == 0 || (only >= 0 && (only < first || only >= first+n)) {
+			return
 		}
+		t.Run(name, func(t *testing.T) {
+			ks := kinds(t)
+			for i := range n {
+				num, kind := first+i, ks[i%len(ks)]
+				if only >= 0 && num != only {
+					continue
+				}
+				total++
+				t.Run(fmt.Sprintf("%s-%d", kind.name, num), func(t *testing.T) {
+					t.Parallel() // two at a time by default (GOMAXPROCS)
+					tr := &trial{chaosEnv: ce, kind: kind, n: num, rng: rand.New(rand.NewPCG(seed, uint64(num)))}
+					tr.run(t)
+				})
+			}
+		})
 	}
+	family("standin", standinN, func(*testing.T) []chaosKind {
+		return []chaosKind{{name: "standin", fc: fc}}
+	})
+	family("real", realN, func(t *testing.T) []chaosKind {
+		var ks []chaosKind
+		for _, b := range realfc.Binaries(t) {
+			if strings.HasPrefix(b.Version, "1.0.") || strings.HasPrefix(b.Version, "1.7.") {
+				ks = append(ks, chaosKind{name: b.Name(), fc: b.Path, real: true})
+			}
+		}
+		if len(ks) == 0 {
+			for _, b := range realfc.Ends(t) {
+				ks = append(ks, chaosKind{name: b.Name(), fc: b.Path, real: true})
+			}
+		}
+		ce.kernel = realfc.Kernel(t)
+		return ks
+	})
+	family("net", netN, func(*testing.T) []chaosKind {
+		return []chaosKind{{name: "net", fc: fc, net: true}}
+	})
 }
 
 func goBin() string {
