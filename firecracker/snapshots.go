@@ -295,7 +295,18 @@ func (r *Runtime) loadSnapshot(ctx context.Context, rec *vmRecord, m snapshot.Ma
 		rec.VsockPath = abs
 	}
 	if err := c.LoadSnapshot(ctx, params); err != nil {
-		return p, backendErr("load snapshot", err)
+		err = backendErr("load snapshot", err)
+		var be *microvm.BackendError
+		if rec.MemoryBackend == microvm.MemoryBackendUffd && errors.As(err, &be) &&
+			strings.Contains(be.Message, "Unrecognized ioctl flags") && be.Err == nil {
+			// Firecracker's userfaultfd library (1.7 and older; 1.14 is
+			// fixed) rejects the ioctl bits Linux 6.6 and later report for
+			// a registered range (UFFDIO_POISON, UFFDIO_MOVE).
+			be.Err = fmt.Errorf("firecracker %s cannot use userfaultfd on this host's kernel "+
+				"(its userfaultfd library rejects the ioctls Linux 6.6 and later report); "+
+				"use the file memory backend or a newer firecracker: %w", rec.Version, microvm.ErrUnsupported)
+		}
+		return p, err
 	}
 	if err := r.putMMDSData(ctx, c, rec); err != nil {
 		return p, err

@@ -189,6 +189,16 @@ func KVM() bool {
 	return true
 }
 
+// PVM reports whether /dev/kvm is served by kvm-pvm, the
+// pagetable-based software virtualization that lets a guest of a
+// hypervisor without nested virtualization run KVM: it runs an unmodified
+// guest kernel only until its instruction emulator meets an instruction it
+// cannot handle (see guesttest.RequireKVM).
+func PVM() bool {
+	_, err := os.Stat("/sys/module/kvm_pvm")
+	return err == nil
+}
+
 // TAPOpenBy reports whether process pid holds a TUN/TAP file attached to
 // the interface name: what firecracker does when it accepts a network
 // interface (its fdinfo of /dev/net/tun shows "iff:\tNAME").
