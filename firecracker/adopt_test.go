@@ -25,7 +25,7 @@ type childJob struct {
 	Bin   string       `json:"bin"`
 	ID    string       `json:"id"`
 	Spec  microvm.Spec `json:"spec"`
-	Ops   []string     `json:"ops"` // "create", "start", "pause", "stop", "snapshot", "get", "exit-without-close"
+	Ops   []string     `json:"ops"` // "create", "start", "pause", "resume", "stop", "snapshot", "get", "exit-without-close"
 }
 
 // childMain opens a runtime, runs the job's operations, prints the VM as
@@ -52,6 +52,8 @@ func childMain(job string) int {
 			vm, err = rt.Start(ctx, j.ID)
 		case "pause":
 			vm, err = rt.Pause(ctx, j.ID)
+		case "resume":
+			vm, err = rt.Resume(ctx, j.ID)
 		case "stop":
 			vm, err = rt.Stop(ctx, j.ID, nil)
 		case "snapshot":

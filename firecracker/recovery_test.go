@@ -325,3 +325,60 @@ func TestRecoveryEndsUnrecordedPageServer(t *testing.T) {
 	}
 	assertClean(t, state, "u")
 }
+
+// TestDriverKilledMidWarmOp: the driver of a warm Start, a Pause or a
+// Resume is killed after firecracker acted and before the driver recorded
+// it. A new runtime's List (which does not ask firecracker about VMs it
+// can adopt as they are) must report what firecracker reports: the
+// operation was marked before the call, so the VM is reconciled.
+func TestDriverKilledMidWarmOp(t *testing.T) {
+	spec := testSpec(t)
+	for _, c := range []struct {
+		op    string
+		pre   []string
+		delay string // the request whose answer is held back
+		want  microvm.Status
+		state fcapi.InstanceState
+	}{
+		{"start", []string{"create"}, "PUT /actions", microvm.StatusRunning, fcapi.StateRunning},
+		{"pause", []string{"create", "start"}, "PATCH /vm", microvm.StatusPaused, fcapi.StatePaused},
+		{"resume", []string{"create", "start", "pause"}, "PATCH /vm", microvm.StatusRunning, fcapi.StateRunning},
+	} {
+		t.Run(c.op, func(t *testing.T) {
+			state := t.TempDir()
+			bin, set := standinCtl(t, "FCSTANDIN_ANSWER_DELAY="+c.delay+"=3s")
+			born := runChild(t, childJob{State: state, Bin: bin, ID: "w", Spec: spec, Ops: c.pre})
+			set()
+			// The stand-in logs each request on its stdout (console.log).
+			console := filepath.Join(state, "vms", "w", "console.log")
+			_, path, _ := strings.Cut(c.delay, " ")
+			seen := func() int {
+				b, _ := os.ReadFile(console)
+				return bytes.Count(b, []byte(`request on "`+path+`"`))
+			}
+			before := seen()
+			raw, _ := json.Marshal(childJob{State: state, Bin: bin, ID: "w", Ops: []string{c.op}})
+			cmd := execChild(raw)
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			for deadline := time.Now().Add(20 * time.Second); seen() == before; time.Sleep(2 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatalf("the driver never sent %s", c.delay)
+				}
+			}
+			cmd.Process.Kill()
+			cmd.Wait()
+			rt := open(t, state, bin)
+			t.Cleanup(func() { destroyAll(t, rt); rt.Close() })
+			vms, err := rt.List(context.Background())
+			if err != nil || len(vms) != 1 {
+				t.Fatalf("List: %v %v", vms, err)
+			}
+			if st := fcState(t, vms[0].Backend.APISocket); vms[0].Status != c.want || st != c.state || vms[0].Backend.PID != born.Backend.PID {
+				t.Fatalf("after a %s killed mid-call: List says %s (pid %d), firecracker says %q; want %s, %q, pid %d",
+					c.op, vms[0].Status, vms[0].Backend.PID, st, c.want, c.state, born.Backend.PID)
+			}
+		})
+	}
+}

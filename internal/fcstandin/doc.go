@@ -69,6 +69,10 @@
 //     process.
 //   - FCSTANDIN_SNAPSHOT_DELAY: how long PUT /snapshot/create takes before
 //     it writes the files; the API answers nothing else meanwhile.
+//   - FCSTANDIN_ANSWER_DELAY: comma-separated "METHOD /path=<duration>":
+//     such a request takes effect at once and is answered that much later
+//     (other requests are served meanwhile), to kill a client between
+//     the two.
 //
 // SIGTERM and SIGINT are not handled, as in Firecracker: the process dies
 // by the signal.

@@ -547,7 +547,7 @@ func TestIgnoreStop(t *testing.T) {
 	if strings.Contains(p.stdout.String(), "reboot: Restarting system") {
 		t.Errorf("the guest reacted to Ctrl-Alt-Del: %s", p.stdout)
 	}
-	for env, bad := range map[string]string{"FCSTANDIN_IGNORE_STOP": "yes", "FCSTANDIN_SNAPSHOT_DELAY": "soon"} {
+	for env, bad := range map[string]string{"FCSTANDIN_IGNORE_STOP": "yes", "FCSTANDIN_SNAPSHOT_DELAY": "soon", "FCSTANDIN_ANSWER_DELAY": "PATCH vm=1s"} {
 		if _, err := ParseArgs(nil, func(k string) string {
 			if k == env {
 				return bad
