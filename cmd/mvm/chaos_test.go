@@ -244,9 +244,25 @@ func (tr *trial) run(t *testing.T) {
 		}
 	})
 
-	for range 1 + tr.rng.IntN(4) {
+	var setup [][]string
+	if !tr.kind.real && tr.rng.IntN(3) == 0 {
+		// A running VM with a snapshot: restores and their page servers
+		// get killed too.
+		setup = [][]string{
+			{"create", "a", "--kernel", filepath.Join(tr.dir, "vmlinux"), "--rootfs", tr.rootfs("a"), "--memory", "32", "--start"},
+			{"snapshot", "a", "s1"},
+		}
+		if tr.kind.net {
+			setup[0] = append(setup[0], "--net")
+		}
+	}
+	for _, args := range setup {
+		code, _, errs := tr.mvmRun(t, args)
+		tr.logf("mvm %s -> %d %s", strings.Join(args, " "), code, firstLine(errs))
+	}
+	for range 2 + tr.rng.IntN(4) - len(setup) {
 		args := tr.randomOp()
-		if tr.rng.IntN(2) == 0 {
+		if tr.rng.IntN(4) != 0 {
 			args = tr.validOp(t)
 		}
 		code, _, errs := tr.mvmRun(t, args)
@@ -406,6 +422,19 @@ func (tr *trial) validOp(t *testing.T) []string {
 	if len(cands) == 0 {
 		return tr.randomOp()
 	}
+	// A verb first, then one of its commands: restores and snapshots get
+	// their share beside the many creates of an empty state.
+	var verbs []string
+	for _, c := range cands {
+		if !slices.Contains(verbs, c[0]) {
+			// The commands with the most steps count more.
+			for range map[string]int{"restore": 3, "snapshot": 2, "start": 2}[c[0]] + 1 {
+				verbs = append(verbs, c[0])
+			}
+		}
+	}
+	verb := verbs[tr.rng.IntN(len(verbs))]
+	cands = slices.DeleteFunc(cands, func(c []string) bool { return c[0] != verb })
 	return cands[tr.rng.IntN(len(cands))]
 }
 
