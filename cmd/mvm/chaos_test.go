@@ -143,7 +143,7 @@ func TestChaos(t *testing.T) {
 				total++
 				t.Run(fmt.Sprintf("%s-%d", kind.name, num), func(t *testing.T) {
 					t.Parallel() // two at a time by default (GOMAXPROCS)
-					tr := &trial{chaosEnv: ce, kind: kind, n: num, rng: rand.New(rand.NewPCG(seed, uint64(num)))}
+					tr := &trial{chaosEnv: ce, kind: kind, n: num, seed: seed, rng: rand.New(rand.NewPCG(seed, uint64(num)))}
 					tr.run(t)
 				})
 			}
@@ -170,6 +170,9 @@ func TestChaos(t *testing.T) {
 	family("net", netN, func(*testing.T) []chaosKind {
 		return []chaosKind{{name: "net", fc: fc, net: true}}
 	})
+	if only >= next {
+		t.Fatalf("%s=%d: this run has trials 0 to %d (%s decides how many)", envChaosOnly, only, next-1, envChaosTrials)
+	}
 }
 
 func goBin() string {
@@ -185,6 +188,7 @@ type trial struct {
 	*chaosEnv
 	kind    chaosKind
 	n       int
+	seed    uint64
 	rng     *rand.Rand
 	state   string
 	dir     string // images
@@ -280,7 +284,8 @@ func (tr *trial) run(t *testing.T) {
 		tr.leaked++
 		tr.chaosEnv.viols += len(tr.viols)
 		tr.mu.Unlock()
-		t.Errorf("trial %d (%s=%s %s=%d):\n  %s\nhistory:\n  %s", tr.n, envChaosSeed, os.Getenv(envChaosSeed), envChaosOnly, tr.n,
+		t.Errorf("trial %d (replay: %s=%d %s=%s %s=%d):\n  %s\nhistory:\n  %s", tr.n, envChaosSeed, tr.seed,
+			envChaosTrials, os.Getenv(envChaosTrials), envChaosOnly, tr.n,
 			strings.Join(tr.viols, "\n  "), strings.Join(tr.history, "\n  "))
 	}
 }
@@ -551,6 +556,26 @@ func (tr *trial) killOne(t *testing.T) {
 	if alsoVM && !vmFirst {
 		time.Sleep(vmDelay)
 		killVM()
+	}
+	// A child mvm forked and had not yet exec'd when it was killed still
+	// runs mvm's command line and holds copies of its descriptors (its
+	// locks among them) until it execs, which a busy host can delay: the
+	// command is over once those are gone.
+	self := []byte(strings.Join(cmd.Args, "\x00") + "\x00")
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		left := 0
+		for pid := range procsIn(tr.state) {
+			if b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline"); bytes.Equal(b, self) {
+				left++
+			}
+		}
+		if left == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			tr.violation("process", "a child of the killed mvm still runs its command line 10s later")
+			break
+		}
 	}
 	// A process killed is dead only once it has run its exit (which a
 	// busy host can delay): until then a new mvm rightly sees it alive.
