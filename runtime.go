@@ -112,6 +112,20 @@ type Backend struct {
 	VsockPath string `json:"vsock_path,omitempty"`
 	// Network describes the managed network interface, if any.
 	Network *NetworkInfo `json:"network,omitempty"`
+	// Jail describes the jail of a jailed hypervisor process, if any.
+	Jail *JailInfo `json:"jail,omitempty"`
+}
+
+// JailInfo describes where a jailed hypervisor process runs.
+type JailInfo struct {
+	// UID and GID are the process's user and group, unique to the VM
+	// among live VMs.
+	UID int `json:"uid"`
+	GID int `json:"gid"`
+	// Chroot is the host path of the process's root directory.
+	Chroot string `json:"chroot,omitempty"`
+	// Cgroups are the process's cgroup directories.
+	Cgroups []string `json:"cgroups,omitempty"`
 }
 
 // NetworkInfo describes a VM's managed network.

@@ -167,7 +167,8 @@ type EgressPolicy struct {
 	// DenyAll drops all egress except what Allow lists.
 	DenyAll bool `json:"deny_all,omitempty"`
 	// Allow lists destinations that are allowed even when the default
-	// policy or DenyAll would drop them.
+	// policy or DenyAll would drop them; never the host itself or other
+	// VMs, which no rule opens.
 	Allow []EgressRule `json:"allow,omitempty"`
 }
 

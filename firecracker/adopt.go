@@ -238,7 +238,7 @@ func (r *Runtime) reconcile(ctx context.Context, rec *vmRecord) (*vmRecord, erro
 	}
 	if rec.Op != "" {
 		// Writes of the record the dead driver began and never renamed.
-		if err := r.reg.RemoveTemps(kindVM, rec.ID); err != nil {
+		if _, err := r.reg.RemoveTemps(kindVM, rec.ID); err != nil {
 			r.log.Warn("remove temporary record files", "vm", rec.ID, "err", err)
 		}
 	}
@@ -329,7 +329,7 @@ func (r *Runtime) reconcile(ctx context.Context, rec *vmRecord) (*vmRecord, erro
 // probe asks a VM's firecracker for its state (GET /), within
 // probeTimeout.
 func (r *Runtime) probe(ctx context.Context, rec *vmRecord) (fcapi.InstanceState, error) {
-	c, err := r.client(rec.ID, rec.Version)
+	c, err := r.client(rec, rec.Version)
 	if err != nil {
 		return "", err
 	}

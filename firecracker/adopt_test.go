@@ -26,6 +26,8 @@ type childJob struct {
 	ID    string       `json:"id"`
 	Spec  microvm.Spec `json:"spec"`
 	Ops   []string     `json:"ops"` // "create", "start", "pause", "resume", "stop", "snapshot", "get", "exit-without-close"
+	// Jailer, when set, runs the child's runtime jailed.
+	Jailer *firecracker.JailerConfig `json:"jailer,omitempty"`
 }
 
 // childMain opens a runtime, runs the job's operations, prints the VM as
@@ -38,7 +40,7 @@ func childMain(job string) int {
 		return 2
 	}
 	ctx := context.Background()
-	rt, err := firecracker.Open(ctx, firecracker.Config{StateDir: j.State, FirecrackerBin: j.Bin})
+	rt, err := firecracker.Open(ctx, firecracker.Config{StateDir: j.State, FirecrackerBin: j.Bin, Jailer: j.Jailer})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "child: open:", err)
 		return 1

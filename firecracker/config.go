@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -88,16 +89,6 @@ func unwrapPathErr(err error) error {
 	return err
 }
 
-// apiSockArg is the --api-sock argument: the absolute path when it fits
-// in a unix socket address, else the name relative to the VM directory,
-// which is the process's working directory.
-func apiSockArg(p vmPaths) string {
-	if len(p.apiSock) < maxSockPath {
-		return p.apiSock
-	}
-	return fileAPISock
-}
-
 // maxSockPath is the size of sockaddr_un.sun_path (the path plus its NUL).
 const maxSockPath = 108
 
@@ -128,68 +119,70 @@ func (r *Runtime) launch(ctx context.Context, rec *vmRecord, how launchRecord, s
 	if err := mkdirPrivate(p.dir); err != nil {
 		return nil, nil, fmt.Errorf("create vm directory: %w", err)
 	}
+	// What the launcher will make is recorded before it is made.
+	if err := r.launcher.prepare(ctx, rec); err != nil {
+		return nil, nil, err
+	}
+	if rec.Jail != nil {
+		if err := r.recordJail(ctx, rec); err != nil {
+			return nil, nil, r.releaseFailedLaunch(rec, nil, err)
+		}
+	}
+	l := r.layout(rec)
 	// Firecracker refuses to bind over an existing socket and does not
 	// remove its own on exit.
-	for _, s := range []string{p.apiSock, p.uffdSock} {
-		if err := os.Remove(s); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return nil, nil, fmt.Errorf("remove stale socket: %w", err)
+	for _, s := range []string{l.apiSock, l.uffdSock} {
+		if err := removeIfExists(s); err != nil {
+			return nil, nil, r.releaseFailedLaunch(rec, nil, fmt.Errorf("remove stale socket: %w", err))
 		}
 	}
 	out, err := os.OpenFile(p.console, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
-		return nil, nil, fmt.Errorf("open console log: %w", err)
+		return nil, nil, r.releaseFailedLaunch(rec, nil, fmt.Errorf("open console log: %w", err))
 	}
 	// A created or started VM holds its drive images for as long as its
 	// process lives (see images.go). A restore does not: clones of one
 	// snapshot share its drives.
 	var locks []*os.File
-	if rec.Op != opRestore {
+	if rec.Op != opRestore && rec.Jail == nil {
 		if locks, err = r.imageLocks(ctx, rec); err != nil {
 			out.Close()
-			return nil, nil, err
+			return nil, nil, r.releaseFailedLaunch(rec, nil, err)
 		}
 	}
-	var proc *proc
-	netns := ""
-	if rec.Net != nil {
-		netns = rec.Net.NetNS
-	}
-	err = inNetNS(netns, func() (err error) {
-		proc, err = spawn(spawnSpec{
-			bin:  r.bin,
-			args: []string{"--api-sock", apiSockArg(p), "--id", rec.ID},
-			dir:  p.dir,
-			out:  out,
-			keep: locks,
-		})
-		return err
-	})
+	proc, err := r.launcher.start(ctx, rec, l, out, locks)
 	out.Close() // the process has its own descriptors
 	closeAll(locks)
 	if err != nil {
-		return nil, nil, fmt.Errorf("start firecracker %s: %w", r.bin, err)
+		return nil, nil, r.releaseFailedLaunch(rec, nil, err)
 	}
 	rec.Process = recordOf(proc)
 	rec.Version = ""
 	if spawned != nil {
 		spawned()
 	}
-	if how == recordPID {
+	if how == recordPID || rec.Jail != nil {
 		rec.UpdatedAt = nowUTC()
 		if err := r.reg.PutUnsynced(kindVM, rec.ID, rec); err != nil {
-			proc.terminate(killWait)
-			proc.close()
-			rec.Process = nil
-			return nil, nil, fmt.Errorf("vm %q: write record: %w", rec.ID, err)
+			return nil, nil, r.releaseFailedLaunch(rec, proc, fmt.Errorf("vm %q: write record: %w", rec.ID, err))
 		}
 	}
 	c, err := r.waitReady(ctx, proc, rec)
 	if err != nil {
-		proc.terminate(killWait)
-		proc.close()
-		return nil, nil, err
+		return nil, nil, r.releaseFailedLaunch(rec, proc, err)
 	}
 	return proc, c, nil
+}
+
+// releaseFailedLaunch releases what a launch that failed made (the
+// process, when p is not nil, and what the launcher holds) and returns
+// cause, with the release's failure added.
+func (r *Runtime) releaseFailedLaunch(rec *vmRecord, p *proc, cause error) error {
+	if err := r.release(rec, p, scopeProcess); err != nil {
+		// The record keeps naming what is left: recovery ends it.
+		return fmt.Errorf("%w (and releasing what the launch made failed: %v)", cause, err)
+	}
+	return cause
 }
 
 // waitReady waits for the API socket of a new process: it waits for the
@@ -200,7 +193,7 @@ func (r *Runtime) launch(ctx context.Context, rec *vmRecord, how launchRecord, s
 // knownVersion), a connection accepted replaces the probe: one request
 // less per launch.
 func (r *Runtime) waitReady(ctx context.Context, p *proc, rec *vmRecord) (*vmClient, error) {
-	paths := r.paths(rec.ID)
+	paths := r.layout(rec)
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.ReadyTimeout)
 	defer cancel()
 	exited := func() error {
@@ -220,14 +213,14 @@ func (r *Runtime) waitReady(ctx context.Context, p *proc, rec *vmRecord) (*vmCli
 		}
 		return fmt.Errorf("start firecracker: %s: %w", what, ctx.Err())
 	}
-	done, err := r.waitSocket(ctx, p, paths.dir, paths.apiSock)
+	done, err := r.waitSocket(ctx, p, paths.sockDir, paths.apiSock)
 	if done {
 		return nil, exited()
 	}
 	if err != nil {
 		return nil, timedOut("API socket " + paths.apiSock + " did not appear")
 	}
-	c, err := r.client(rec.ID, "")
+	c, err := r.client(rec, "")
 	if err != nil {
 		return nil, err
 	}
@@ -358,11 +351,12 @@ func (c *vmClient) Close() {
 	}
 }
 
-// client returns an API client for VM id, targeting version (the newest
-// API when "" or unparsable). A socket path too long for a unix address
-// is reached through /proc/self/fd and a descriptor of the VM directory.
-func (r *Runtime) client(id, version string) (*vmClient, error) {
-	p := r.paths(id)
+// client returns an API client for rec's process, targeting version
+// (the newest API when "" or unparsable). A socket path too long for a
+// unix address is reached through /proc/self/fd and a descriptor of the
+// directory holding it.
+func (r *Runtime) client(rec *vmRecord, version string) (*vmClient, error) {
+	p := r.layout(rec)
 	opts := &fcapi.Options{Timeout: r.cfg.APITimeout, SnapshotTimeout: r.cfg.SnapshotTimeout}
 	if v, err := fcapi.ParseVersion(version); err == nil {
 		opts.Version = &v
@@ -370,9 +364,9 @@ func (r *Runtime) client(id, version string) (*vmClient, error) {
 	if len(p.apiSock) < maxSockPath {
 		return &vmClient{Client: fcapi.New(p.apiSock, opts)}, nil
 	}
-	dir, err := os.OpenFile(p.dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	dir, err := os.OpenFile(p.sockDir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, backendErr("connect", fmt.Errorf("open vm directory: %w", err))
+		return nil, backendErr("connect", fmt.Errorf("open directory of the API socket: %w", err))
 	}
 	sock := "/proc/self/fd/" + strconv.Itoa(int(dir.Fd())) + "/" + fileAPISock
 	return &vmClient{Client: fcapi.New(sock, opts), dir: dir}, nil
@@ -385,8 +379,8 @@ func (r *Runtime) client(id, version string) (*vmClient, error) {
 // Errors are *microvm.BackendError naming the step.
 func (r *Runtime) configure(ctx context.Context, c *vmClient, rec *vmRecord) error {
 	spec := rec.Spec
-	p := r.paths(rec.ID)
-	if err := r.configureOutput(ctx, c, p); err != nil {
+	p := r.layout(rec)
+	if err := r.configureOutput(ctx, c, rec); err != nil {
 		return err
 	}
 	mc := fcapi.MachineConfig{
@@ -406,9 +400,9 @@ func (r *Runtime) configure(ctx context.Context, c *vmClient, rec *vmRecord) err
 		bootArgs += " " + extra
 	}
 	if err := c.PutBootSource(ctx, fcapi.BootSource{
-		KernelImagePath: spec.Kernel,
+		KernelImagePath: p.fcFile(spec.Kernel),
 		BootArgs:        bootArgs,
-		InitrdPath:      spec.Initrd,
+		InitrdPath:      p.fcFile(spec.Initrd),
 	}); err != nil {
 		return backendErr("configure boot source", err)
 	}
@@ -416,7 +410,7 @@ func (r *Runtime) configure(ctx context.Context, c *vmClient, rec *vmRecord) err
 	for i, d := range drives {
 		if err := c.PutDrive(ctx, fcapi.Drive{
 			DriveID:      d.ID,
-			PathOnHost:   d.Path,
+			PathOnHost:   p.fcFile(d.Path),
 			IsRootDevice: i == 0,
 			IsReadOnly:   d.ReadOnly,
 			RateLimiter:  rateLimiter(d.RateLimiter),
@@ -431,7 +425,7 @@ func (r *Runtime) configure(ctx context.Context, c *vmClient, rec *vmRecord) err
 	}
 	if v := spec.Vsock; v != nil {
 		uds, abs := vsockPath(p, v)
-		if err := prepareSocketPath(ctx, abs); err != nil {
+		if err := r.prepareVsock(ctx, rec, abs); err != nil {
 			return backendErr("configure vsock", err)
 		}
 		if err := c.PutVsock(ctx, fcapi.Vsock{GuestCID: v.CID, UDSPath: uds}); err != nil {
@@ -462,16 +456,23 @@ func (r *Runtime) configure(ctx context.Context, c *vmClient, rec *vmRecord) err
 // reports quote it from) at its default level (Warning up to v1.6, Info
 // later), and a configured logger only costs a request, a file and, at
 // Info, a line for every API request.
-func (r *Runtime) configureOutput(ctx context.Context, c *vmClient, p vmPaths) error {
+func (r *Runtime) configureOutput(ctx context.Context, c *vmClient, rec *vmRecord) error {
 	if !r.cfg.Metrics {
 		return nil
 	}
+	p := r.layout(rec)
 	fh, err := os.OpenFile(p.metrics, os.O_WRONLY|os.O_CREATE, 0o600)
 	if err != nil {
 		return backendErr("configure metrics", err)
 	}
 	fh.Close()
-	if err := c.PutMetrics(ctx, fcapi.Metrics{MetricsPath: p.metrics}); err != nil {
+	if j := rec.Jail; j != nil {
+		// Created by the runtime, written by the jailed uid.
+		if err := os.Chown(p.metrics, j.UID, j.GID); err != nil {
+			return backendErr("configure metrics", err)
+		}
+	}
+	if err := c.PutMetrics(ctx, fcapi.Metrics{MetricsPath: p.fcSock(p.metrics)}); err != nil {
 		return backendErr("configure metrics", err)
 	}
 	return nil
@@ -495,13 +496,22 @@ func (r *Runtime) putMMDSData(ctx context.Context, c *vmClient, rec *vmRecord) e
 
 // vsockPath returns the uds_path to give firecracker and the absolute
 // host path of a VM's vsock socket: the spec's path, or vsock.sock in the
-// VM directory. The default is given relative to the VM directory (the
-// process's working directory): it always fits in a socket address, and a
-// snapshot records it relative, so a VM restored from it binds its own
-// directory's socket.
+// VM's socket directory. The default is given relative to firecracker's
+// working directory (the VM directory, or the chroot's root): it always
+// fits in a socket address, and a snapshot records it relative, so a VM
+// restored from it binds its own directory's socket. A jailed process
+// sees only its chroot: the default is /vsock.sock there (the same path
+// in every clone's own chroot), and a spec path is taken inside it.
 func vsockPath(p vmPaths, v *microvm.Vsock) (uds, abs string) {
 	if v.Path == "" {
+		if p.root != "" {
+			return p.fcSock(p.vsock), p.vsock
+		}
 		return fileVsock, p.vsock
+	}
+	if p.root != "" {
+		rel := filepath.Clean("/" + v.Path)
+		return rel, filepath.Join(p.root, rel)
 	}
 	if filepath.IsAbs(v.Path) {
 		return v.Path, v.Path
@@ -527,6 +537,25 @@ func prepareSocketPath(ctx context.Context, path string) error {
 		}
 		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("remove stale socket %s: %w", path, err)
+		}
+	}
+	return nil
+}
+
+// prepareVsock makes the vsock socket path abs bindable (see
+// prepareSocketPath); for a jailed process, the directories made for it
+// inside the chroot are given to the VM's uid, which binds the socket.
+func (r *Runtime) prepareVsock(ctx context.Context, rec *vmRecord, abs string) error {
+	if err := prepareSocketPath(ctx, abs); err != nil {
+		return err
+	}
+	j := rec.Jail
+	if j == nil {
+		return nil
+	}
+	for dir := filepath.Dir(abs); strings.HasPrefix(dir, j.Root+"/"); dir = filepath.Dir(dir) {
+		if err := os.Chown(dir, j.UID, j.GID); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -33,6 +33,12 @@
 //	    uffd.sock, uffd.sock.log page server of a VM restored with the uffd backend
 //	  vms/.trash-*/              a VM directory being removed (swept by Open)
 //	  snapshots/                 the snapshot store (package snapshot)
+//	  jail/<binary>/<id>/root/   jailed mode (default JailerConfig.ChrootBase): the chroot of
+//	                             the VM's process, holding api.sock, vsock.sock, uffd.sock,
+//	                             metrics.json and links to (or bind mounts of) its images
+//
+// In jailed mode the registry also holds kind "uid": one lease per live
+// jailed process, naming its VM.
 //
 // A VM record (registry kind "vm") holds the defaulted spec, the status,
 // the current process (pid, start time, boot id), the firecracker version,
@@ -210,6 +216,43 @@
 // At Open, a Network that implements [Cleaner] is asked to remove what it
 // holds for VMs that have no record (and to repair the networks of those
 // that do).
+//
+// # Jailed mode
+//
+// With Config.Jailer, every firecracker is started through Firecracker's
+// jailer (see JailerConfig): in <ChrootBase>/<binary name>/<id>/root, as
+// a uid and gid leased for the VM from a range (registry kind "uid", made
+// exclusively: no two live VMs share one), in a new PID namespace, with
+// seccomp, resource limits and cgroups (<ParentCgroup>/<id> under each
+// controller) bounding CPU, memory and tasks. The jailer exits once it
+// has started firecracker; the runtime reads firecracker's pid from
+// <root>/<binary name>.pid and, being a child subreaper, waits for and
+// reaps it like a direct child. Its sockets, metrics and snapshot files
+// live in the chroot; kernel, initrd, drives and a restore's snapshot are
+// hard-linked into it, or bind-mounted from another file system (writable
+// drives only when the spec says so, chowned to the VM's uid while its
+// process lives and given back after).
+//
+// A jailed process cannot hold the flocks of a direct one (the jailer
+// closes what it inherits): writable images are checked against the
+// records of live VMs instead, under a registry lock.
+//
+// # What a VM holds
+//
+// Everything a VM holds on the host is listed in one place (resources.go,
+// held): its firecracker and page server, its cgroups (every process in
+// them is ended first, one not yet recorded included), its sockets, bind
+// mounts (unmounted before anything is removed), changed owners, chroot
+// and uid lease, and, for the VM's life, its network and directory. Each
+// has its own undo, which does nothing for a resource never made, and
+// each is described in the record before it is made; Create's and
+// Restore's rollback, Stop, a crash, Destroy and recovery all walk it.
+// Open also removes uid leases, cgroups and chroots that no record names.
+//
+// The runtime's code never builds a path it gives firecracker: vmPaths
+// gives each path as the host sees it and as firecracker sees it (the
+// same path for a direct launch, the path inside the chroot for a jailed
+// one), and the launcher (direct or jailed) is the one seam between them.
 //
 // # Tests on real KVM
 //

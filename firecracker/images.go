@@ -143,3 +143,82 @@ func closeAll(files []*os.File) {
 		f.Close()
 	}
 }
+
+// recordJail writes rec, which names the jail its next process will hold,
+// after checking that no other live VM holds its drive images in a way
+// that excludes this use. The jailer closes every descriptor it inherits,
+// so a jailed process cannot hold flocks (see imageLocks): the records
+// are the locks instead, checked and written under one registry lock, so
+// that of two launches sharing an image the second sees the first.
+func (r *Runtime) recordJail(ctx context.Context, rec *vmRecord) error {
+	check := rec.Op != opRestore
+	if check {
+		unlock, err := r.reg.Lock(ctx, "images")
+		if err != nil {
+			return fmt.Errorf("lock drive images: %w", err)
+		}
+		defer unlock()
+		for field, d := range specDrives(rec.Spec) {
+			if err := r.imageUser(rec.ID, field, d); err != nil {
+				return err
+			}
+		}
+	}
+	rec.UpdatedAt = nowUTC()
+	if err := r.reg.PutUnsynced(kindVM, rec.ID, rec); err != nil {
+		return fmt.Errorf("vm %q: write record: %w", rec.ID, err)
+	}
+	return nil
+}
+
+// imageUser returns an error matching ErrImageInUse when another VM with
+// a process (or a jail, whose process may be starting) attached d's image
+// in a way that excludes this use.
+func (r *Runtime) imageUser(id, field string, d microvm.Drive) error {
+	st, err := os.Stat(d.Path)
+	if err != nil {
+		return nil // firecracker reports it
+	}
+	ids, err := r.reg.List(kindVM)
+	if err != nil {
+		return fmt.Errorf("check drive images: %w", err)
+	}
+	for _, other := range ids {
+		if other == id {
+			continue
+		}
+		orec, err := r.load(other)
+		if err != nil || (orec.Process == nil && orec.Jail == nil) || orec.Op == opRestore {
+			continue
+		}
+		if orec.Process != nil && orec.Jail == nil {
+			// A direct process holds flocks; ask them.
+			if f, err := os.Open(d.Path); err == nil {
+				how := unix.LOCK_EX
+				if d.ReadOnly {
+					how = unix.LOCK_SH
+				}
+				err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB)
+				f.Close()
+				if err == nil {
+					continue
+				}
+			}
+		}
+		for ofield, od := range specDrives(orec.Spec) {
+			if ost, err := os.Stat(od.Path); err == nil && os.SameFile(st, ost) && (!d.ReadOnly || !od.ReadOnly) {
+				mode, omode := "writable", "writable"
+				if d.ReadOnly {
+					mode = "read-only"
+				}
+				if od.ReadOnly {
+					omode = "read-only"
+				}
+				return fmt.Errorf("%s %s cannot be attached %s: vm %q (%s) has it attached %s; "+
+					"only read-only drives may share an image (use a copy): %w",
+					field, d.Path, mode, other, ofield, omode, ErrImageInUse)
+			}
+		}
+	}
+	return nil
+}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"runtime"
 	"time"
 
@@ -75,8 +74,11 @@ func (r *Runtime) Create(ctx context.Context, id string, spec microvm.Spec) (mic
 	// record. Otherwise the VM directory, made before the process is
 	// spawned, is the mark that a process may exist (see strays.go), and
 	// the record is written once, when the VM is configured.
+	// A jailed launch writes the record first too: it names the uid,
+	// chroot and cgroups before they are made.
 	how := recordNone
-	if _, managed := managedInterface(spec); managed {
+	_, managed := managedInterface(spec)
+	if managed || r.jailed() {
 		if err := r.reg.Create(kindVM, id, rec); err != nil {
 			if errors.Is(err, registry.ErrExists) {
 				return microvm.VM{}, fmt.Errorf("create vm %q: %w", id, microvm.ErrAlreadyExists)
@@ -84,8 +86,10 @@ func (r *Runtime) Create(ctx context.Context, id string, spec microvm.Spec) (mic
 			return microvm.VM{}, &OpError{Op: "create", ID: id, Err: err}
 		}
 		how = recordPID
-		if err := r.attachNetwork(ctx, rec); err != nil {
-			return microvm.VM{}, r.undo("create", rec, nil, err)
+		if managed {
+			if err := r.attachNetwork(ctx, rec); err != nil {
+				return microvm.VM{}, r.undo("create", rec, nil, err)
+			}
 		}
 	}
 	// The final record is written and fsynced (Prepare) while firecracker
@@ -103,7 +107,7 @@ func (r *Runtime) Create(ctx context.Context, id string, spec microvm.Spec) (mic
 		f := *rec
 		f.Op, f.Version, f.UpdatedAt = "", version, nowUTC()
 		if v := spec.Vsock; v != nil {
-			_, f.VsockPath = vsockPath(r.paths(id), v)
+			_, f.VsockPath = vsockPath(r.layout(&f), v)
 		}
 		ch := make(chan prepared, 1)
 		go func() {
@@ -211,45 +215,20 @@ func (r *Runtime) undo(op string, rec *vmRecord, p *proc, cause error) error {
 	return &OpError{Op: op, ID: rec.ID, Err: cause, Output: out}
 }
 
-// discard ends the VM's processes and removes all it holds on the host
-// and its record. It is the common end of Destroy and of undone creates.
+// discard ends the VM's processes and releases all it holds on the host
+// (see held), then removes its record. It is the common end of Destroy,
+// of undone creates and restores, and of recovery. A process that
+// survives SIGKILL keeps the record, so that a later Destroy or recovery
+// finds it.
 func (r *Runtime) discard(rec *vmRecord, p *proc) error {
 	// Stop watching first: the exit is asked for, and a watcher woken by
 	// it would only take the VM's lock (and make its lock file again)
 	// after Destroy removed it.
 	r.unwatch(rec.ID)
-	var errs []error
-	if p != nil {
-		if !p.terminate(killWait) {
-			errs = append(errs, fmt.Errorf("firecracker process %d did not exit within %s of SIGKILL", p.pid, killWait))
-		}
-		p.close()
-	} else if rec.Process != nil {
-		errs = append(errs, killRecorded(rec.Process.PID, rec.Process.StartTime, rec.Process.BootID, killWait))
-	}
-	if rec.Uffd != nil {
-		errs = append(errs, killRecorded(rec.Uffd.PID, rec.Uffd.StartTime, rec.Uffd.BootID, killWait))
-	}
-	if err := errors.Join(errs...); err != nil {
-		// A process still runs: keep the record, so that a later Destroy
-		// or recovery finds it.
+	if err := r.release(rec, p, scopeVM); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.APITimeout)
-	defer cancel()
-	if err := r.detachNetwork(ctx, rec); err != nil {
-		errs = append(errs, err)
-	}
-	if err := r.removeVMDir(rec.ID); err != nil {
-		errs = append(errs, fmt.Errorf("remove vm directory: %w", err))
-	}
-	if vp := rec.VsockPath; vp != "" && vp != r.paths(rec.ID).vsock {
-		os.Remove(vp) // a socket outside the VM directory
-	}
-	if err := r.reg.Delete(kindVM, rec.ID); err != nil {
-		errs = append(errs, err)
-	}
-	return errors.Join(errs...)
+	return r.reg.Delete(kindVM, rec.ID)
 }
 
 // Start boots a created, stopped or failed VM. A created VM whose process
@@ -338,8 +317,10 @@ func (r *Runtime) coldStart(ctx context.Context, rec *vmRecord, to microvm.Statu
 			p.terminate(killWait)
 			p.close()
 		}
-		rec.Process, rec.Op = nil, ""
-		r.cleanSockets(rec)
+		rec.Op = ""
+		if rerr := r.release(rec, nil, scopeProcess); rerr != nil {
+			err = fmt.Errorf("%w (and releasing the process's resources failed: %v)", err, rerr)
+		}
 		oe := &OpError{Op: "start", ID: rec.ID, Err: err, Output: out}
 		rec.LastError = oe.Error()
 		if serr := r.save(rec); serr != nil {
@@ -444,34 +425,18 @@ func (r *Runtime) shutdown(ctx context.Context, rec *vmRecord, timeout time.Dura
 	return nil
 }
 
-// endProcesses kills whatever processes rec still records (used before a
-// fresh spawn, after a stop and after a crash), removes their sockets, and
-// forgets what belonged to that process: the snapshot whose memory it
-// mapped and the base of its dirty-page tracking.
+// endProcesses ends whatever processes rec still records (used before a
+// fresh spawn, after a stop and after a crash) and releases what they held
+// (see held: sockets, and a jail's uid, chroot and cgroups), and forgets
+// what belonged to that process: the snapshot whose memory it mapped and
+// the base of its dirty-page tracking.
 func (r *Runtime) endProcesses(rec *vmRecord) {
-	for _, pr := range []*procRecord{rec.Process, rec.Uffd} {
-		if pr != nil {
-			if err := killRecorded(pr.PID, pr.StartTime, pr.BootID, killWait); err != nil {
-				r.log.Error("end process", "vm", rec.ID, "pid", pr.PID, "err", err)
-			}
-		}
-	}
-	rec.Process, rec.Uffd = nil, nil
-	rec.MemorySnapshot, rec.MemoryBackend, rec.DiffBase = "", "", ""
 	r.unwatch(rec.ID)
-	r.cleanSockets(rec)
-}
-
-// cleanSockets removes the sockets a dead process left in the VM
-// directory.
-func (r *Runtime) cleanSockets(rec *vmRecord) {
-	p := r.paths(rec.ID)
-	for _, s := range []string{p.apiSock, p.uffdSock} {
-		os.Remove(s)
+	if err := r.release(rec, nil, scopeProcess); err != nil {
+		r.log.Error("end processes", "vm", rec.ID, "err", err)
+		return
 	}
-	if rec.VsockPath != "" {
-		os.Remove(rec.VsockPath)
-	}
+	rec.MemorySnapshot, rec.MemoryBackend, rec.DiffBase = "", "", ""
 }
 
 // Pause pauses a running VM's vCPUs (PATCH /vm Paused).
@@ -531,7 +496,7 @@ func (r *Runtime) call(ctx context.Context, rec *vmRecord, step string, fn func(
 	if rec.Process == nil {
 		return backendErr(step, errors.New("the VM has no firecracker process"))
 	}
-	c, err := r.client(rec.ID, rec.Version)
+	c, err := r.client(rec, rec.Version)
 	if err != nil {
 		return err
 	}

@@ -54,6 +54,15 @@ type Cleaner interface {
 	Cleanup(ctx context.Context, keep func(id string) bool) error
 }
 
+// TAPOwner is implemented by a [Network] that can give an attached VM's
+// TAP device to a uid and gid: a jailed firecracker (Config.Jailer) runs
+// as the VM's own uid and can open its TAP only when it owns it. The
+// runtime calls it before each jailed launch of a VM with a managed
+// interface; without it, such a launch fails.
+type TAPOwner interface {
+	SetTAPOwner(ctx context.Context, id string, nic microvm.NetworkInterface, uid, gid uint32) error
+}
+
 // NetworkAttachment is the host side of a VM's managed interface.
 type NetworkAttachment struct {
 	// NetNS is the path of the network namespace firecracker runs in

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"time"
 
 	microvm "github.com/mvm-dev/microvm"
@@ -81,11 +82,61 @@ type vmRecord struct {
 	// Net is what the network manager set up for the managed interface,
 	// if any.
 	Net *NetworkAttachment `json:"net,omitempty"`
+	// Jail is what the jailed launch of the current process holds (its
+	// uid, chroot, mounts, cgroups), written before any of it is made;
+	// nil for a direct launch. See resources.go.
+	Jail *jailRecord `json:"jail,omitempty"`
 }
 
-// paths of one VM's directory <state>/vms/<id>.
+// vmPaths are the paths of one VM in two views: as the host sees them
+// (the fields) and as its firecracker sees them (fc, fcSock). The VM's
+// directory <state>/vms/<id> holds its output files; its sockets and
+// metrics live in sockDir: the VM directory for a direct launch, the
+// chroot's root for a jailed one. Nothing outside this type and the
+// launchers builds a path that firecracker is given.
 type vmPaths struct {
-	dir, apiSock, console, log, metrics, vsock, uffdSock string
+	dir, console, log string
+	// root is the host path of the directory firecracker sees as "/"
+	// ("" for a direct launch: it sees the host's).
+	root                                       string
+	sockDir, apiSock, metrics, vsock, uffdSock string
+	// files maps the host path of a file firecracker opens (kernel,
+	// drives, snapshot files) to its path inside root.
+	files map[string]string
+}
+
+// fcSock is firecracker's view of a socket (or metrics file) in sockDir:
+// inside a chroot, its path from the chroot's root; otherwise the host
+// path when it fits in a unix socket address, else its name relative to
+// the VM directory (firecracker's working directory).
+func (p vmPaths) fcSock(host string) string {
+	if p.root != "" {
+		return "/" + filepath.Base(host)
+	}
+	if len(host) < maxSockPath {
+		return host
+	}
+	return filepath.Base(host)
+}
+
+// fcJailFile is firecracker's view of a file the runtime placed in the
+// chroot (the host path itself for a direct launch).
+func (p vmPaths) fcJailFile(host string) string {
+	if p.root == "" {
+		return host
+	}
+	return "/" + filepath.Base(host)
+}
+
+// fcFile is firecracker's view of a file it opens by a host path.
+func (p vmPaths) fcFile(host string) string {
+	if p.root == "" || host == "" {
+		return host
+	}
+	if f, ok := p.files[host]; ok {
+		return f
+	}
+	return host
 }
 
 // Names inside a VM directory.
@@ -98,17 +149,34 @@ const (
 	fileUffdSock = "uffd.sock"
 )
 
+// paths returns the paths of VM id as a direct launch lays them out.
 func (r *Runtime) paths(id string) vmPaths {
 	dir := filepath.Join(r.vmsDir, id)
 	return vmPaths{
 		dir:      dir,
-		apiSock:  filepath.Join(dir, fileAPISock),
 		console:  filepath.Join(dir, fileConsole),
 		log:      filepath.Join(dir, fileLog),
+		sockDir:  dir,
+		apiSock:  filepath.Join(dir, fileAPISock),
 		metrics:  filepath.Join(dir, fileMetrics),
 		vsock:    filepath.Join(dir, fileVsock),
 		uffdSock: filepath.Join(dir, fileUffdSock),
 	}
+}
+
+// layout returns the paths of rec's current (or next) process: those of
+// paths, moved into the chroot when rec's process is jailed.
+func (r *Runtime) layout(rec *vmRecord) vmPaths {
+	p := r.paths(rec.ID)
+	if j := rec.Jail; j != nil && j.Root != "" {
+		p.root, p.sockDir = j.Root, j.Root
+		p.apiSock = filepath.Join(j.Root, fileAPISock)
+		p.metrics = filepath.Join(j.Root, fileMetrics)
+		p.vsock = filepath.Join(j.Root, fileVsock)
+		p.uffdSock = filepath.Join(j.Root, fileUffdSock)
+		p.files = j.Files
+	}
+	return p
 }
 
 // load reads the record of id; an unknown id gives microvm.ErrNotFound.
@@ -160,7 +228,7 @@ func (rec *vmRecord) setStatus(s microvm.Status) {
 
 // view builds the read view of rec.
 func (r *Runtime) view(rec *vmRecord, snaps []string) microvm.VM {
-	p := r.paths(rec.ID)
+	p := r.layout(rec)
 	vm := microvm.VM{
 		ID:           rec.ID,
 		Status:       rec.Status,
@@ -183,6 +251,9 @@ func (r *Runtime) view(rec *vmRecord, snaps []string) microvm.VM {
 	}
 	if rec.Process != nil {
 		vm.Backend.PID = rec.Process.PID
+	}
+	if j := rec.Jail; j != nil {
+		vm.Backend.Jail = &microvm.JailInfo{UID: j.UID, GID: j.GID, Chroot: j.Root, Cgroups: slices.Clone(j.Cgroups)}
 	}
 	if rec.Net != nil {
 		n := rec.Net.Info

@@ -103,6 +103,13 @@ type Config struct {
 	Metrics bool
 	// Logger receives the runtime's diagnostics. Default: discarded.
 	Logger *slog.Logger
+	// Jailer, when not nil, runs every VM's firecracker through
+	// Firecracker's jailer (see JailerConfig); nil runs it directly, as
+	// the runtime's user. VMs of one state directory should all be
+	// opened in the same mode: a VM keeps the mode of its current
+	// process, and a runtime without a jailer still releases what a
+	// jailed VM holds.
+	Jailer *JailerConfig
 }
 
 // Runtime is a microvm.Runtime that runs each VM in its own firecracker
@@ -111,13 +118,14 @@ type Config struct {
 // serialise operations on one VM, and each Runtime adopts the VMs the
 // others started.
 type Runtime struct {
-	cfg    Config
-	bin    string // absolute path of the firecracker binary
-	state  string // absolute StateDir
-	vmsDir string
-	reg    *registry.Registry
-	snaps  *snapshot.Store
-	log    *slog.Logger
+	cfg      Config
+	bin      string // absolute path of the firecracker binary
+	launcher launcher
+	state    string // absolute StateDir
+	vmsDir   string
+	reg      *registry.Registry
+	snaps    *snapshot.Store
+	log      *slog.Logger
 
 	ctx    context.Context // ends at Close; bounds background work
 	cancel context.CancelFunc
@@ -183,12 +191,23 @@ func Open(ctx context.Context, cfg Config) (*Runtime, error) {
 	bgctx, cancel := context.WithCancel(context.Background())
 	r := &Runtime{
 		cfg: cfg, bin: bin, state: state, vmsDir: vmsDir,
-		reg: reg, snaps: snaps, log: log,
+		launcher: directLauncher{bin: bin},
+		reg:      reg, snaps: snaps, log: log,
 		ctx: bgctx, cancel: cancel,
 		watchers: make(map[string]*watcher),
 		exits:    make(map[procRecord]exitInfo),
 	}
+	if cfg.Jailer != nil {
+		jl, err := newJailLauncher(r, *cfg.Jailer)
+		if err != nil {
+			cancel()
+			reg.Close()
+			return nil, fmt.Errorf("firecracker: open: %w", err)
+		}
+		r.launcher = jl
+	}
 	r.sweepVMDirs()
+	r.sweepJails()
 	if cfg.Network != nil {
 		r.cleanupNetwork(ctx)
 	}

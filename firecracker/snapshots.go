@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"path/filepath"
 	"strings"
 
 	microvm "github.com/mvm-dev/microvm"
@@ -74,13 +75,39 @@ func (r *Runtime) Snapshot(ctx context.Context, id, snapID string, opts *microvm
 	if typ == microvm.SnapshotDiff {
 		fcType = fcapi.SnapshotTypeDiff
 	}
+	// A jailed firecracker writes inside its chroot; the files are then
+	// moved into the store (a rename on one file system).
+	l := r.layout(rec)
+	memPath, statePath := pending.MemPath(), pending.StatePath()
+	if l.root != "" {
+		memPath, statePath = filepath.Join(l.root, "snapshot.mem"), filepath.Join(l.root, "snapshot.state")
+		for _, f := range []string{memPath, statePath} {
+			if err := removeIfExists(f); err != nil {
+				return fail(err)
+			}
+		}
+	}
 	err = r.call(ctx, rec, "create snapshot", func(c *vmClient) error {
 		return c.CreateSnapshot(ctx, fcapi.SnapshotCreateParams{
-			MemFilePath:  pending.MemPath(),
-			SnapshotPath: pending.StatePath(),
+			MemFilePath:  l.fcJailFile(memPath),
+			SnapshotPath: l.fcJailFile(statePath),
 			SnapshotType: fcType,
 		})
 	})
+	if err == nil && l.root != "" {
+		for _, f := range []string{memPath, statePath} {
+			if cerr := os.Chown(f, os.Geteuid(), os.Getegid()); cerr != nil {
+				err = cerr
+			}
+		}
+		if err == nil {
+			err = pending.Import(statePath, memPath)
+		}
+	}
+	if l.root != "" {
+		removeIfExists(memPath)
+		removeIfExists(statePath)
+	}
 	if wasRunning && rec.Status != microvm.StatusFailed {
 		// Resume whatever happened, with a context of its own: the
 		// caller's may be what ended the snapshot.
@@ -255,11 +282,12 @@ func (r *Runtime) loadSnapshot(ctx context.Context, rec *vmRecord, m snapshot.Ma
 	if err := m.LoadableBy(rec.Version, ""); err != nil {
 		return p, err
 	}
-	if err := r.configureOutput(ctx, c, r.paths(rec.ID)); err != nil {
+	if err := r.configureOutput(ctx, c, rec); err != nil {
 		return p, err
 	}
+	l := r.layout(rec)
 	params := fcapi.SnapshotLoadParams{
-		SnapshotPath:    statePath,
+		SnapshotPath:    l.fcFile(statePath),
 		TrackDirtyPages: rec.Spec.TrackDirtyPages,
 		ResumeVM:        !opts.Paused,
 	}
@@ -271,10 +299,10 @@ func (r *Runtime) loadSnapshot(ctx context.Context, rec *vmRecord, m snapshot.Ma
 		}
 		params.MemBackend = &fcapi.MemoryBackend{BackendType: fcapi.MemBackendUffd, BackendPath: sock}
 	default:
-		params.MemBackend = &fcapi.MemoryBackend{BackendType: fcapi.MemBackendFile, BackendPath: memPath}
+		params.MemBackend = &fcapi.MemoryBackend{BackendType: fcapi.MemBackendFile, BackendPath: l.fcFile(memPath)}
 	}
 	if v := rec.Spec.Vsock; v != nil {
-		paths := r.paths(rec.ID)
+		paths := r.layout(rec)
 		_, abs := vsockPath(paths, v)
 		if c.Supports(fcapi.FeatureSnapshotVsockOverride) {
 			// The clone's socket is its own, in its directory, whatever
@@ -289,7 +317,7 @@ func (r *Runtime) loadSnapshot(ctx context.Context, rec *vmRecord, m snapshot.Ma
 						"and firecracker %s cannot move it (vsock_override needs >= 1.16): %w", abs, rec.Version, microvm.ErrUnsupported))
 			}
 		}
-		if err := prepareSocketPath(ctx, abs); err != nil {
+		if err := r.prepareVsock(ctx, rec, abs); err != nil {
 			return p, backendErr("load snapshot", err)
 		}
 		rec.VsockPath = abs
@@ -325,7 +353,7 @@ func (r *Runtime) startPageServer(ctx context.Context, rec *vmRecord, p *proc, m
 		}
 		bin = b
 	}
-	paths := r.paths(rec.ID)
+	paths := r.layout(rec)
 	pid, err := uffd.Spawn(ctx, bin, uffd.Config{
 		SocketPath: paths.uffdSock,
 		MemFile:    memPath,
@@ -342,10 +370,14 @@ func (r *Runtime) startPageServer(ctx context.Context, rec *vmRecord, p *proc, m
 			return "", err
 		}
 	}
-	if len(paths.uffdSock) < maxSockPath {
-		return paths.uffdSock, nil
+	if j := rec.Jail; j != nil {
+		// The page server runs as the runtime's user; the jailed uid
+		// connects.
+		if err := os.Chown(paths.uffdSock, j.UID, j.GID); err != nil {
+			return "", fmt.Errorf("uffd page server socket: %w", err)
+		}
 	}
-	return fileUffdSock, nil // relative to firecracker's working directory
+	return paths.fcSock(paths.uffdSock), nil
 }
 
 // checkDrives is checkFiles for the drives only: a restore does not read

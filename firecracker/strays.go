@@ -70,7 +70,7 @@ func (r *Runtime) sweepOrphan(id string) error {
 	if err := r.killStrays(id, nil); err != nil {
 		return err
 	}
-	if err := r.reg.RemoveTemps(kindVM, id); err != nil {
+	if _, err := r.reg.RemoveTemps(kindVM, id); err != nil {
 		return err
 	}
 	return r.removeVMDir(id)
@@ -144,7 +144,7 @@ func (r *Runtime) sweepTemps() {
 		if !ok {
 			continue
 		}
-		if err := r.reg.RemoveTemps(kindVM, id); err != nil {
+		if _, err := r.reg.RemoveTemps(kindVM, id); err != nil {
 			r.log.Warn("remove temporary record files", "vm", id, "err", err)
 		}
 		unlock()

@@ -64,8 +64,8 @@ func (m *Manager) build(ctx context.Context, l *leaseRecord, opts Options) error
 	if err := step("sysctl"); err != nil {
 		return err
 	}
-	if err := writeSysctl(ns, "net/ipv4/ip_forward", "1"); err != nil {
-		return wrap("enable forwarding", err)
+	if err := writeSysctls(ns, slotSysctls); err != nil {
+		return wrap("sysctl", err)
 	}
 	if lo, err := nsNL.LinkByName("lo"); err != nil {
 		return wrap("loopback", err)
@@ -96,6 +96,9 @@ func (m *Manager) build(ctx context.Context, l *leaseRecord, opts Options) error
 	if err := nsNL.LinkSetUp(tap); err != nil {
 		return wrap("TAP up", err)
 	}
+	if err := writeSysctl(ns, "net/ipv4/conf/"+TAPName+"/send_redirects", "0"); err != nil {
+		return wrap("TAP send_redirects", err)
+	}
 
 	if err := step("veth"); err != nil {
 		return err
@@ -115,6 +118,14 @@ func (m *Manager) build(ctx context.Context, l *leaseRecord, opts Options) error
 	}
 	if err := nsNL.LinkSetUp(nsLink); err != nil {
 		return wrap("namespace veth up", err)
+	}
+	if err := writeSysctl(ns, "net/ipv4/conf/"+NSVethName+"/send_redirects", "0"); err != nil {
+		return wrap("namespace veth send_redirects", err)
+	}
+	if m.fwdPerIf.Load() {
+		if err := writeSysctl(m.hostNS, "net/ipv4/conf/"+l.Name+"/forwarding", "1"); err != nil {
+			return wrap("host veth forwarding", err)
+		}
 	}
 	if err := nsNL.RouteReplace(&netlink.Route{LinkIndex: nsLink.Attrs().Index, Gw: a.VethHost.AsSlice(),
 		Dst: &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}}); err != nil {
@@ -155,10 +166,31 @@ func (m *Manager) build(ctx context.Context, l *leaseRecord, opts Options) error
 	if exists(m.fwTableName()) {
 		mode = fwReplace
 	}
-	if err := m.firewallIn(ns, opts.Policy, mode); err != nil {
+	if err := m.firewallIn(ns, a, opts.Policy, mode); err != nil {
 		return wrap("firewall", err)
 	}
 	return nil
+}
+
+// slotSysctls are set in every slot namespace before its devices are
+// made (the default/ entries then apply to them): forwarding; strict
+// reverse-path filtering (a guest cannot use a source routed elsewhere);
+// no ICMP redirects; ARP answered only for the address of the receiving
+// interface; no IPv6; no TCP flow picked up mid-stream by conntrack (a
+// peer's segment cannot re-create a flow that a policy change cut).
+var slotSysctls = [][2]string{
+	{"net/ipv4/ip_forward", "1"},
+	{"net/ipv4/conf/all/rp_filter", "1"},
+	{"net/ipv4/conf/default/rp_filter", "1"},
+	{"net/ipv4/conf/all/send_redirects", "0"},
+	{"net/ipv4/conf/default/send_redirects", "0"},
+	{"net/ipv4/conf/all/accept_redirects", "0"},
+	{"net/ipv4/conf/default/accept_redirects", "0"},
+	{"net/ipv4/conf/all/arp_ignore", "1"},
+	{"net/ipv4/conf/default/arp_ignore", "1"},
+	{"net/ipv6/conf/all/disable_ipv6", "1"},
+	{"net/ipv6/conf/default/disable_ipv6", "1"},
+	{"net/netfilter/nf_conntrack_tcp_loose", "0"},
 }
 
 // ensureVeth returns the slot's veth pair, creating it (again) unless both
@@ -215,13 +247,61 @@ func (m *Manager) destroy(name string) error {
 	} else if !isLinkNotFound(err) {
 		errs = append(errs, fmt.Errorf("look up veth %s: %w", name, err))
 	}
+	// The slot's own entries go with its namespace, unless a process
+	// (Firecracker) still holds it: flush them now.
+	if ns, err := netnsutil.Open(m.nsPath(name)); err == nil {
+		if h, err := netlink.NewHandleAt(ns, unix.NETLINK_NETFILTER); err == nil {
+			h.ConntrackTableFlush(netlink.ConntrackTable)
+			h.Close()
+		}
+		ns.Close()
+	}
 	if err := netnsutil.Remove(m.nsPath(name)); err != nil {
 		errs = append(errs, err)
+	}
+	if ip, ok := m.ours(name); ok {
+		// Not an error that keeps the slot: its address rests anyway,
+		// and the entries time out.
+		if err := m.flushHostConntrack(ip); err != nil {
+			m.log.Warn("network: remove slot: conntrack entries left", "slot", name, "err", err)
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("network: remove slot %s: %w", name, err)
 	}
 	return nil
+}
+
+// flushHostConntrack deletes the host namespace's conntrack entries of a
+// slot: flows the guest opened (original source HostIP, before
+// masquerade) and flows towards it (original destination HostIP).
+func (m *Manager) flushHostConntrack(hostIP netip.Addr) error {
+	var src, dst netlink.ConntrackFilter
+	if err := src.AddIP(netlink.ConntrackOrigSrcIP, hostIP.AsSlice()); err != nil {
+		return err
+	}
+	if err := dst.AddIP(netlink.ConntrackOrigDstIP, hostIP.AsSlice()); err != nil {
+		return err
+	}
+	if _, err := m.hostNL.ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, &src, &dst); err != nil {
+		return fmt.Errorf("flush host conntrack entries of %s: %w", hostIP, err)
+	}
+	return nil
+}
+
+// flushConntrack deletes every conntrack entry of a slot, in its
+// namespace and in the host namespace, so that no flow outlives a policy
+// change: the next packet of any flow is checked as new.
+func (m *Manager) flushConntrack(ns netns.NsHandle, hostIP netip.Addr) error {
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_NETFILTER)
+	if err != nil {
+		return fmt.Errorf("conntrack in slot: %w", err)
+	}
+	defer h.Close()
+	if err := h.ConntrackTableFlush(netlink.ConntrackTable); err != nil {
+		return fmt.Errorf("flush slot conntrack: %w", err)
+	}
+	return m.flushHostConntrack(hostIP)
 }
 
 // healthy is a quick check that a slot's namespace and host veth exist.
@@ -236,23 +316,39 @@ func (m *Manager) healthy(name string) bool {
 // applyFirewall installs p as the firewall of the built slot name: one
 // transaction that refills the egress chain and sets, or, if that fails
 // (the table was damaged), one that replaces the whole table.
-func (m *Manager) applyFirewall(name string, p Policy) error {
+// With cut, every existing flow of the slot is then cut (conntrack flushed
+// in the slot and the host namespace), so that the next packet of each is
+// judged by p as a new one.
+func (m *Manager) applyFirewall(name string, p Policy, cut bool) error {
+	hostIP, ok := m.ours(name)
+	if !ok {
+		return fmt.Errorf("network: firewall of %s: not a slot of this pool", name)
+	}
 	ns, err := netnsutil.Open(m.nsPath(name))
 	if err != nil {
 		return fmt.Errorf("network: firewall of %s: %w", name, err)
 	}
 	defer ns.Close()
-	if err := m.firewallIn(ns, p, fwUpdate); err != nil {
+	a := addrsOf(hostIP)
+	if err := m.firewallIn(ns, a, p, fwUpdate); err != nil {
 		m.log.Warn("network: firewall update failed; replacing the table", "slot", name, "err", err)
-		if err := m.firewallIn(ns, p, fwReplace); err != nil {
+		if err := m.firewallIn(ns, a, p, fwReplace); err != nil {
 			return fmt.Errorf("network: firewall of %s: %w", name, err)
 		}
+	}
+	if !cut {
+		return nil
+	}
+	if err := m.flushConntrack(ns, hostIP); err != nil {
+		return fmt.Errorf("network: firewall of %s: %w", name, err)
 	}
 	return nil
 }
 
-func (m *Manager) firewallIn(ns netns.NsHandle, p Policy, mode fwMode) error {
-	deny, err := m.denyList()
+func (m *Manager) firewallIn(ns netns.NsHandle, a addrs, p Policy, mode fwMode) error {
+	m.hostMu.Lock() // a refresh of the host set waits: it must see this table
+	defer m.hostMu.Unlock()
+	host, err := m.hostList()
 	if err != nil {
 		return err
 	}
@@ -260,26 +356,34 @@ func (m *Manager) firewallIn(ns netns.NsHandle, p Policy, mode fwMode) error {
 	if err != nil {
 		return err
 	}
-	if err := m.writeFirewall(c, p, deny, mode); err != nil {
+	if err := m.writeFirewall(c, p, a, DefaultDenied(), host, mode); err != nil {
 		return err
 	}
 	return c.Flush()
 }
 
-// denyList is what every policy denies: DefaultDenied, the pool and the
-// host namespace's own addresses at this moment.
-func (m *Manager) denyList() ([]netip.Prefix, error) {
-	deny := append(DefaultDenied(), m.pool)
-	addrs, err := m.hostNL.AddrList(nil, netlink.FAMILY_V4)
+// hostList returns the host namespace's own destinations, which no guest
+// may reach: every local and broadcast route of its local routing table
+// (its addresses, subnet broadcast addresses, 127/8) and the limited
+// broadcast address, less the pool (the slots' veth ends, denied as part
+// of the pool).
+func (m *Manager) hostList() ([]netip.Prefix, error) {
+	routes, err := m.hostNL.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_LOCAL}, netlink.RT_FILTER_TABLE)
 	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
-		return nil, fmt.Errorf("list host addresses: %w", err)
+		return nil, fmt.Errorf("list host local routes: %w", err)
 	}
-	for _, a := range addrs {
-		if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok {
-			deny = append(deny, netip.PrefixFrom(ip, 32))
+	host := []netip.Prefix{netip.MustParsePrefix("255.255.255.255/32")}
+	for _, r := range routes {
+		if r.Type != unix.RTN_LOCAL && r.Type != unix.RTN_BROADCAST || r.Dst == nil {
+			continue
 		}
+		p, ok := prefixOf(r.Dst)
+		if !ok || !p.Addr().Is4() || m.pool.Contains(p.Addr()) && p.Bits() >= m.pool.Bits() {
+			continue
+		}
+		host = append(host, p)
 	}
-	return deny, nil
+	return host, nil
 }
 
 // tapOwner sets the owner of a ready slot's TAP.
@@ -349,16 +453,24 @@ func tapOwnedBy(t *netlink.Tuntap, uid, gid uint32) bool {
 // writeSysctl writes /proc/sys/<key> as seen from ns: /proc/sys/net
 // follows the network namespace of the thread that opens it.
 func writeSysctl(ns netns.NsHandle, key, value string) error {
+	return writeSysctls(ns, [][2]string{{key, value}})
+}
+
+// writeSysctls writes several keys in one switch into ns.
+func writeSysctls(ns netns.NsHandle, kvs [][2]string) error {
 	return netnsutil.Do(ns, func() error {
-		f, err := os.OpenFile("/proc/sys/"+key, os.O_WRONLY, 0)
-		if err != nil {
-			return err
+		for _, kv := range kvs {
+			fd, err := unix.Open("/proc/sys/"+kv[0], unix.O_WRONLY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return fmt.Errorf("%s: %w", kv[0], &os.PathError{Op: "open", Path: "/proc/sys/" + kv[0], Err: err})
+			}
+			_, err = unix.Write(fd, []byte(kv[1]))
+			unix.Close(fd)
+			if err != nil {
+				return fmt.Errorf("write %s=%s: %w", kv[0], kv[1], err)
+			}
 		}
-		_, err = f.WriteString(value)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		return err
+		return nil
 	})
 }
 

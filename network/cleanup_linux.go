@@ -45,6 +45,9 @@ func (m *Manager) Cleanup(ctx context.Context, keep func(vmID string) bool) (Rep
 		keep = func(string) bool { return false }
 	}
 	var errs []error
+	if err := m.sweepTemps(ctx); err != nil {
+		errs = append(errs, err)
+	}
 	vms, err := m.cleanupOrphans(ctx, &rep)
 	if err != nil {
 		errs = append(errs, err)
@@ -189,7 +192,7 @@ func (m *Manager) cleanupVM(ctx context.Context, vmID string, keep func(string) 
 		return nil
 	}
 	if !keep(vmID) {
-		if err := m.teardownLocked(vmID); err != nil {
+		if err := m.teardownLocked(ctx, vmID); err != nil {
 			return err
 		}
 		rep.RemovedVMs = append(rep.RemovedVMs, vmID)
@@ -206,7 +209,7 @@ func (m *Manager) cleanupVM(ctx context.Context, vmID string, keep func(string) 
 	}
 	if l.State != stateBuilt {
 		l.State = stateBuilt
-		if err := m.store.Put(kindLease, l.Name, &l); err != nil {
+		if err := m.putLease(ctx, &l); err != nil {
 			return fmt.Errorf("network: repair %q: %w", vmID, err)
 		}
 	}

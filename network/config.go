@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
+	"time"
 )
 
 // Store persists leases and provides cross-process locks.
@@ -65,6 +66,19 @@ type Config struct {
 	// Logger receives background events (pool refills, cleanup); nil
 	// discards them.
 	Logger *slog.Logger
+	// HostAllow lists the host services guests may reach (for example a
+	// DNS resolver on the host: {CIDR: <host address>/32, Protocol:
+	// "udp", Ports: {From: 53}}). Nothing else of the host (its own
+	// addresses, broadcast addresses, or anything delivered locally) is
+	// reachable from a guest, whatever the VM's Policy allows.
+	HostAllow []Rule
+	// AddressRest is how long a HostIP released by Teardown rests before
+	// it is handed out again (unless every other address is taken), so
+	// that no conntrack entry or peer's belief about the old VM reaches
+	// the next one. 0 means the longest conntrack timeout of HostNS plus
+	// a minute (5 days with the kernel's defaults). Rest times are kept
+	// in the Store (netrest/<prefix>), so they hold across processes.
+	AddressRest time.Duration
 }
 
 // Options are per-VM settings for Setup.

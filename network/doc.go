@@ -18,9 +18,10 @@
 //	     +------|--------------------------------------------+
 //	            |
 //	  host namespace (Config.HostNS)
-//	     <name> B/31; route HostIP (B+2)/32 via B+1; ip_forward=1
+//	     <name> B/31; route HostIP (B+2)/32 via B+1; forwarding on <name>
+//	     and EgressInterface (if ip_forward is off)
 //	     table inet <prefix>: masquerade the pool out of EgressInterface,
-//	     forward no new flow towards a slot
+//	     forward slots only to it, no new flow towards a slot, no host input
 //
 // The guest side is identical in every slot: TAPName, GuestIP, GatewayIP,
 // GuestPrefixLen and GuestMAC are constants. A snapshot taken in one slot
@@ -60,6 +61,8 @@
 //
 //	netlease/<name>   {name, host_ip, token, state: building|built, owner{pid,start,instance}, built_for, created}
 //	netvm/<vm id>     {slot, token, policy, tap_uid, tap_gid}
+//	netrest/<prefix>  {released: {<slot name>: time}}   addresses resting after Teardown
+//	nethost/<prefix>  {egress, egress_was}              forwarding mvm turned on, to restore
 //
 // A lease reserves an address. It is created, under the Store lock
 // "netalloc-<prefix>", before any kernel object, and deleted after the
@@ -72,19 +75,53 @@
 //
 // # Firewall
 //
-// Each slot's namespace has a table "inet <prefix>_fw" that filters what
-// the guest sends (packets entering from tap0): replies to flows the host
-// opened are let out; anything not IPv4, or not from GuestIP, is dropped;
-// then the Policy's Allow rules accept; then either everything (DenyAll)
-// or the deny set (DefaultDenied, the host namespace's addresses at set-up
-// or policy time, and the pool, i.e. the other VMs) is dropped; the rest is
-// accepted. Every packet the guest originates is checked, not only the
-// first of a flow, so a policy change also cuts established flows.
-// SetPolicy refills the rules and sets in one transaction. The host table
-// additionally drops any forwarded packet that would open a flow towards a
-// slot, so VMs cannot reach each other even if their policies allow the
-// pool, and nothing beyond the host reaches a guest unasked. The tables live
-// and die with the namespace.
+// The threat model (docs/network-isolation.md): the guest is hostile and
+// writes any frame into its TAP. It may reach what its Policy allows and
+// nothing else; it never reaches the host itself (unless Config.HostAllow
+// lists a service), other VMs, or anything through a host interface other
+// than the egress one; nothing it sends leaves the slot with a source
+// other than its HostIP.
+//
+// Each slot's namespace has a table "inet <prefix>_fw". Before routing,
+// packets that conntrack finds invalid are dropped, and from tap0
+// anything not IPv4 or not from GuestIP (so no forged source reaches the
+// slot's own ICMP answers); from veth0 only the host (its own addresses)
+// may open a flow. Forwarded guest packets then go through the egress
+// chain: replies to flows the host opened are let out; the first packets
+// of new flows are capped (Policy.NewFlowsPerSecond, Policy.MaxFlows); the
+// host's own addresses (its local routing table: addresses, subnet
+// broadcasts, loopback) and the pool are dropped whatever Allow says; then
+// the Policy's Allow rules accept; then either everything (DenyAll) or
+// DefaultDenied is dropped; the rest is accepted. Every packet the guest
+// originates is checked, not only the first of a flow. The guest may ping
+// the gateway from its own address only, at 10 per second; nothing else
+// reaches the slot itself. After SNAT, nothing leaves through veth0 with a
+// source other than HostIP. The slot namespace has strict rp_filter, no
+// redirects, arp_ignore=1, no IPv6 and nf_conntrack_tcp_loose=0 (a peer's
+// mid-stream segment cannot re-create a flow).
+//
+// SetPolicy refills the rules and sets in one transaction, then flushes
+// the slot's conntrack entries in its namespace and in the host
+// namespace, so no flow (in either direction, including ones the host
+// opened) outlives a policy change. Teardown flushes the host's entries of
+// the slot too, and the released HostIP rests (Config.AddressRest, kept in
+// the Store) before it is handed out again.
+//
+// The host table "inet <prefix>" drops what a slot sends to the host
+// (input) unless it answers a flow the host opened or Config.HostAllow
+// lists it; forwards a slot's traffic only to the egress interface, only
+// from the slot's own HostIP (fib reverse-path check per slot veth), and
+// never opens a flow towards a slot; drops invalid packets; and
+// masquerades the pool out of the egress interface. The host set of every
+// slot is refreshed whenever an address of the host namespace changes
+// (netlink subscription, for as long as a Manager runs) and at every New.
+//
+// Forwarding: if the host namespace does not forward already
+// (net.ipv4.ip_forward=0), it is enabled only on each slot's veth and on
+// the egress interface, and the host table then also stops the egress
+// interface's traffic from being routed anywhere but to a slot. The
+// egress interface's old value is recorded (nethost/<prefix>) and
+// restored by the Close that finds no lease left.
 //
 // # Warm pool
 //
@@ -119,9 +156,8 @@
 // # Limits
 //
 // IPv4 only (IPv6 from the guest is dropped). No DNS: give the guest a
-// resolver address and allow it if it is in a denied range. The host
-// addresses in the deny set are read when a slot is built or its policy
-// set. Packets towards VMs are forwarded by this package's rules only; a
+// resolver address and allow it if it is in a denied range (a resolver on
+// the host itself needs Config.HostAllow). Packets towards VMs are forwarded by this package's rules only; a
 // host firewall that drops forwarded traffic by default (Docker sets the
 // iptables FORWARD policy to DROP) must let the pool through. Cleanup
 // decides whether a lease's owner is alive from /proc, so Managers sharing

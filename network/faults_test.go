@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/mvm-dev/microvm/network/internal/netnsutil"
@@ -56,6 +57,11 @@ func TestConfigStatic(t *testing.T) {
 		{"pool link-local", func(c *Config) { c.Pool = netip.MustParsePrefix("169.254.0.0/24") }, "Config.Pool"},
 		{"relative run dir", func(c *Config) { c.RunDir = "run/netns" }, "Config.RunDir"},
 		{"negative pool size", func(c *Config) { c.PoolSize = -1 }, "Config.PoolSize"},
+		{"negative rest", func(c *Config) { c.AddressRest = -time.Second }, "Config.AddressRest"},
+		{"host allow without CIDR", func(c *Config) { c.HostAllow = []Rule{{Protocol: "udp"}} }, "Config.HostAllow[0].CIDR"},
+		{"host allow ports without protocol", func(c *Config) {
+			c.HostAllow = []Rule{{CIDR: netip.MustParsePrefix("10.0.0.1/32"), Ports: PortRange{From: 53}}}
+		}, "Config.HostAllow[0].Ports"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -156,6 +162,8 @@ func TestPolicyValidate(t *testing.T) {
 		{Policy{Allow: []Rule{{CIDR: p("10.0.0.0/8"), Protocol: "tcp", Ports: PortRange{To: 80}}}}, "Policy.Allow[0].Ports"},
 		{Policy{Allow: []Rule{{CIDR: p("10.0.0.0/8"), Protocol: "udp", Ports: PortRange{From: 90, To: 80}}}}, "Policy.Allow[0].Ports"},
 		{Policy{Allow: make([]Rule, MaxRules+1)}, "Policy.Allow"},
+		{Policy{NewFlowsPerSecond: MaxNewFlowsPerSecond + 1}, "Policy.NewFlowsPerSecond"},
+		{Policy{MaxFlows: MaxMaxFlows + 1}, "Policy.MaxFlows"},
 	}
 	for _, tc := range bad {
 		wantField(t, tc.policy.Validate(), ErrInvalidPolicy, tc.field)
@@ -163,6 +171,8 @@ func TestPolicyValidate(t *testing.T) {
 	good := []Policy{
 		{},
 		{DenyAll: true},
+		{NewFlowsPerSecond: MaxNewFlowsPerSecond, MaxFlows: MaxMaxFlows},
+		{NewFlowsPerSecond: 1, MaxFlows: 1},
 		{Allow: []Rule{
 			{CIDR: p("0.0.0.0/0")},
 			{CIDR: p("10.1.2.0/24"), Protocol: "tcp"},

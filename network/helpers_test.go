@@ -138,6 +138,7 @@ func (m *Manager) simulateCrash() {
 	}
 	liveInstances.Delete(m.owner.Instance)
 	m.ops.Lock()
+	m.endWatch()
 	m.closeHandles()
 	m.ops.Unlock()
 }

@@ -9,7 +9,9 @@ import (
 	"log/slog"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/nftables"
@@ -33,6 +35,11 @@ type Manager struct {
 	poolSize int
 	owner    owner
 
+	hostAllow []Rule
+	rest      time.Duration // how long a released HostIP rests
+	fwdPerIf  atomic.Bool   // forwarding is enabled per interface (host veths, egress)
+	hostMu    sync.Mutex    // serialises writing host sets into slot tables
+
 	hostNS netns.NsHandle
 	hostNL *netlink.Handle
 
@@ -49,6 +56,9 @@ type Manager struct {
 	refill chan struct{}  // wakes the refiller
 	stop   context.CancelFunc
 	done   chan struct{} // closed when the refiller has exited
+
+	stopWatch context.CancelFunc
+	watchDone chan struct{} // closed when the host address watcher has exited
 }
 
 // New validates cfg, installs the host namespace's nftables table and
@@ -81,6 +91,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	ok := false
 	defer func() {
 		if !ok {
+			m.endWatch()
 			m.closeHandles()
 		}
 	}()
@@ -96,8 +107,30 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if m.owner, err = newOwner(); err != nil {
 		return nil, fmt.Errorf("network: %w", err)
 	}
+	if m.rest == 0 {
+		if m.rest, err = longestConntrackTimeout(m.hostNS); err != nil {
+			return nil, fmt.Errorf("network: %w", err)
+		}
+		m.rest += time.Minute
+	}
 	if err := m.installHost(ctx); err != nil {
 		return nil, err
+	}
+	if err := m.sweepTemps(ctx); err != nil {
+		m.log.Warn("network: remove temporary files left by a crash", "err", err)
+	}
+	wctx, wcancel := context.WithCancel(context.Background())
+	m.stopWatch, m.watchDone = wcancel, make(chan struct{})
+	ready := make(chan error, 1)
+	go m.watchHost(wctx, ready)
+	if err := <-ready; err != nil {
+		wcancel()
+		<-m.watchDone
+		return nil, fmt.Errorf("network: watch host addresses: %w", err)
+	}
+	// Slots built by earlier processes get the host's addresses of now.
+	if err := m.refreshHostSets(); err != nil {
+		m.log.Warn("network: refresh host addresses in slot firewalls", "err", err)
 	}
 	ok = true
 	liveInstances.Store(m.owner.Instance, struct{}{})
@@ -112,15 +145,17 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 // newManager applies defaults and checks the fields that need no kernel.
 func newManager(cfg Config) (*Manager, error) {
 	m := &Manager{
-		store:    cfg.Store,
-		log:      cfg.Logger,
-		prefix:   cfg.NamePrefix,
-		runDir:   cfg.RunDir,
-		pool:     cfg.Pool,
-		egress:   cfg.EgressInterface,
-		poolSize: cfg.PoolSize,
-		refill:   make(chan struct{}, 1),
-		hostNS:   netns.None(),
+		store:     cfg.Store,
+		log:       cfg.Logger,
+		prefix:    cfg.NamePrefix,
+		runDir:    cfg.RunDir,
+		pool:      cfg.Pool,
+		egress:    cfg.EgressInterface,
+		poolSize:  cfg.PoolSize,
+		rest:      cfg.AddressRest,
+		hostAllow: slices.Clone(cfg.HostAllow),
+		refill:    make(chan struct{}, 1),
+		hostNS:    netns.None(),
 	}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
@@ -170,6 +205,13 @@ func (m *Manager) validateStatic() error {
 	}
 	if m.poolSize < 0 {
 		fe.add("Config.PoolSize", fmt.Sprintf("%d is negative", m.poolSize))
+	}
+	if m.rest < 0 {
+		fe.add("Config.AddressRest", fmt.Sprintf("%s is negative", m.rest))
+	}
+	validateRules(&fe, "Config.HostAllow", m.hostAllow)
+	if len(m.hostAllow) > MaxRules {
+		fe.add("Config.HostAllow", fmt.Sprintf("has %d rules; at most %d are allowed", len(m.hostAllow), MaxRules))
 	}
 	return fe.err()
 }
@@ -264,14 +306,15 @@ func (m *Manager) installHost(ctx context.Context) error {
 }
 
 func (m *Manager) writeHost() error {
-	if err := writeSysctl(m.hostNS, "net/ipv4/ip_forward", "1"); err != nil {
-		return fmt.Errorf("network: enable forwarding in host namespace: %w", err)
+	guard, err := m.enableForwarding()
+	if err != nil {
+		return err
 	}
 	c, err := nftables.New(nftables.WithNetNSFd(int(m.hostNS)))
 	if err != nil {
 		return fmt.Errorf("network: nftables in host namespace: %w", err)
 	}
-	m.writeHostTable(c)
+	m.writeHostTable(c, guard)
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("network: install host table inet %s: %w", m.hostTableName(), err)
 	}
@@ -364,11 +407,11 @@ func (m *Manager) existing(ctx context.Context, vmID string, vr *vmRecord, l *le
 			return nil, err
 		}
 		l.State, l.Owner = stateBuilt, m.owner
-		if err := m.store.Put(kindLease, l.Name, l); err != nil {
+		if err := m.putLease(ctx, l); err != nil {
 			return nil, fmt.Errorf("network: vm %q: record lease: %w", vmID, err)
 		}
 	} else if !vr.sameOptions(opts) {
-		if err := m.configure(l.Name, vr.options(), opts); err != nil {
+		if err := m.configure(l.Name, vr.options(), opts, false); err != nil {
 			return nil, err
 		}
 	}
@@ -381,10 +424,11 @@ func (m *Manager) existing(ctx context.Context, vmID string, vr *vmRecord, l *le
 	return m.slotOf(vmID, l), nil
 }
 
-// configure changes a built slot's policy and TAP owner from old to opts.
-func (m *Manager) configure(name string, old, opts Options) error {
+// configure changes a built slot's policy and TAP owner from old to opts;
+// warm is set for a slot no VM has used yet (no flow to cut).
+func (m *Manager) configure(name string, old, opts Options, warm bool) error {
 	if !old.Policy.equal(opts.Policy) {
-		if err := m.applyFirewall(name, opts.Policy); err != nil {
+		if err := m.applyFirewall(name, opts.Policy, !warm); err != nil {
 			return err
 		}
 	}
@@ -398,7 +442,7 @@ func (m *Manager) configure(name string, old, opts Options) error {
 
 // assignPooled gives a warm slot to vmID: one Store write.
 func (m *Manager) assignPooled(l *leaseRecord, vmID string, opts Options) (*Slot, error) {
-	if err := m.configure(l.Name, Options{}, opts); err != nil {
+	if err := m.configure(l.Name, Options{}, opts, true); err != nil {
 		m.discard(l.Name)
 		return nil, err
 	}
@@ -438,7 +482,7 @@ func (m *Manager) setupFresh(ctx context.Context, vmID string, opts Options) (*S
 		return fail(err)
 	}
 	l.State = stateBuilt
-	if err := m.store.Put(kindLease, l.Name, l); err != nil {
+	if err := m.putLease(ctx, l); err != nil {
 		return fail(fmt.Errorf("network: vm %q: record lease: %w", vmID, err))
 	}
 	return m.slotOf(vmID, l), nil
@@ -466,39 +510,83 @@ func (m *Manager) allocate(ctx context.Context, builtFor string) (*leaseRecord, 
 			used[idx] = true
 		}
 	}
+	rest, err := m.loadRest(time.Now())
+	if err != nil {
+		return nil, err
+	}
+	resting := make(map[uint32]time.Time, len(rest.Released))
+	for name, at := range rest.Released {
+		if ip, ok := m.ours(name); ok {
+			idx, _ := blockIndex(m.pool, ip)
+			resting[idx] = at
+		}
+	}
 	m.mu.Lock()
 	start := m.cursor
 	m.mu.Unlock()
-	for i := uint32(0); i < m.blocks; i++ {
-		idx := (start + i) % m.blocks
-		if used[idx] {
-			continue
+	// Addresses that are neither leased nor resting first; if there are
+	// none, the one that has rested longest.
+	for pass := 0; pass < 2; pass++ {
+		var oldest time.Time
+		oldestIdx := -1
+		if pass == 1 {
+			for idx, at := range resting {
+				if !used[idx] && (oldestIdx < 0 || at.Before(oldest)) {
+					oldest, oldestIdx = at, int(idx)
+				}
+			}
+			if oldestIdx < 0 {
+				break
+			}
 		}
-		a := blockAddrs(m.pool, idx)
-		l := &leaseRecord{
-			Name:     slotName(m.prefix, a.HostIP),
-			HostIP:   a.HostIP.String(),
-			Token:    newToken(),
-			State:    stateBuilding,
-			Owner:    m.owner,
-			BuiltFor: builtFor,
-			Created:  time.Now().UTC(),
+		for i := uint32(0); i < m.blocks; i++ {
+			idx := (start + i) % m.blocks
+			if pass == 1 {
+				if i > 0 {
+					break
+				}
+				idx = uint32(oldestIdx)
+			}
+			if used[idx] {
+				continue
+			}
+			if _, ok := resting[idx]; ok && pass == 0 {
+				continue
+			}
+			a := blockAddrs(m.pool, idx)
+			l := &leaseRecord{
+				Name:     slotName(m.prefix, a.HostIP),
+				HostIP:   a.HostIP.String(),
+				Token:    newToken(),
+				State:    stateBuilding,
+				Owner:    m.owner,
+				BuiltFor: builtFor,
+				Created:  time.Now().UTC(),
+			}
+			err := m.store.Create(kindLease, l.Name, l)
+			if isExists(err) { // written by someone not holding the lock
+				continue
+			}
+			if err != nil {
+				return nil, fmt.Errorf("network: lease %s: %w", l.Name, err)
+			}
+			m.mu.Lock()
+			m.cursor = (idx + 1) % m.blocks
+			m.mu.Unlock()
+			if pass == 1 {
+				// Reused before its rest is over: make sure no flow of the
+				// previous VM remains.
+				if err := m.flushHostConntrack(a.HostIP); err != nil {
+					m.store.Delete(kindLease, l.Name)
+					return nil, fmt.Errorf("network: lease %s: %w", l.Name, err)
+				}
+			}
+			if err := m.ensureHost(); err != nil {
+				m.store.Delete(kindLease, l.Name)
+				return nil, err
+			}
+			return l, nil
 		}
-		err := m.store.Create(kindLease, l.Name, l)
-		if isExists(err) { // written by someone not holding the lock
-			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("network: lease %s: %w", l.Name, err)
-		}
-		m.mu.Lock()
-		m.cursor = (idx + 1) % m.blocks
-		m.mu.Unlock()
-		if err := m.ensureHost(); err != nil {
-			m.store.Delete(kindLease, l.Name)
-			return nil, err
-		}
-		return l, nil
 	}
 	return nil, fmt.Errorf("%w: all %d slots of %s are leased", ErrPoolExhausted, m.blocks, m.pool)
 }
@@ -548,10 +636,10 @@ func (m *Manager) Teardown(ctx context.Context, vmID string) error {
 		return err
 	}
 	defer unlock()
-	return m.teardownLocked(vmID)
+	return m.teardownLocked(ctx, vmID)
 }
 
-func (m *Manager) teardownLocked(vmID string) error {
+func (m *Manager) teardownLocked(ctx context.Context, vmID string) error {
 	_, l, status, err := m.lookup(vmID)
 	if err != nil {
 		return fmt.Errorf("network: teardown: %w", err)
@@ -561,6 +649,11 @@ func (m *Manager) teardownLocked(vmID string) error {
 	}
 	if status == assigned {
 		if err := m.destroy(l.Name); err != nil {
+			return fmt.Errorf("network: teardown %q: %w", vmID, err)
+		}
+		// The address rests before its next use; recorded before the
+		// lease goes, so it is never free without a rest time.
+		if err := m.markReleased(ctx, l.Name); err != nil {
 			return fmt.Errorf("network: teardown %q: %w", vmID, err)
 		}
 		if err := m.store.Delete(kindLease, l.Name); err != nil {
@@ -600,7 +693,7 @@ func (m *Manager) SetPolicy(ctx context.Context, vmID string, p Policy) error {
 	if status != assigned {
 		return fmt.Errorf("%w: %q", ErrNotFound, vmID)
 	}
-	if err := m.applyFirewall(l.Name, p); err != nil {
+	if err := m.applyFirewall(l.Name, p, true); err != nil {
 		return err
 	}
 	vr.Policy = p
@@ -657,6 +750,7 @@ func (m *Manager) Close() error {
 			errs = append(errs, err)
 		}
 	}
+	m.endWatch()
 	if err := m.removeHostIfUnused(); err != nil {
 		errs = append(errs, err)
 	}
@@ -665,8 +759,8 @@ func (m *Manager) Close() error {
 	return errors.Join(errs...)
 }
 
-// removeHostIfUnused deletes the host table when the Store holds no lease
-// of this pool.
+// removeHostIfUnused deletes the host table, and restores the forwarding
+// settings mvm changed, when the Store holds no lease of this pool.
 func (m *Manager) removeHostIfUnused() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -688,15 +782,22 @@ func (m *Manager) removeHostIfUnused() error {
 	if err != nil {
 		return fmt.Errorf("network: nftables in host namespace: %w", err)
 	}
-	t, err := c.ListTableOfFamily(m.hostTableName(), nftables.TableFamilyINet)
-	if err != nil {
-		return nil // already gone
+	if t, err := c.ListTableOfFamily(m.hostTableName(), nftables.TableFamilyINet); err == nil {
+		c.DelTable(t)
+		if err := c.Flush(); err != nil {
+			return fmt.Errorf("network: remove host table inet %s: %w", m.hostTableName(), err)
+		}
 	}
-	c.DelTable(t)
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("network: remove host table inet %s: %w", m.hostTableName(), err)
+	return m.restoreForwarding()
+}
+
+// endWatch stops the host address watcher.
+func (m *Manager) endWatch() {
+	if m.stopWatch != nil {
+		m.stopWatch()
+		<-m.watchDone
+		m.stopWatch = nil
 	}
-	return nil
 }
 
 func (m *Manager) closeHandles() {

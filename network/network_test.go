@@ -123,8 +123,9 @@ func TestEgressDefaultPolicy(t *testing.T) {
 	for _, ip := range upstreamIPs {
 		mustReach(t, g, at(ip), nstest.HostEgressIP)
 	}
+	// ... but never the host itself (H8): an Allow rule does not open it.
 	for _, ip := range hostIPs {
-		mustReach(t, g, at(ip), s.HostIP.String()) // local delivery: no masquerade
+		mustNotReach(t, g, at(ip), host)
 	}
 	h.teardown("vm-a")
 }
@@ -262,21 +263,25 @@ func TestVMsIsolatedAndReachableFromHost(t *testing.T) {
 	})
 	mustNotReachTCP(t, h.env.Up, at(a.HostIP.String()), srvA)
 
-	// Control: with vm-a allowing the pool and the host's forward rules
-	// flushed, a reaches b, so the drops above are the rules' doing.
-	if err := h.m.SetPolicy(ctxT(t), "vm-a", Policy{Allow: []Rule{{CIDR: testPool}}}); err != nil {
-		t.Fatal(err)
+	// Control: with the host's forward rules, vm-a's egress chain and
+	// vm-b's check of who opens flows flushed, a reaches b, so the drops
+	// above are the rules' doing. (No policy can allow the pool: it holds
+	// the host's veth ends.)
+	flushChain := func(nsPath, table, chain string) {
+		ns := nstest.Netns(t, nsPath)
+		defer ns.Close()
+		c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.FlushChain(&nftables.Chain{Name: chain, Table: &nftables.Table{Name: table, Family: nftables.TableFamilyINet}})
+		if err := c.Flush(); err != nil {
+			t.Fatal(err)
+		}
 	}
-	ns := nstest.Netns(t, h.env.Host)
-	defer ns.Close()
-	c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.FlushChain(&nftables.Chain{Name: chainForward, Table: &nftables.Table{Name: testPrefix, Family: nftables.TableFamilyINet}})
-	if err := c.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	flushChain(h.env.Host, testPrefix, chainForward)
+	flushChain(a.NetNSPath, testPrefix+"_fw", chainEgress)
+	flushChain(b.NetNSPath, testPrefix+"_fw", chainPrerouting)
 	mustReach(t, ga, at(b.HostIP.String()), a.HostIP.String())
 
 	h.teardown("vm-a")
@@ -344,14 +349,21 @@ func TestTAPCreatedAndOpenable(t *testing.T) {
 		_, err := nh.LinkByName(TAPName)
 		return err
 	})
-	// Forwarding is on in the slot and in the host namespace (only there).
-	for _, ns := range []string{s.NetNSPath, h.env.Host} {
+	// Forwarding is on in the slot; in the host namespace (where it was
+	// off) only on the slot's veth and the egress interface.
+	for _, c := range []struct{ ns, key, want string }{
+		{s.NetNSPath, "ip_forward", "1"},
+		{h.env.Host, "ip_forward", "0"},
+		{h.env.Host, "conf/" + s.VethHost + "/forwarding", "1"},
+		{h.env.Host, "conf/" + nstest.HostEgress + "/forwarding", "1"},
+		{h.env.Host, "conf/lo/forwarding", "0"},
+	} {
 		var v []byte
-		if err := netnsutil.DoPath(ns, func() (err error) {
-			v, err = os.ReadFile("/proc/sys/net/ipv4/ip_forward")
+		if err := netnsutil.DoPath(c.ns, func() (err error) {
+			v, err = os.ReadFile("/proc/sys/net/ipv4/" + c.key)
 			return err
-		}); err != nil || strings.TrimSpace(string(v)) != "1" {
-			t.Fatalf("ip_forward in %s: %q, %v", ns, v, err)
+		}); err != nil || strings.TrimSpace(string(v)) != c.want {
+			t.Fatalf("%s in %s: %q, %v; want %s", c.key, c.ns, v, err, c.want)
 		}
 	}
 	tables := nsTables(t, s.NetNSPath)

@@ -24,9 +24,19 @@ import (
 //
 // Host namespace, table "inet <prefix>" (static for a Manager's config):
 //
+//	chain input { type filter hook input priority filter; policy accept;
+//	    iifname "<prefix>-*" ct state established,related accept
+//	    iifname "<prefix>-*" ip daddr <cidr> [meta l4proto <p> th dport <ports>] accept  # Config.HostAllow
+//	    iifname "<prefix>-*" drop          # guests reach no host service
+//	}
 //	chain forward { type filter hook forward priority filter; policy accept;
+//	    iifname "<prefix>-*" ct state invalid drop
+//	    oifname "<prefix>-*" ct state invalid drop
 //	    oifname "<prefix>-*" ct state established,related accept
 //	    oifname "<prefix>-*" drop          # nothing forwarded opens a flow to a VM
+//	    iifname "<prefix>-*" oifname != "<egress>" drop     # slots reach only the egress
+//	    iifname "<prefix>-*" fib saddr . iif oif missing drop  # per-slot anti-spoofing
+//	    iifname "<egress>" oifname != "<prefix>-*" drop     # only if mvm turned forwarding on
 //	}
 //	chain postrouting { type nat hook postrouting priority srcnat; policy accept;
 //	    meta nfproto ipv4 ip saddr <pool> oifname "<egress>" masquerade
@@ -39,16 +49,26 @@ import (
 //	chain postrouting { type nat hook postrouting priority srcnat;
 //	    oifname "veth0" ip saddr 169.254.0.21 snat to <HostIP> }
 //
-// Slot namespace, table "inet <prefix>_fw" (the Policy; replaced by SetPolicy):
+// Slot namespace, table "inet <prefix>_fw" (the Policy; refilled by SetPolicy):
 //
-//	set deny  { type ipv4_addr; flags interval; elements = { DefaultDenied, host addresses, pool } }
+//	set deny  { type ipv4_addr; flags interval; elements = { DefaultDenied } }
+//	set host  { type ipv4_addr; flags interval; elements = { host's local and broadcast addresses } }
 //	set allow { type ipv4_addr; flags interval; elements = { Allow rules without protocol } }
+//	chain prerouting { type filter hook prerouting priority mangle; policy accept;
+//	    ct state invalid drop
+//	    iifname "tap0" meta nfproto != ipv4 drop
+//	    iifname "tap0" ip saddr != 169.254.0.21 drop        # no spoofing, before routing
+//	    iifname "veth0" ct state new ip saddr != <VethHost> ip saddr != @host drop  # only the host opens flows
+//	}
 //	chain forward { type filter hook forward priority filter; policy accept;
 //	    iifname "tap0" jump egress }
 //	chain egress {
 //	    ct direction reply accept            # answers to flows the host opened
-//	    meta nfproto != ipv4 drop
-//	    ip saddr != 169.254.0.21 drop        # no spoofing
+//	    ct status & confirmed == 0 limit rate over <NewFlowsPerSecond>/second burst <2x> packets drop
+//	    ct status & confirmed == 0 ct count over <MaxFlows> drop   # first packets of flows only
+//	    ip daddr <cidr> [meta l4proto <p> th dport <ports>] accept   # Config.HostAllow
+//	    ip daddr @host drop                  # the host, whatever Allow says
+//	    ip daddr <pool> drop                 # other VMs and the host's veth ends
 //	    ip daddr @allow accept
 //	    ip daddr <cidr> meta l4proto <p> th dport <ports> accept   # one per protocol rule
 //	    drop                                 # DenyAll
@@ -57,8 +77,12 @@ import (
 //	chain input { type filter hook input priority filter; policy accept;
 //	    iifname "tap0" jump guest_in }
 //	chain guest_in {
-//	    meta nfproto ipv4 ip daddr 169.254.0.22 meta l4proto icmp accept   # ping the gateway
+//	    ip saddr 169.254.0.21 ip daddr 169.254.0.22 icmp type echo-request limit rate 10/second burst 20 packets accept
 //	    drop
+//	}
+//	chain postrouting { type filter hook postrouting priority srcnat + 10; policy accept;
+//	    oifname "veth0" meta nfproto != ipv4 drop
+//	    oifname "veth0" ip saddr != <HostIP> drop   # after SNAT: nothing else leaves
 //	}
 
 const (
@@ -68,8 +92,16 @@ const (
 	chainEgress      = "egress"
 	chainInput       = "input"
 	chainGuestIn     = "guest_in"
+	chainInputHost   = "input"
 	setDeny          = "deny"
 	setAllow         = "allow"
+	setHost          = "host"
+)
+
+// Gateway ping limit (packets per second, burst).
+const (
+	pingRate  = 10
+	pingBurst = 20
 )
 
 func (m *Manager) hostTableName() string { return m.prefix }
@@ -86,20 +118,51 @@ func replaceTable(c *nftables.Conn, t *nftables.Table, replace bool) *nftables.T
 	return c.AddTable(t)
 }
 
-// writeHostTable queues the host namespace table.
-func (m *Manager) writeHostTable(c *nftables.Conn) {
+// writeHostTable queues the host namespace table; egressGuard adds the
+// rule that stops the host from routing egress traffic anywhere but to a
+// slot (when mvm turned forwarding on for the egress interface).
+func (m *Manager) writeHostTable(c *nftables.Conn, egressGuard bool) {
 	t := replaceTable(c, &nftables.Table{Name: m.hostTableName(), Family: nftables.TableFamilyINet}, true)
 	accept := nftables.ChainPolicyAccept
+	vmPrefix := []byte(m.prefix + "-") // interface name wildcard "<prefix>-*"
+	fromVM := matchIfname(expr.MetaKeyIIFNAME, vmPrefix)
+	toVM := matchIfname(expr.MetaKeyOIFNAME, vmPrefix)
+
+	in := c.AddChain(&nftables.Chain{Name: chainInputHost, Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter, Policy: &accept})
+	inRule := func(ex ...[]expr.Any) { c.AddRule(&nftables.Rule{Table: t, Chain: in, Exprs: concat(ex...)}) }
+	inRule(fromVM, matchCtState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED), verdict(expr.VerdictAccept))
+	for _, r := range m.hostAllow {
+		inRule(fromVM, matchNFProto(unix.NFPROTO_IPV4), matchPrefix(ipDaddr, r.CIDR), matchProto(r.Protocol, r.Ports), verdict(expr.VerdictAccept))
+	}
+	inRule(fromVM, verdict(expr.VerdictDrop))
+
 	fwd := c.AddChain(&nftables.Chain{Name: chainForward, Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &accept})
-	vmPrefix := []byte(m.prefix + "-") // interface name wildcard "<prefix>-*"
-	c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: concat(
-		matchIfname(expr.MetaKeyOIFNAME, vmPrefix),
-		matchCtState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED),
-		verdict(expr.VerdictAccept))})
-	c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: concat(
-		matchIfname(expr.MetaKeyOIFNAME, vmPrefix),
-		verdict(expr.VerdictDrop))})
+	rule := func(ex ...[]expr.Any) { c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: concat(ex...)}) }
+	rule(fromVM, matchCtState(expr.CtStateBitINVALID), verdict(expr.VerdictDrop))
+	rule(toVM, matchCtState(expr.CtStateBitINVALID), verdict(expr.VerdictDrop))
+	rule(toVM, matchCtState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED), verdict(expr.VerdictAccept))
+	rule(toVM, verdict(expr.VerdictDrop))
+	rule(fromVM, []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(m.egress)},
+	}, verdict(expr.VerdictDrop))
+	rule(fromVM, matchNFProto(unix.NFPROTO_IPV4), []expr.Any{
+		&expr.Fib{Register: 1, FlagSADDR: true, FlagIIF: true, ResultOIF: true},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: make([]byte, 4)},
+	}, verdict(expr.VerdictDrop))
+	rule(fromVM, matchNFProto(unix.NFPROTO_IPV4), []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: ipSaddr, Len: 4},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: maskOf(m.pool), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: m.pool.Addr().AsSlice()},
+	}, verdict(expr.VerdictDrop))
+	if egressGuard {
+		rule(matchIfname(expr.MetaKeyIIFNAME, ifname(m.egress)), []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: vmPrefix},
+		}, verdict(expr.VerdictDrop))
+	}
 
 	post := c.AddChain(&nftables.Chain{Name: chainPostrouting, Table: t, Type: nftables.ChainTypeNAT,
 		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource, Policy: &accept})
@@ -108,6 +171,10 @@ func (m *Manager) writeHostTable(c *nftables.Conn) {
 		matchPrefix(ipSaddr, m.pool),
 		matchIfname(expr.MetaKeyOIFNAME, ifname(m.egress)),
 		[]expr.Any{&expr.Masq{}})})
+}
+
+func maskOf(p netip.Prefix) []byte {
+	return binary.BigEndian.AppendUint32(nil, ^uint32(0)<<(32-p.Bits()))
 }
 
 // writeNATTable queues the slot namespace's NAT table, replacing an
@@ -138,9 +205,10 @@ const (
 	fwUpdate                // the table is intact: change only the policy
 )
 
-// writeFirewall queues the slot namespace's firewall table for p; deny is
-// the complete list of denied ranges (defaults, host addresses, pool).
-func (m *Manager) writeFirewall(c *nftables.Conn, p Policy, deny []netip.Prefix, mode fwMode) error {
+// writeFirewall queues the slot namespace's firewall table for p; a are
+// the slot's addresses, deny the default denied ranges and host the host's
+// own addresses (never reachable).
+func (m *Manager) writeFirewall(c *nftables.Conn, p Policy, a addrs, deny, host []netip.Prefix, mode fwMode) error {
 	t := &nftables.Table{Name: m.fwTableName(), Family: nftables.TableFamilyINet}
 	if mode != fwUpdate {
 		replaceTable(c, t, mode == fwReplace)
@@ -149,6 +217,7 @@ func (m *Manager) writeFirewall(c *nftables.Conn, p Policy, deny []netip.Prefix,
 	// is not safe for concurrent Conns.
 	denySet := &nftables.Set{Table: t, ID: 1, Name: setDeny, KeyType: nftables.TypeIPAddr, Interval: true}
 	allowSet := &nftables.Set{Table: t, ID: 2, Name: setAllow, KeyType: nftables.TypeIPAddr, Interval: true}
+	hostSet := &nftables.Set{Table: t, ID: 3, Name: setHost, KeyType: nftables.TypeIPAddr, Interval: true}
 	var anyProto []netip.Prefix
 	for _, r := range p.Allow {
 		if r.Protocol == "" {
@@ -156,22 +225,23 @@ func (m *Manager) writeFirewall(c *nftables.Conn, p Policy, deny []netip.Prefix,
 		}
 	}
 	egress := &nftables.Chain{Name: chainEgress, Table: t}
+	sets := []struct {
+		s   *nftables.Set
+		els []netip.Prefix
+	}{{denySet, deny}, {allowSet, anyProto}, {hostSet, host}}
 	if mode == fwUpdate {
-		c.FlushSet(denySet)
-		c.FlushSet(allowSet)
 		c.FlushChain(egress)
-		if err := c.SetAddElements(denySet, intervalElements(deny)); err != nil {
-			return fmt.Errorf("deny set: %w", err)
-		}
-		if err := c.SetAddElements(allowSet, intervalElements(anyProto)); err != nil {
-			return fmt.Errorf("allow set: %w", err)
+		for _, x := range sets {
+			c.FlushSet(x.s)
+			if err := c.SetAddElements(x.s, intervalElements(x.els)); err != nil {
+				return fmt.Errorf("%s set: %w", x.s.Name, err)
+			}
 		}
 	} else {
-		if err := c.AddSet(denySet, intervalElements(deny)); err != nil {
-			return fmt.Errorf("deny set: %w", err)
-		}
-		if err := c.AddSet(allowSet, intervalElements(anyProto)); err != nil {
-			return fmt.Errorf("allow set: %w", err)
+		for _, x := range sets {
+			if err := c.AddSet(x.s, intervalElements(x.els)); err != nil {
+				return fmt.Errorf("%s set: %w", x.s.Name, err)
+			}
 		}
 		c.AddChain(egress)
 	}
@@ -181,14 +251,18 @@ func (m *Manager) writeFirewall(c *nftables.Conn, p Policy, deny []netip.Prefix,
 		&expr.Ct{Register: 1, Key: expr.CtKeyDIRECTION},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{ctDirReply}},
 	}, verdict(expr.VerdictAccept))
-	rule([]expr.Any{
-		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
-	}, verdict(expr.VerdictDrop))
-	rule([]expr.Any{
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: ipSaddr, Len: 4},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: GuestIP.AsSlice()},
-	}, verdict(expr.VerdictDrop))
+	rate, count := p.flowLimits()
+	rule(matchUnconfirmed(),
+		[]expr.Any{&expr.Limit{Type: expr.LimitTypePkts, Rate: uint64(rate), Unit: expr.LimitTimeSecond, Burst: 2 * rate, Over: true}},
+		verdict(expr.VerdictDrop))
+	rule(matchUnconfirmed(),
+		[]expr.Any{&expr.Connlimit{Count: count, Flags: connlimitInvert}},
+		verdict(expr.VerdictDrop))
+	for _, r := range m.hostAllow {
+		rule(matchPrefix(ipDaddr, r.CIDR), matchProto(r.Protocol, r.Ports), verdict(expr.VerdictAccept))
+	}
+	rule(lookupDaddr(hostSet), verdict(expr.VerdictDrop))
+	rule(matchPrefix(ipDaddr, m.pool), verdict(expr.VerdictDrop))
 	rule(lookupDaddr(allowSet), verdict(expr.VerdictAccept))
 	for _, r := range p.Allow {
 		if r.Protocol == "" {
@@ -206,25 +280,69 @@ func (m *Manager) writeFirewall(c *nftables.Conn, p Policy, deny []netip.Prefix,
 	}
 
 	accept := nftables.ChainPolicyAccept
+	pre := c.AddChain(&nftables.Chain{Name: chainPrerouting, Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityMangle, Policy: &accept})
+	preRule := func(ex ...[]expr.Any) { c.AddRule(&nftables.Rule{Table: t, Chain: pre, Exprs: concat(ex...)}) }
+	fromGuest := matchIfname(expr.MetaKeyIIFNAME, ifname(TAPName))
+	preRule(matchCtState(expr.CtStateBitINVALID), verdict(expr.VerdictDrop))
+	preRule(fromGuest, []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
+	}, verdict(expr.VerdictDrop))
+	preRule(fromGuest, []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: ipSaddr, Len: 4},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: GuestIP.AsSlice()},
+	}, verdict(expr.VerdictDrop))
+	preRule(matchIfname(expr.MetaKeyIIFNAME, ifname(NSVethName)), matchNFProto(unix.NFPROTO_IPV4),
+		matchCtState(expr.CtStateBitNEW), []expr.Any{
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: ipSaddr, Len: 4},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: a.VethHost.AsSlice()},
+			&expr.Lookup{SourceRegister: 1, SetName: hostSet.Name, SetID: hostSet.ID, Invert: true},
+		}, verdict(expr.VerdictDrop))
+
 	fwd := c.AddChain(&nftables.Chain{Name: chainForward, Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &accept})
 	c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: concat(
-		matchIfname(expr.MetaKeyIIFNAME, ifname(TAPName)),
+		fromGuest,
 		[]expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: chainEgress}})})
 	guestIn := c.AddChain(&nftables.Chain{Name: chainGuestIn, Table: t})
 	input := c.AddChain(&nftables.Chain{Name: chainInput, Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter, Policy: &accept})
 	c.AddRule(&nftables.Rule{Table: t, Chain: input, Exprs: concat(
-		matchIfname(expr.MetaKeyIIFNAME, ifname(TAPName)),
+		fromGuest,
 		[]expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: chainGuestIn}})})
 	c.AddRule(&nftables.Rule{Table: t, Chain: guestIn, Exprs: concat(
 		matchNFProto(unix.NFPROTO_IPV4),
+		matchPrefix(ipSaddr, netip.PrefixFrom(GuestIP, 32)),
 		matchPrefix(ipDaddr, netip.PrefixFrom(GatewayIP, 32)),
 		matchProto("icmp", PortRange{}),
+		[]expr.Any{
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{icmpEchoRequest}},
+			&expr.Limit{Type: expr.LimitTypePkts, Rate: pingRate, Unit: expr.LimitTimeSecond, Burst: pingBurst},
+		},
 		verdict(expr.VerdictAccept))})
 	c.AddRule(&nftables.Rule{Table: t, Chain: guestIn, Exprs: verdict(expr.VerdictDrop)})
+
+	post := c.AddChain(&nftables.Chain{Name: chainPostrouting, Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityRef(*nftables.ChainPriorityNATSource + 10), Policy: &accept})
+	toHost := matchIfname(expr.MetaKeyOIFNAME, ifname(NSVethName))
+	c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: concat(toHost, []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
+	}, verdict(expr.VerdictDrop))})
+	c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: concat(toHost, []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: ipSaddr, Len: 4},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: a.HostIP.AsSlice()},
+	}, verdict(expr.VerdictDrop))})
 	return nil
 }
+
+// connlimitInvert is NFT_CONNLIMIT_F_INV: "ct count over N".
+const connlimitInvert = 1
+
+// icmpEchoRequest is the ICMP type of a ping.
+const icmpEchoRequest = 8
 
 // ctDirReply is IP_CT_DIR_REPLY, the value of "ct direction" for replies.
 const ctDirReply = 1
@@ -260,6 +378,23 @@ func matchNFProto(p byte) []expr.Any {
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{p}},
 	}
 }
+
+// matchUnconfirmed matches the first packet of a flow (its conntrack
+// entry is not confirmed yet): "ct status & confirmed == 0". Unlike "ct
+// state new" it does not match the later packets of a flow that has seen
+// no reply yet.
+func matchUnconfirmed() []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Register: 1, Key: expr.CtKeySTATUS},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(ipsConfirmed), Xor: binaryutil.NativeEndian.PutUint32(0)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(0)},
+	}
+}
+
+// ipsConfirmed is IPS_CONFIRMED, the conntrack status bit of an entry in
+// the table.
+const ipsConfirmed = 1 << 3
 
 func matchCtState(bits uint32) []expr.Any {
 	return []expr.Any{

@@ -100,7 +100,7 @@ func (m *Manager) buildPooled(ctx context.Context) error {
 		return err
 	}
 	l.State = stateBuilt
-	if err := m.store.Put(kindLease, l.Name, l); err != nil {
+	if err := m.putLease(ctx, l); err != nil {
 		m.discard(l.Name)
 		return err
 	}

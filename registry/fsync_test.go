@@ -153,17 +153,17 @@ func TestRemoveTemps(t *testing.T) {
 	if want := []string{"a", "a-b", "ab", "b"}; !slices.Equal(ids, want) {
 		t.Fatalf("TempIDs = %q, want %q", ids, want)
 	}
-	if err := r.RemoveTemps("vm", "a"); err != nil {
-		t.Fatal(err)
+	if n, err := r.RemoveTemps("vm", "a"); err != nil || n != 2 {
+		t.Fatalf("RemoveTemps(a) = %d, %v; want 2", n, err)
 	}
 	got := recordFiles(t, r, "vm")
 	if want := []string{".tmp-a-b-99", ".tmp-ab-1", ".tmp-b-2", "a.json"}; !slices.Equal(got, want) {
 		t.Fatalf("after RemoveTemps(a): %q, want %q", got, want)
 	}
-	if err := r.RemoveTemps("vm", "../x"); err == nil {
+	if _, err := r.RemoveTemps("vm", "../x"); err == nil {
 		t.Error("RemoveTemps accepted an invalid id")
 	}
-	if err := r.RemoveTemps("none", "a"); err != nil {
+	if _, err := r.RemoveTemps("none", "a"); err != nil {
 		t.Errorf("RemoveTemps of a kind without records: %v", err)
 	}
 }

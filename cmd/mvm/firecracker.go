@@ -25,6 +25,11 @@ const netStateDir = "network"
 // closed with the runtime (VM networks stay with their VMs).
 func openFirecracker(ctx context.Context, g *globals) (microvm.Runtime, error) {
 	cfg := firecracker.Config{StateDir: g.stateDir, FirecrackerBin: g.firecrackerBin}
+	jc, err := g.jail.config()
+	if err != nil {
+		return nil, err
+	}
+	cfg.Jailer = jc
 	if g.net.egressIface == "" {
 		return firecracker.Open(ctx, cfg)
 	}

@@ -355,3 +355,85 @@ func TestCLIRealBinaries(t *testing.T) {
 		})
 	}
 }
+
+// TestCLIJailed runs the CLI with --jailer-bin and the real jailer and
+// firecracker v1.7 (root only): each VM runs as its own uid in its chroot
+// (inspect shows both; the images given by a relative symbolic link and
+// path), a SIGKILLed VM is found without its jail, and rm leaves no
+// chroot, cgroup or process.
+func TestCLIJailed(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("jailed mode needs root")
+	}
+	dir := realfc.Dir(t)
+	c := newCLI(t)
+	c.fc, c.dir = filepath.Join(dir, "firecracker-v1.7.0"), t.TempDir()
+	c.env = append(c.env, "MVM_JAILER_BIN="+filepath.Join(dir, "jailer-v1.7.0"), "MVM_JAILER_UID_RANGE=810000:8")
+	if err := os.Symlink(realfc.Kernel(t), filepath.Join(c.dir, "vmlinux")); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"rootfs.ext4", "rootfs-b.ext4"} {
+		if err := os.WriteFile(filepath.Join(c.dir, f), make([]byte, 1<<20), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	type jailed struct {
+		inspected
+		LastError string `json:"last_error"`
+		Backend   struct {
+			PID  int `json:"pid"`
+			Jail *struct {
+				UID     int      `json:"uid"`
+				Chroot  string   `json:"chroot"`
+				Cgroups []string `json:"cgroups"`
+			} `json:"jail"`
+		} `json:"backend"`
+	}
+	inspect := func(id string) jailed {
+		t.Helper()
+		var vm jailed
+		out := c.ok("inspect", id, "-o", "json")
+		if err := json.Unmarshal([]byte(out), &vm); err != nil {
+			t.Fatalf("inspect: %v\n%s", err, out)
+		}
+		return vm
+	}
+	var vms []jailed
+	for i, id := range []string{"cli-a", "cli-b"} {
+		c.ok("create", id, "--kernel", "vmlinux", "--rootfs", []string{"rootfs.ext4", "rootfs-b.ext4"}[i], "--memory", "128")
+		vm := inspect(id)
+		j := vm.Backend.Jail
+		if j == nil || j.UID < 810000 || j.UID >= 810008 || j.Chroot == "" || len(j.Cgroups) == 0 {
+			t.Fatalf("inspect %s: jail %+v, want a uid in 810000:8, a chroot and cgroups", id, j)
+		}
+		status, _ := os.ReadFile("/proc/" + strconv.Itoa(vm.Backend.PID) + "/status")
+		if !strings.Contains(string(status), "\nUid:\t"+strconv.Itoa(j.UID)+"\t") {
+			t.Errorf("%s: process %d does not run as uid %d", id, vm.Backend.PID, j.UID)
+		}
+		vms = append(vms, vm)
+	}
+	if vms[0].Backend.Jail.UID == vms[1].Backend.Jail.UID {
+		t.Errorf("two live VMs share uid %d", vms[0].Backend.Jail.UID)
+	}
+	if err := syscall.Kill(vms[1].Backend.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if got := inspect("cli-b"); got.Status != "created" || got.Backend.PID != 0 || got.Backend.Jail != nil || got.LastError == "" {
+		t.Errorf("after SIGKILL: %s, pid %d, jail %+v, last error %q; want created without process or jail", got.Status, got.Backend.PID, got.Backend.Jail, got.LastError)
+	}
+	for _, vm := range vms {
+		c.ok("rm", vm.ID)
+		if _, err := os.Stat(vm.Backend.Jail.Chroot); err == nil {
+			t.Errorf("chroot %s left after rm", vm.Backend.Jail.Chroot)
+		}
+		for _, cg := range vm.Backend.Jail.Cgroups {
+			if _, err := os.Stat(cg); err == nil {
+				t.Errorf("cgroup %s left after rm", cg)
+			}
+			os.Remove(filepath.Dir(cg)) // the parent, once empty
+		}
+		if alive(vm.Backend.PID) {
+			t.Errorf("process %d alive after rm", vm.Backend.PID)
+		}
+	}
+}

@@ -22,6 +22,7 @@ type globals struct {
 	output         string
 	firecrackerBin string
 	net            netFlags
+	jail           jailFlags
 	stdout, stderr io.Writer
 }
 
@@ -59,6 +60,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table or json")
 	pf.StringVar(&g.firecrackerBin, "firecracker-bin", os.Getenv("MVM_FIRECRACKER_BIN"), "firecracker binary (env MVM_FIRECRACKER_BIN; default: firecracker from PATH)")
 	g.net.flags(root)
+	g.jail.flags(root)
 
 	root.AddCommand(
 		createCmd(g), startCmd(g), stopCmd(g), pauseCmd(g), resumeCmd(g),

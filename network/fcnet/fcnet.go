@@ -45,6 +45,7 @@ var (
 	_ firecracker.Network       = (*Network)(nil)
 	_ firecracker.PolicyUpdater = (*Network)(nil)
 	_ firecracker.Cleaner       = (*Network)(nil)
+	_ firecracker.TAPOwner      = (*Network)(nil)
 )
 
 // New returns the adapter of m. The caller keeps ownership of m and closes
@@ -89,6 +90,18 @@ func (n *Network) Attach(ctx context.Context, id string, nic microvm.NetworkInte
 			HostIP:   s.HostIP.String(),
 		},
 	}, nil
+}
+
+// SetTAPOwner gives VM id's TAP device to uid and gid, for a jailed
+// firecracker (network.Options.TAPUID and TAPGID), keeping nic's egress
+// policy.
+func (n *Network) SetTAPOwner(ctx context.Context, id string, nic microvm.NetworkInterface, uid, gid uint32) error {
+	p, err := Policy(nic.Egress)
+	if err != nil {
+		return fmt.Errorf("network[%s].egress: %w", nic.ID, err)
+	}
+	_, err = n.m.Setup(ctx, id, network.Options{Policy: p, TAPUID: uid, TAPGID: gid})
+	return err
 }
 
 // Detach removes VM id's slot (network.Manager.Teardown).

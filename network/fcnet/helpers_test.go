@@ -97,6 +97,7 @@ type world struct {
 	cfg   network.Config
 	state string
 	bin   string
+	jail  *firecracker.JailerConfig // runtimes opened jailed when set
 	rt    *firecracker.Runtime
 }
 
@@ -173,6 +174,7 @@ func (w *world) open(n firecracker.Network) *firecracker.Runtime {
 	if n != nil {
 		cfg.Network = n
 	}
+	cfg.Jailer = w.jail
 	rt, err := firecracker.Open(ctxT(w.t), cfg)
 	if err != nil {
 		w.t.Fatalf("firecracker.Open: %v", err)

@@ -1,0 +1,48 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/mvm-dev/microvm/firecracker"
+)
+
+// jailFlags are the flags that run VMs through Firecracker's jailer.
+type jailFlags struct {
+	bin      string
+	uidRange string
+}
+
+func (j *jailFlags) flags(root *cobra.Command) {
+	pf := root.PersistentFlags()
+	pf.StringVar(&j.bin, "jailer-bin", os.Getenv("MVM_JAILER_BIN"),
+		"run each VM's firecracker through this jailer: own chroot, uid and cgroups; needs root (env MVM_JAILER_BIN; default: no jailer)")
+	pf.StringVar(&j.uidRange, "jailer-uid-range", os.Getenv("MVM_JAILER_UID_RANGE"),
+		fmt.Sprintf("uids of jailed VMs, FIRST:COUNT, one per live VM (env MVM_JAILER_UID_RANGE; default %d:%d)",
+			firecracker.DefaultJailUIDBase, firecracker.DefaultJailUIDCount))
+}
+
+// config returns the runtime's jailer settings, nil without --jailer-bin.
+func (j *jailFlags) config() (*firecracker.JailerConfig, error) {
+	if j.bin == "" {
+		if j.uidRange != "" {
+			return nil, usagef("--jailer-uid-range needs --jailer-bin")
+		}
+		return nil, nil
+	}
+	cfg := &firecracker.JailerConfig{Bin: j.bin}
+	if j.uidRange != "" {
+		first, count, ok := strings.Cut(j.uidRange, ":")
+		base, err1 := strconv.Atoi(first)
+		n, err2 := strconv.Atoi(count)
+		if !ok || err1 != nil || err2 != nil || base < 1 || n < 1 {
+			return nil, usagef("--jailer-uid-range must be FIRST:COUNT with positive numbers (got %q)", j.uidRange)
+		}
+		cfg.UIDBase, cfg.UIDCount = base, n
+	}
+	return cfg, nil
+}

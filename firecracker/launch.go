@@ -1,0 +1,59 @@
+package firecracker
+
+import (
+	"context"
+	"fmt"
+	"os"
+)
+
+// launcher is how the runtime starts a VM's firecracker: directly as a
+// child of the runtime (directLauncher) or through Firecracker's jailer
+// in a chroot, under a uid and cgroups of its own (jailLauncher). Both lay
+// the VM's files out through vmPaths (see Runtime.layout), which gives
+// every path in the host's view and in firecracker's: the code that
+// configures, snapshots and restores a VM never builds one itself.
+type launcher interface {
+	// prepare describes in rec (rec.Jail) what start will make, before
+	// anything is made; the caller writes the record, then calls start.
+	prepare(ctx context.Context, rec *vmRecord) error
+	// start makes what prepare described and starts firecracker with
+	// its API socket at l.apiSock, stdout and stderr on out, inheriting
+	// keep. It returns a handle on the firecracker process itself. On
+	// error, what it made is left for the caller to release (through
+	// the record, see held).
+	start(ctx context.Context, rec *vmRecord, l vmPaths, out *os.File, keep []*os.File) (*proc, error)
+}
+
+// directLauncher runs firecracker as a child of the runtime, as the
+// runtime's user, in the VM directory.
+type directLauncher struct{ bin string }
+
+func (directLauncher) prepare(context.Context, *vmRecord) error { return nil }
+
+func (d directLauncher) start(ctx context.Context, rec *vmRecord, l vmPaths, out *os.File, keep []*os.File) (*proc, error) {
+	var p *proc
+	netns := ""
+	if rec.Net != nil {
+		netns = rec.Net.NetNS
+	}
+	err := inNetNS(netns, func() (err error) {
+		p, err = spawn(spawnSpec{
+			bin:  d.bin,
+			args: []string{"--api-sock", l.fcSock(l.apiSock), "--id", rec.ID},
+			dir:  l.dir,
+			out:  out,
+			keep: keep,
+		})
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("start firecracker %s: %w", d.bin, err)
+	}
+	return p, nil
+}
+
+// jailed reports whether the runtime runs its VMs jailed.
+func (r *Runtime) jailed() bool {
+	_, ok := r.launcher.(*jailLauncher)
+	return ok
+}
