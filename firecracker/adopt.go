@@ -229,10 +229,19 @@ func (r *Runtime) reconcile(ctx context.Context, rec *vmRecord) (*vmRecord, erro
 			return rec, err
 		}
 	}
-	if rec.Process == nil && (rec.Op == opCreate || rec.Op == opRestore || rec.Op == opStart) {
-		// The process may have been spawned before its pid was recorded.
-		if err := r.killStrays(rec.ID); err != nil {
+	switch {
+	case rec.Process == nil && (rec.Op == opCreate || rec.Op == opRestore || rec.Op == opStart),
+		rec.Op == opRestore && rec.Uffd == nil && rec.MemoryBackend == microvm.MemoryBackendUffd:
+		// A process may have been spawned before its pid was recorded:
+		// the firecracker, or a restore's page server.
+		if err := r.killStrays(rec.ID, rec.Process); err != nil {
 			return rec, err
+		}
+	}
+	if rec.Op != "" {
+		// Writes of the record the dead driver began and never renamed.
+		if _, err := r.reg.RemoveTemps(kindVM, rec.ID); err != nil {
+			r.log.Warn("remove temporary record files", "vm", rec.ID, "err", err)
 		}
 	}
 	switch rec.Op {
@@ -243,7 +252,7 @@ func (r *Runtime) reconcile(ctx context.Context, rec *vmRecord) (*vmRecord, erro
 		r.log.Info("removed vm left by an interrupted operation", "vm", rec.ID, "op", rec.Op)
 		return nil, nil
 	}
-	op := rec.Op
+	op, opSnap := rec.Op, rec.OpSnapshot
 	rec.Op, rec.OpSnapshot = "", ""
 	if p == nil {
 		switch {
@@ -281,6 +290,12 @@ func (r *Runtime) reconcile(ctx context.Context, rec *vmRecord) (*vmRecord, erro
 			return rec, r.save(rec)
 		}
 		r.log.Warn("adopted vm does not answer its API", "vm", rec.ID, "err", err)
+		if op == opSnapshot {
+			// It may still be writing the snapshot (the API answers one
+			// request at a time): keep the mark, so that a later
+			// adoption resumes the VM the snapshot paused.
+			rec.Op, rec.OpSnapshot = op, opSnap
+		}
 		r.watch(rec.ID, p)
 		return rec, r.save(rec)
 	}

@@ -25,7 +25,7 @@ type childJob struct {
 	Bin   string       `json:"bin"`
 	ID    string       `json:"id"`
 	Spec  microvm.Spec `json:"spec"`
-	Ops   []string     `json:"ops"` // "create", "start", "pause", "kill-self"
+	Ops   []string     `json:"ops"` // "create", "start", "pause", "resume", "stop", "snapshot", "get", "exit-without-close"
 	// Jailer, when set, runs the child's runtime jailed.
 	Jailer *firecracker.JailerConfig `json:"jailer,omitempty"`
 }
@@ -54,8 +54,12 @@ func childMain(job string) int {
 			vm, err = rt.Start(ctx, j.ID)
 		case "pause":
 			vm, err = rt.Pause(ctx, j.ID)
+		case "resume":
+			vm, err = rt.Resume(ctx, j.ID)
 		case "stop":
 			vm, err = rt.Stop(ctx, j.ID, nil)
+		case "snapshot":
+			_, err = rt.Snapshot(ctx, j.ID, j.ID+"-snap", nil)
 		case "get":
 			vm, err = rt.Get(ctx, j.ID)
 		case "exit-without-close":

@@ -101,8 +101,9 @@
 // Adoption is lazy: Open reads no record and probes no VM, so a command
 // about one VM costs the same with one VM or thousands in the state
 // directory. Open only sweeps what no record explains (VM directories of
-// interrupted Creates, directories left half-deleted by a Destroy), which
-// costs two directory reads. A VM is reconciled with the host when this
+// interrupted Creates, directories left half-deleted by a Destroy,
+// temporary record files of writers that died, each under its VM's lock),
+// which costs three directory reads. A VM is reconciled with the host when this
 // Runtime first meets it: an operation on it, Get, or List.
 //
 // A record whose process is alive (same pid, start time and boot) is
@@ -115,8 +116,14 @@
 // are removed; a state changed behind the record's back (a VM paused
 // through the API) is taken from firecracker; an operation whose process
 // died midway is finished or undone (an interrupted Create or Restore is
-// removed, a Stop is completed, a Snapshot resumes the VM it paused). A VM
-// whose lock another process holds is left to that process.
+// removed, with any firecracker or page server it started before
+// recording it, found by its working directory or command line; a Stop is
+// completed; a Snapshot resumes the VM it paused, once firecracker
+// answers again; a Start, Pause or Resume, marked before its API call,
+// takes the state firecracker reports, also under List). A VM whose lock
+// another process holds is left to that process. cmd/mvm's TestChaos
+// kills mvm commands at random instants and checks all of this against
+// the host.
 //
 // Crash detection therefore covers the VMs this Runtime created or met. A
 // long-running user that wants every VM watched (and checked against its

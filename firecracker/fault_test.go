@@ -431,19 +431,24 @@ func TestDriverKilledMidOperation(t *testing.T) {
 		pre    []string // ops done first, by a child that completes
 		op     string   // the op of the child that is killed
 		env    []string // settings of processes started during op
+		preEnv []string // settings of processes started by pre
 		want   microvm.Status
 		exists bool
 	}{
-		{"create", nil, "create", []string{"FCSTANDIN_START_DELAY=3s"}, "", false},
-		{"start", []string{"create", "start", "stop"}, "start", []string{"FCSTANDIN_START_DELAY=3s"}, microvm.StatusStopped, true},
-		{"stop", []string{"create", "start"}, "stop", []string{"FCSTANDIN_STOP_DELAY=5s"}, microvm.StatusStopped, true},
+		{"create", nil, "create", []string{"FCSTANDIN_START_DELAY=3s"}, nil, "", false},
+		{"start", []string{"create", "start", "stop"}, "start", []string{"FCSTANDIN_START_DELAY=3s"}, nil, microvm.StatusStopped, true},
+		// The process the stop is asked of is started by pre: the delay
+		// must be set then, or it dies before the driver is killed and
+		// the recovery of a live process is never run.
+		{"stop", []string{"create", "start"}, "stop", nil, []string{"FCSTANDIN_STOP_DELAY=5s"}, microvm.StatusStopped, true},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			state := t.TempDir()
-			bin, set := standinCtl(t)
+			bin, set := standinCtl(t, c.preEnv...)
+			var pre microvm.VM
 			if c.pre != nil {
-				runChild(t, childJob{State: state, Bin: bin, ID: "k", Spec: spec, Ops: c.pre})
+				pre = runChild(t, childJob{State: state, Bin: bin, ID: "k", Spec: spec, Ops: c.pre})
 			}
 			set(c.env...)
 			raw, _ := json.Marshal(childJob{State: state, Bin: bin, ID: "k", Spec: spec, Ops: []string{c.op}})
@@ -455,6 +460,9 @@ func TestDriverKilledMidOperation(t *testing.T) {
 			cmd.Process.Kill()
 			cmd.Wait()
 			set()
+			if c.op == "stop" && !alive(pre.Backend.PID) {
+				t.Fatalf("the firecracker being stopped (pid %d) died before the driver was killed: the recovery of a live process is not tested", pre.Backend.PID)
+			}
 			rt := open(t, state, bin)
 			defer rt.Close()
 			vm, err := rt.Get(ctx, "k")

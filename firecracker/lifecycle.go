@@ -250,7 +250,15 @@ func (r *Runtime) Start(ctx context.Context, id string) (microvm.VM, error) {
 	if rec.Status == microvm.StatusCreated && rec.Process != nil {
 		if p, err := attach(rec.Process.PID, rec.Process.StartTime, rec.Process.BootID); err == nil {
 			defer p.close()
+			// Marked before the call: a driver that dies after
+			// InstanceStart leaves a record that recovery settles by
+			// asking firecracker (see reconcile).
+			rec.Op = opStart
+			if err := r.mark(rec); err != nil {
+				return microvm.VM{}, &OpError{Op: "start", ID: id, Err: err}
+			}
 			err := r.call(ctx, rec, "boot", func(c *vmClient) error { return c.InstanceStart(ctx) })
+			rec.Op = ""
 			if err == nil {
 				rec.setStatus(to)
 				if err := r.save(rec); err != nil {
@@ -462,7 +470,16 @@ func (r *Runtime) simple(ctx context.Context, id string, op microvm.Op, step str
 	if err != nil {
 		return microvm.VM{}, err
 	}
-	if err := r.call(ctx, rec, step, func(c *vmClient) error { return fn(ctx, c) }); err != nil {
+	// Marked before the call: a driver that dies after firecracker acted
+	// leaves a record that recovery settles by asking firecracker (see
+	// reconcile), even where adoption does not probe (List).
+	rec.Op = string(op)
+	if err := r.mark(rec); err != nil {
+		return microvm.VM{}, &OpError{Op: string(op), ID: id, Err: err}
+	}
+	err = r.call(ctx, rec, step, func(c *vmClient) error { return fn(ctx, c) })
+	rec.Op = ""
+	if err != nil {
 		return microvm.VM{}, r.failOp(string(op), rec, err)
 	}
 	rec.setStatus(to)

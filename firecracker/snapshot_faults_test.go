@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	microvm "github.com/mvm-dev/microvm"
+	"github.com/mvm-dev/microvm/fcapi"
 )
 
 // runningWithSnapshot creates and starts VM "src" and snapshots it as
@@ -195,6 +196,9 @@ func TestSnapshotDiskFull(t *testing.T) {
 	vm, gerr := rt.Get(ctx, "vm")
 	if gerr != nil || vm.Status != microvm.StatusRunning {
 		t.Fatalf("after a failed snapshot the VM is %v (%v), want running", vm.Status, gerr)
+	}
+	if st := fcState(t, vm.Backend.APISocket); st != fcapi.StateRunning {
+		t.Fatalf("after a failed snapshot firecracker reports %q, want Running (resumed)", st)
 	}
 	if snaps, err := rt.Snapshots(ctx, ""); err != nil || len(snaps) != 0 {
 		t.Fatalf("Snapshots after a failed snapshot: %v %v, want none", snaps, err)

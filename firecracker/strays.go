@@ -21,11 +21,12 @@ import (
 // directory that no record explains as an interrupted Create: it ends
 // every process found working in it (see strayProcs) and removes it.
 
-// strayProcs returns the live processes whose working directory is dir
-// and whose command line names it or the VM id: the firecracker of an
-// interrupted Create (started with --id <id> in its VM directory), found
-// by what it is since no record names its pid. The scan reads /proc and
-// runs only for directories without a record.
+// strayProcs returns the live processes working for VM id that were
+// started by an operation that died before it recorded them, found by what
+// they are: a firecracker runs in the VM directory dir with --id <id> (or
+// dir) on its command line; a restore's page server names its socket in
+// dir on its command line. The scan reads /proc and runs only for
+// directories without a record and for recovery of interrupted operations.
 func strayProcs(dir, id string) []procRecord {
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
@@ -33,19 +34,22 @@ func strayProcs(dir, id string) []procRecord {
 	}
 	self := os.Getpid()
 	idArg := []byte("\x00--id\x00" + id + "\x00")
+	inDir := []byte("\x00" + dir + "/")
 	var out []procRecord
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil || pid == self {
 			continue
 		}
-		cwd, err := os.Readlink("/proc/" + e.Name() + "/cwd")
-		if err != nil || cwd != dir {
+		cmd, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil {
 			continue
 		}
-		cmd, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		if err != nil || !(bytes.Contains(cmd, idArg) || bytes.Contains(cmd, []byte(dir))) {
-			continue
+		if !bytes.Contains(cmd, inDir) { // not a page server
+			cwd, err := os.Readlink("/proc/" + e.Name() + "/cwd")
+			if err != nil || cwd != dir || !(bytes.Contains(cmd, idArg) || bytes.Contains(cmd, []byte(dir))) {
+				continue
+			}
 		}
 		st, err := readProcStat(pid)
 		if err != nil || st.state == 'Z' || st.state == 'X' {
@@ -63,17 +67,23 @@ func (r *Runtime) sweepOrphan(id string) error {
 	if _, err := os.Lstat(r.paths(id).dir); errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
-	if err := r.killStrays(id); err != nil {
+	if err := r.killStrays(id, nil); err != nil {
+		return err
+	}
+	if _, err := r.reg.RemoveTemps(kindVM, id); err != nil {
 		return err
 	}
 	return r.removeVMDir(id)
 }
 
-// killStrays ends the processes working in VM id's directory that no
-// record names (see strayProcs).
-func (r *Runtime) killStrays(id string) error {
+// killStrays ends the processes working for VM id that no record names
+// (see strayProcs), except keep (the recorded firecracker, if any).
+func (r *Runtime) killStrays(id string, keep *procRecord) error {
 	var errs []error
 	for _, pr := range strayProcs(r.paths(id).dir, id) {
+		if keep != nil && keep.PID == pr.PID && keep.StartTime == pr.StartTime {
+			continue
+		}
 		if err := killRecorded(pr.PID, pr.StartTime, "", killWait); err != nil {
 			errs = append(errs, err)
 		} else {
@@ -114,6 +124,30 @@ func (r *Runtime) sweepVMDirs() {
 			continue
 		}
 		r.sweepOrphanLocked(name)
+	}
+	r.sweepTemps()
+}
+
+// sweepTemps removes the temporary record files that writers killed
+// between write and rename left, for each VM whose lock is free (every
+// writer of a VM's record holds its lock, so nobody is writing them).
+func (r *Runtime) sweepTemps() {
+	ids, err := r.reg.TempIDs(kindVM)
+	if err != nil {
+		return
+	}
+	for _, id := range ids {
+		if microvm.ValidateID(id) != nil {
+			continue
+		}
+		unlock, ok := r.tryLockVM(id)
+		if !ok {
+			continue
+		}
+		if _, err := r.reg.RemoveTemps(kindVM, id); err != nil {
+			r.log.Warn("remove temporary record files", "vm", id, "err", err)
+		}
+		unlock()
 	}
 }
 

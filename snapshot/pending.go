@@ -205,7 +205,7 @@ func (p *Pending) commit(ctx context.Context, m Manifest) (Manifest, error) {
 		if err := f.Chmod(0o400); err != nil {
 			return Manifest{}, err
 		}
-		if err := f.Sync(); err != nil {
+		if err := fsync(f); err != nil {
 			return Manifest{}, fmt.Errorf("fsync %s: %w", f.Name(), err)
 		}
 	}

@@ -24,6 +24,17 @@ var mvmBuild struct {
 	err  error
 }
 
+// TestMain removes the binaries the tests built (mvm, mvm-uffd beside it,
+// the stand-in firecracker) when they are done.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if mvmBuild.path != "" {
+		os.RemoveAll(filepath.Dir(mvmBuild.path))
+	}
+	fcstandin.RemoveBuild()
+	os.Exit(code)
+}
+
 // mvmBinary builds cmd/mvm once per test process.
 func mvmBinary(t testing.TB) string {
 	t.Helper()

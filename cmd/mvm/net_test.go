@@ -136,7 +136,6 @@ func TestNetworkCLI(t *testing.T) {
 	if err := os.WriteFile(fc, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(fcstandin.RemoveBuild)
 	kernel, rootfs := filepath.Join(tmp, "vmlinux"), filepath.Join(tmp, "rootfs.ext4")
 	os.WriteFile(kernel, []byte("\x7fELF stand-in kernel"), 0o644)
 	os.WriteFile(rootfs, make([]byte, 1<<20), 0o644)

@@ -64,6 +64,15 @@
 //     duration or milliseconds), to exercise readiness polling.
 //   - FCSTANDIN_STOP_DELAY: how long after SendCtrlAltDel the process prints
 //     "reboot: Restarting system" and exits 0 (default 50ms).
+//   - FCSTANDIN_IGNORE_STOP=1: SIGTERM and SIGINT are ignored and
+//     SendCtrlAltDel has no effect (a hung guest): only SIGKILL ends the
+//     process.
+//   - FCSTANDIN_SNAPSHOT_DELAY: how long PUT /snapshot/create takes before
+//     it writes the files; the API answers nothing else meanwhile.
+//   - FCSTANDIN_ANSWER_DELAY: comma-separated "METHOD /path=<duration>":
+//     such a request takes effect at once and is answered that much later
+//     (other requests are served meanwhile), to kill a client between
+//     the two.
 //
 // SIGTERM and SIGINT are not handled, as in Firecracker: the process dies
 // by the signal.

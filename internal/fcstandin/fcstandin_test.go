@@ -524,3 +524,37 @@ func TestHotplugNeedsPCI(t *testing.T) {
 		t.Fatalf("DELETE on v1.0: %q", got)
 	}
 }
+
+// TestIgnoreStop: with FCSTANDIN_IGNORE_STOP=1 neither SIGTERM nor
+// Ctrl-Alt-Del ends the process (a hung guest, a VMM that does not act on
+// SIGTERM); SIGKILL does.
+func TestIgnoreStop(t *testing.T) {
+	p := startFC(t, startOpt{env: []string{"FCSTANDIN_IGNORE_STOP=1", "FCSTANDIN_STOP_DELAY=1ms"}})
+	bootMinimal(t, p)
+	p.ok("PUT", "/actions", `{"action_type":"SendCtrlAltDel"}`)
+	// An ignored signal is discarded when sent: once kill returns, it
+	// can no longer end the process.
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if b := p.ok("GET", "/", ""); !strings.Contains(b, `"state":"Running"`) {
+		t.Fatalf("after SIGTERM and Ctrl-Alt-Del: GET / = %s", b)
+	}
+	p.cmd.Process.Kill()
+	if sig, ok := signaled(p.wait(10 * time.Second)); !ok || sig != syscall.SIGKILL {
+		t.Fatalf("after SIGKILL: %v", p.state)
+	}
+	if strings.Contains(p.stdout.String(), "reboot: Restarting system") {
+		t.Errorf("the guest reacted to Ctrl-Alt-Del: %s", p.stdout)
+	}
+	for env, bad := range map[string]string{"FCSTANDIN_IGNORE_STOP": "yes", "FCSTANDIN_SNAPSHOT_DELAY": "soon", "FCSTANDIN_ANSWER_DELAY": "PATCH vm=1s"} {
+		if _, err := ParseArgs(nil, func(k string) string {
+			if k == env {
+				return bad
+			}
+			return ""
+		}); !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), env) {
+			t.Errorf("%s=%q: %v; want a usage error naming it", env, bad, err)
+		}
+	}
+}

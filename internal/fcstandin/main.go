@@ -7,6 +7,7 @@ import (
 	"log"
 	"net"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"runtime/debug"
 	"strings"
@@ -37,6 +38,9 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintln(stderr, msg)
 		return 1
+	}
+	if o.IgnoreStop {
+		signal.Ignore(unix.SIGTERM, unix.SIGINT)
 	}
 	if o.SpecDir == "" {
 		exe, _ := os.Executable()

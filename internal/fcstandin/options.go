@@ -52,6 +52,18 @@ type Options struct {
 	StartDelay time.Duration // FCSTANDIN_START_DELAY
 	StopDelay  time.Duration // FCSTANDIN_STOP_DELAY
 	Exit       *exitSpec     // FCSTANDIN_EXIT
+	// IgnoreStop (FCSTANDIN_IGNORE_STOP=1): SIGTERM and SIGINT are ignored
+	// and SendCtrlAltDel has no effect (a hung guest): only SIGKILL ends
+	// the process.
+	IgnoreStop bool
+	// SnapshotDelay (FCSTANDIN_SNAPSHOT_DELAY): how long PUT
+	// /snapshot/create takes before it writes the files (the API answers
+	// nothing else meanwhile, as Firecracker's does not).
+	SnapshotDelay time.Duration
+	// AnswerDelay (FCSTANDIN_ANSWER_DELAY): requests whose answer is
+	// held back after they took effect, by "METHOD /path"; the API
+	// serves other requests meanwhile.
+	AnswerDelay map[string]time.Duration
 }
 
 type flagKind int
@@ -195,6 +207,19 @@ func ParseArgs(args []string, getenv func(string) string) (Options, error) {
 	if o.Exit, err = parseExit(getenv("FCSTANDIN_EXIT")); err != nil {
 		return o, err
 	}
+	switch v := getenv("FCSTANDIN_IGNORE_STOP"); v {
+	case "", "0":
+	case "1":
+		o.IgnoreStop = true
+	default:
+		return o, fmt.Errorf("%w: FCSTANDIN_IGNORE_STOP=%q: want 1 or 0", ErrUsage, v)
+	}
+	if o.SnapshotDelay, err = parseDelay("FCSTANDIN_SNAPSHOT_DELAY", getenv("FCSTANDIN_SNAPSHOT_DELAY"), 0); err != nil {
+		return o, err
+	}
+	if o.AnswerDelay, err = parseAnswerDelay(getenv("FCSTANDIN_ANSWER_DELAY")); err != nil {
+		return o, err
+	}
 	return o, nil
 }
 
@@ -258,6 +283,28 @@ func parseExit(v string) (*exitSpec, error) {
 		}
 	}
 	return e, nil
+}
+
+// parseAnswerDelay parses FCSTANDIN_ANSWER_DELAY: comma-separated
+// "METHOD /path=<duration>" items.
+func parseAnswerDelay(v string) (map[string]time.Duration, error) {
+	if strings.TrimSpace(v) == "" {
+		return nil, nil
+	}
+	out := map[string]time.Duration{}
+	for _, item := range strings.Split(v, ",") {
+		req, d, ok := strings.Cut(strings.TrimSpace(item), "=")
+		method, path, _ := strings.Cut(req, " ")
+		if !ok || (method != "GET" && method != "PUT" && method != "PATCH") || !strings.HasPrefix(path, "/") {
+			return nil, fmt.Errorf("%w: FCSTANDIN_ANSWER_DELAY item %q: want \"METHOD /path=<duration>\"", ErrUsage, item)
+		}
+		delay, err := parseDelay("FCSTANDIN_ANSWER_DELAY", d, 0)
+		if err != nil {
+			return nil, err
+		}
+		out[method+" "+path] = delay
+	}
+	return out, nil
 }
 
 // crashSpec is one FCSTANDIN_CRASH trigger.

@@ -116,6 +116,9 @@ func (h *apiHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.mu.Lock()
 	resp := h.vm.handle(r.Method, path, body)
 	h.mu.Unlock()
+	if d := h.vm.opts.AnswerDelay[r.Method+" "+path]; d > 0 {
+		time.Sleep(d) // done, and not yet told (FCSTANDIN_ANSWER_DELAY)
+	}
 
 	if resp.deprecation {
 		w.Header().Set("Deprecation", "true")

@@ -204,6 +204,11 @@ func (v *vmm) snapshotCreate(body []byte) response {
 			v.crash(unix.SIGBUS, "fcstandin: snapshot create would truncate the memory file backing this restored VM (SIGBUS)")
 		}
 	}
+	if d := v.opts.SnapshotDelay; d > 0 {
+		v.Unlock() // the handler's lock: the guest runs on meanwhile
+		time.Sleep(d)
+		v.Lock()
+	}
 	t0 := time.Now()
 	st := &snapshotState{
 		FormatVersion: snapshotFormat[v.api], FirecrackerVersion: v.version, VMID: v.opts.ID,

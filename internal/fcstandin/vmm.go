@@ -681,6 +681,9 @@ func (v *vmm) putActions(body []byte) response {
 			return v.fault(MsgPreBoot)
 		}
 		v.metrics.inc("i8042", "write_count", 1)
+		if v.opts.IgnoreStop {
+			return v.noContent() // the guest does not react
+		}
 		if v.state == statePaused {
 			v.pendingStop = true // the guest handles the key press once resumed
 		} else {
