@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
-	"strings"
 	"sync"
 
 	microvm "github.com/mvm-dev/microvm"
@@ -169,30 +167,19 @@ func (r *Runtime) crashed(rec *vmRecord) error {
 			return nil
 		}
 	}
-	msg := describeExit(xerr)
+	msg := xerr.Error()
 	if to, err := microvm.Transition(rec.ID, rec.Status, microvm.OpCrash); err == nil {
 		rec.Status = to
 		rec.LastError = msg
 	} else {
 		rec.LastError = "firecracker exited before the VM booted: " + msg
 	}
+	rec.LastErrorDetail = xerr.Console
 	if err := r.save(rec); err != nil {
 		r.log.Error("record crash", "vm", rec.ID, "err", err)
 	}
 	r.log.Warn("vm process exited unexpectedly", "vm", rec.ID, "err", msg)
 	return xerr
-}
-
-// describeExit formats an ExitError with its last console lines.
-func describeExit(e *microvm.ExitError) string {
-	if len(e.Console) == 0 {
-		return e.Error()
-	}
-	q := make([]string, len(e.Console))
-	for i, l := range e.Console {
-		q[i] = strconv.Quote(l)
-	}
-	return e.Error() + "; last console output: " + strings.Join(q, " | ")
 }
 
 func (r *Runtime) tailLimit() int64 {

@@ -150,13 +150,14 @@ func (r *Runtime) launch(ctx context.Context, rec *vmRecord, how launchRecord, s
 		}
 	}
 	var proc *proc
+	bin := r.binOf(rec)
 	netns := ""
 	if rec.Net != nil {
 		netns = rec.Net.NetNS
 	}
 	err = inNetNS(netns, func() (err error) {
 		proc, err = spawn(spawnSpec{
-			bin:  r.bin,
+			bin:  bin,
 			args: []string{"--api-sock", apiSockArg(p), "--id", rec.ID},
 			dir:  p.dir,
 			out:  out,
@@ -167,7 +168,7 @@ func (r *Runtime) launch(ctx context.Context, rec *vmRecord, how launchRecord, s
 	out.Close() // the process has its own descriptors
 	closeAll(locks)
 	if err != nil {
-		return nil, nil, fmt.Errorf("start firecracker %s: %w", r.bin, err)
+		return nil, nil, fmt.Errorf("start firecracker %s: %w", bin, err)
 	}
 	rec.Process = recordOf(proc)
 	rec.Version = ""
@@ -255,7 +256,7 @@ func (r *Runtime) waitReady(ctx context.Context, p *proc, rec *vmRecord) (*vmCli
 		}
 		delay = min(2*delay, maxDelay)
 	}
-	if known, ok := r.knownVersion(); ok {
+	if known, ok := r.knownVersion(r.binOf(rec)); ok {
 		// The binary answered GET / at an earlier launch and has not
 		// changed since: the version is the one it reported then, and the
 		// connection accepted is readiness enough.
@@ -274,7 +275,7 @@ func (r *Runtime) waitReady(ctx context.Context, p *proc, rec *vmRecord) (*vmCli
 			} else {
 				rec.Version = info.VMMVersion
 			}
-			r.rememberVersion(rec.Version)
+			r.rememberVersion(r.binOf(rec), rec.Version)
 			return c, nil
 		}
 		if p.exited() {
@@ -293,28 +294,30 @@ func (r *Runtime) waitReady(ctx context.Context, p *proc, rec *vmRecord) (*vmCli
 	}
 }
 
-// binVersion is the version the firecracker binary reported, and the
+// binVersion is the version a firecracker binary reported, and the
 // identity of the file that reported it.
 type binVersion struct {
+	bin     string
 	version string
 	file    os.FileInfo
 }
 
-// rememberVersion keeps the version a new process of the binary reported.
-func (r *Runtime) rememberVersion(v string) {
-	if fi, err := os.Stat(r.bin); err == nil {
-		r.lastVersion.Store(&binVersion{version: v, file: fi})
+// rememberVersion keeps the version a new process of bin reported.
+func (r *Runtime) rememberVersion(bin, v string) {
+	if fi, err := os.Stat(bin); err == nil {
+		r.lastVersion.Store(&binVersion{bin: bin, version: v, file: fi})
 	}
 }
 
-// knownVersion returns the version the binary reported at an earlier
-// launch, if the file is still the same (device, inode, size, mtime).
-func (r *Runtime) knownVersion() (string, bool) {
+// knownVersion returns the version bin reported at an earlier launch, if
+// it is the binary last probed and the file is still the same (device,
+// inode, size, mtime).
+func (r *Runtime) knownVersion(bin string) (string, bool) {
 	bv := r.lastVersion.Load()
-	if bv == nil {
+	if bv == nil || bv.bin != bin {
 		return "", false
 	}
-	fi, err := os.Stat(r.bin)
+	fi, err := os.Stat(bin)
 	if err != nil || !os.SameFile(fi, bv.file) || fi.Size() != bv.file.Size() || !fi.ModTime().Equal(bv.file.ModTime()) {
 		return "", false
 	}

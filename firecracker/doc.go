@@ -58,9 +58,13 @@
 // processes working in it (found by their working directory and command
 // line) and removes it. (With a managed network the record is written
 // first, so that the network is found too.) If any step fails the process
-// is killed and the VM directory and record are removed; the [*OpError]
-// names the step, keeps firecracker's status code and fault_message (in a
-// [*microvm.BackendError]) and quotes the last lines firecracker wrote. Start boots a created VM (InstanceStart), or
+// is killed and the VM directory and record are removed. Create returns
+// no error but a [*microvm.OpError]: it names the step, keeps firecracker's
+// status code and fault_message (in a [*microvm.BackendError]; the message
+// is trimmed to a sentence on one line), matches the sentinel of its cause
+// (microvm.ErrInvalidSpec, ErrInvalidID, ErrAlreadyExists, ErrBackend,
+// ErrExited, ...) and carries the last lines firecracker wrote in its
+// Detail, never in its one-line message. Start boots a created VM (InstanceStart), or
 // spawns and configures a fresh process for a stopped or failed one. Stop
 // sends Ctrl-Alt-Del (x86, running VMs), waits, then SIGTERM, then
 // SIGKILL; a stopped VM holds no process. Pause and Resume are PATCH /vm.

@@ -118,18 +118,20 @@ func TestCreateFaults(t *testing.T) {
 	ctx := context.Background()
 	spec := testSpec(t)
 	cases := []struct {
-		name  string
-		env   []string
-		spec  func(microvm.Spec) microvm.Spec
-		cfg   func(*firecracker.Config)
-		is    []error
-		parts []string
+		name   string
+		env    []string
+		spec   func(microvm.Spec) microvm.Spec
+		cfg    func(*firecracker.Config)
+		is     []error
+		parts  []string
+		detail []string // in the *microvm.OpError's Detail, not its message
 	}{
 		{
-			name:  "exits at start",
-			env:   []string{"FCSTANDIN_CRASH=GET /"},
-			is:    nil,
-			parts: []string{`create vm "f"`, "start firecracker", "killed by signal SIGABRT", "panicked"},
+			name:   "exits at start",
+			env:    []string{"FCSTANDIN_CRASH=GET /"},
+			is:     nil,
+			parts:  []string{`create vm "f"`, "start firecracker", "killed by signal SIGABRT"},
+			detail: []string{"panicked"},
 		},
 		{
 			name:  "socket never appears",
@@ -150,10 +152,11 @@ func TestCreateFaults(t *testing.T) {
 			parts: []string{"set mmds data: PUT /mmds: status 400", "larger than the limit of 51200"},
 		},
 		{
-			name:  "killed while configuring",
-			env:   []string{"FCSTANDIN_CRASH=PUT /drives/rootfs"},
-			is:    []error{microvm.ErrBackend, microvm.ErrExited},
-			parts: []string{"configure drives", "PUT /drives/rootfs", "SIGABRT", "last output", "panicked"},
+			name:   "killed while configuring",
+			env:    []string{"FCSTANDIN_CRASH=PUT /drives/rootfs"},
+			is:     []error{microvm.ErrBackend, microvm.ErrExited},
+			parts:  []string{"configure drives", "PUT /drives/rootfs", "SIGABRT"},
+			detail: []string{"panicked"},
 		},
 		{
 			name:  "feature the version lacks",
@@ -186,9 +189,20 @@ func TestCreateFaults(t *testing.T) {
 					t.Errorf("error %v does not match %v", err, target)
 				}
 			}
-			var oe *firecracker.OpError
+			var oe *microvm.OpError
 			if !errors.As(err, &oe) || oe.Op != "create" || oe.ID != "f" {
-				t.Errorf("error %T %v is not an *OpError of create f", err, err)
+				t.Fatalf("error %T %v is not an *microvm.OpError of create f", err, err)
+			}
+			if msg := err.Error(); len(msg) >= 300 || strings.ContainsAny(msg, "\n\r") || strings.Contains(msg, "*") {
+				t.Errorf("error is not one short line without type names (%d bytes): %q", len(msg), msg)
+			}
+			for _, d := range c.detail {
+				if !strings.Contains(strings.Join(oe.Detail, "\n"), d) {
+					t.Errorf("Detail %q does not mention %q", oe.Detail, d)
+				}
+				if strings.Contains(err.Error(), d) {
+					t.Errorf("error %q quotes firecracker's output %q: that belongs in Detail", err, d)
+				}
 			}
 			if _, err := rt.Get(ctx, "f"); !errors.Is(err, microvm.ErrNotFound) {
 				t.Errorf("Get after a failed Create: %v, want ErrNotFound", err)
@@ -287,8 +301,11 @@ func TestCrashNoticed(t *testing.T) {
 		t.Fatal(err)
 	}
 	vm = waitStatus(t, rt2, "cs", microvm.StatusFailed)
-	if !strings.Contains(vm.LastError, "SIGSEGV") || !strings.Contains(vm.LastError, "last console output") {
-		t.Errorf("LastError %q: want the signal and the console's last lines", vm.LastError)
+	if !strings.Contains(vm.LastError, "SIGSEGV") || len(vm.LastErrorDetail) == 0 {
+		t.Errorf("LastError %q, LastErrorDetail %q: want the signal and the console's last lines", vm.LastError, vm.LastErrorDetail)
+	}
+	if strings.Contains(vm.LastError, vm.LastErrorDetail[len(vm.LastErrorDetail)-1]) {
+		t.Errorf("LastError %q quotes the console: that belongs in LastErrorDetail", vm.LastError)
 	}
 }
 

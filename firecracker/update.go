@@ -43,15 +43,15 @@ func (r *Runtime) SetEgressPolicy(ctx context.Context, id string, p *microvm.Egr
 		return microvm.VM{}, err
 	}
 	if r.cfg.Network == nil {
-		return microvm.VM{}, &OpError{Op: "set egress policy", ID: id, Err: errNoNetwork}
+		return microvm.VM{}, &microvm.OpError{Op: "set egress policy", ID: id, Err: errNoNetwork}
 	}
 	pu, ok := r.cfg.Network.(PolicyUpdater)
 	if !ok {
-		return microvm.VM{}, &OpError{Op: "set egress policy", ID: id, Err: fmt.Errorf(
+		return microvm.VM{}, &microvm.OpError{Op: "set egress policy", ID: id, Err: fmt.Errorf(
 			"the runtime's Network (%T) cannot update policies (no SetPolicy method): %w", r.cfg.Network, microvm.ErrUnsupported)}
 	}
 	if err := pu.SetPolicy(ctx, id, spec.Network[i].Egress); err != nil {
-		return microvm.VM{}, &OpError{Op: "set egress policy", ID: id, Err: err}
+		return microvm.VM{}, &microvm.OpError{Op: "set egress policy", ID: id, Err: err}
 	}
 	old := rec.Spec
 	rec.Spec = spec
@@ -60,7 +60,7 @@ func (r *Runtime) SetEgressPolicy(ctx context.Context, id string, p *microvm.Egr
 		if rerr := pu.SetPolicy(context.WithoutCancel(ctx), id, old.Network[i].Egress); rerr != nil {
 			r.log.Error("restore egress policy after a failed record write", "vm", id, "err", rerr)
 		}
-		return microvm.VM{}, &OpError{Op: "set egress policy", ID: id, Err: err}
+		return microvm.VM{}, &microvm.OpError{Op: "set egress policy", ID: id, Err: err}
 	}
 	return r.viewOf(rec), nil
 }
@@ -136,7 +136,7 @@ func (r *Runtime) UpdateRateLimits(ctx context.Context, id string, u RateLimitUp
 	if err := r.save(rec); err != nil {
 		rec.Spec = old
 		r.undoRateLimits(ctx, rec, patches)
-		return microvm.VM{}, &OpError{Op: "update rate limits", ID: id, Err: err}
+		return microvm.VM{}, &microvm.OpError{Op: "update rate limits", ID: id, Err: err}
 	}
 	return r.viewOf(rec), nil
 }
