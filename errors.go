@@ -108,7 +108,7 @@ func (e *SpecError) Has(field string) bool {
 // BackendError is a failure reported by the hypervisor or the host. It keeps
 // the hypervisor's own message and HTTP status code, and matches
 // [ErrBackend] (and whatever Err matches). Its Error shows the message
-// trimmed to one line and a sentence of at most 200 bytes; Message keeps it
+// trimmed to one line and a sentence of at most 240 bytes; Message keeps it
 // verbatim.
 type BackendError struct {
 	Op         string // what mvm was doing, e.g. "configure drives"
@@ -208,12 +208,12 @@ func (e *OpError) Error() string {
 func (e *OpError) Unwrap() error { return e.Err }
 
 // maxFault is the longest fault message faultSentence keeps whole.
-const maxFault = 200
+const maxFault = 240
 
 // faultSentence trims a hypervisor's fault message for an error line: line
 // breaks (firecracker ends some lines of its messages with a backslash)
-// and runs of spaces become one space, and a message longer than 200
-// bytes is cut after its first sentence, or at 200 bytes with "...".
+// and runs of spaces become one space, and a message longer than 240
+// bytes is cut after its first sentence, or at 240 bytes with "...".
 func faultSentence(msg string) string {
 	msg = oneLine(strings.ReplaceAll(msg, "\\\n", " "))
 	if len(msg) <= maxFault {

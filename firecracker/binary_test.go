@@ -1,7 +1,12 @@
 package firecracker_test
 
 import (
+	"errors"
+	"os"
+	"path/filepath"
+
 	"context"
+	"github.com/mvm-dev/microvm/internal/realfc"
 	"strings"
 	"testing"
 
@@ -52,5 +57,31 @@ func TestVMKeepsItsBinary(t *testing.T) {
 	}
 	if st := vm2.Status; st != microvm.StatusCreated {
 		t.Errorf("new VM is %s", st)
+	}
+}
+
+// TestExitCodeMeaning: a real firecracker that exits with one of its own
+// exit codes (153: it refused its command line) fails Create with an
+// *microvm.ExitError that says what the code means, on one line.
+func TestExitCodeMeaning(t *testing.T) {
+	for _, b := range realfc.Ends(t) {
+		t.Run(b.Name(), func(t *testing.T) {
+			wrapper := filepath.Join(t.TempDir(), "firecracker")
+			if err := os.WriteFile(wrapper, []byte("#!/bin/sh\nexec "+b.Path+" --no-such-option \"$@\"\n"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			rt := open(t, t.TempDir(), wrapper)
+			defer rt.Close()
+			_, err := rt.Create(context.Background(), "x", testSpec(t))
+			var xe *microvm.ExitError
+			var oe *microvm.OpError
+			if !errors.As(err, &xe) || !errors.As(err, &oe) || xe.ExitCode != 153 || !strings.Contains(xe.Reason, "command line") {
+				t.Fatalf("Create: %v (%+v), want an OpError with exit status 153 and its meaning", err, xe)
+			}
+			if msg := err.Error(); !strings.Contains(msg, "exit status 153 (firecracker refused its command line)") || len(msg) >= 300 || strings.Contains(msg, "\n") {
+				t.Errorf("message %q", msg)
+			}
+			t.Logf("%v", err)
+		})
 	}
 }

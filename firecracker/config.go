@@ -206,14 +206,10 @@ func (r *Runtime) waitReady(ctx context.Context, p *proc, rec *vmRecord) (*vmCli
 	defer cancel()
 	exited := func() error {
 		ei := p.reap()
-		how := "exited"
-		switch {
-		case ei.known && ei.signal != "":
-			how = "was killed by signal " + ei.signal
-		case ei.known:
-			how = "exited with status " + strconv.Itoa(ei.code)
+		if !ei.known {
+			ei = r.exitOf(*recordOf(p))
 		}
-		return fmt.Errorf("start firecracker: process %d %s before its API socket answered", p.pid, how)
+		return fmt.Errorf("start firecracker: it ended before its API socket answered: %w", exitError(rec.ID, p.pid, ei, nil))
 	}
 	timedOut := func(what string) error {
 		if err := context.Cause(ctx); errors.Is(err, context.DeadlineExceeded) && r.cfg.ReadyTimeout > 0 {

@@ -24,6 +24,18 @@ const netStateDir = "network"
 // it has managed networking: a network.Manager over <state-dir>/network,
 // closed with the runtime (VM networks stay with their VMs).
 func openFirecracker(ctx context.Context, g *globals) (microvm.Runtime, error) {
+	rt, err := openFirecrackerRuntime(ctx, g)
+	if err != nil {
+		return nil, err
+	}
+	if err := g.saveGiven(); err != nil {
+		rt.Close()
+		return nil, err
+	}
+	return rt, nil
+}
+
+func openFirecrackerRuntime(ctx context.Context, g *globals) (microvm.Runtime, error) {
 	cfg := firecracker.Config{StateDir: g.stateDir, FirecrackerBin: g.firecrackerBin}
 	if g.net.egressIface == "" {
 		return firecracker.Open(ctx, cfg)

@@ -10,7 +10,10 @@
 // operation is tried (an unknown command or flag, a missing, empty or
 // malformed argument, a negative count or duration, a VM spec or id that
 // breaks a rule). An error is one line on stderr, naming the flag or
-// argument at fault in the command line's terms.
+// argument at fault in the command line's terms; with --verbose the lines
+// firecracker wrote last before the failure follow it (for a VM that
+// still exists, `mvm inspect` shows them as last_error_detail and `mvm
+// logs` shows its whole output).
 package main
 
 import (
@@ -35,13 +38,19 @@ func main() {
 
 // run executes the command line args and returns the exit status.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	cmd := newRootCmd(stdout, stderr)
+	cmd, g := newRootCmd(stdout, stderr)
 	cmd.SetArgs(args)
 	err := cmd.ExecuteContext(ctx)
 	if err == nil {
 		return 0
 	}
 	fmt.Fprintln(stderr, "mvm: "+oneLine(err.Error()))
+	var oe *microvm.OpError
+	if g.verbose && errors.As(err, &oe) {
+		for _, l := range oe.Detail {
+			fmt.Fprintln(stderr, "  | "+oneLine(l))
+		}
+	}
 	var u *usageError
 	if errors.As(err, &u) || isCobraUsageError(err) || isInputError(err) {
 		return 2

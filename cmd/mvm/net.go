@@ -77,7 +77,7 @@ func (n *netFlags) config() (network.Config, error) {
 // runtime.
 func (g *globals) needNet(what string) error {
 	if g.runtime == "firecracker" && g.net.egressIface == "" {
-		return usagef("%s needs managed networking: set --egress-iface IFACE (or MVM_EGRESS_IFACE), the host interface VM traffic leaves through", what)
+		return usagef("%s needs managed networking: give --egress-iface IFACE once (or mvm config set egress-iface IFACE), the host interface VM traffic leaves through", what)
 	}
 	return nil
 }

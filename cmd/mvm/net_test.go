@@ -219,15 +219,36 @@ func TestNetworkCLI(t *testing.T) {
 		t.Errorf("ratelimit: tx limiter = %+v", rl)
 	}
 
-	// Without networking, rm refuses rather than leak the VM's network.
-	cmd := exec.Command(mvmBin, "--state-dir", state, "--firecracker-bin", fc, "rm", "web")
+	// The state directory remembers the network settings: a command with
+	// another egress interface is refused (it would leak the VM's
+	// network), and rm with no flag but --state-dir removes the VM's.
+	cmd := exec.Command(mvmBin, "--state-dir", state, "--egress-iface", "eth9", "rm", "web")
 	cmd.Env = append(os.Environ(), "MVM_EGRESS_IFACE=")
 	out, err := cmd.CombinedOutput()
-	if err == nil || !strings.Contains(string(out), "set --egress-iface or MVM_EGRESS_IFACE") {
-		t.Errorf("rm without --egress-iface: %v: %s", err, out)
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(string(out), "mvm config set egress-iface eth9") {
+		t.Errorf("rm with another --egress-iface: %v: %s", err, out)
 	}
-
-	run("rm", "web")
+	// Nor can the setting change under the VM.
+	cmd = exec.Command(mvmBin, "--state-dir", state, "config", "set", "egress-iface", "eth9")
+	cmd.Env = append(os.Environ(), "MVM_EGRESS_IFACE=")
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	if err := startIn(host, cmd); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err == nil || !strings.Contains(errb.String(), "destroy them first") {
+		t.Errorf("config set egress-iface with a networked VM: %v: %s", err, errb.String())
+	}
+	cmd = exec.Command(mvmBin, "--state-dir", state, "rm", "web")
+	cmd.Env = append(os.Environ(), "MVM_EGRESS_IFACE=", "MVM_FIRECRACKER_BIN=")
+	errb.Reset()
+	cmd.Stderr = &errb
+	if err := startIn(host, cmd); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("rm with no flag but --state-dir: %v: %s", err, errb.String())
+	}
 	if ents, _ := os.ReadDir(runDir); len(ents) > 0 {
 		t.Errorf("namespaces left in %s: %v", runDir, ents)
 	}
