@@ -80,15 +80,3 @@ type netRuntime struct {
 func (r *netRuntime) Close() error {
 	return errors.Join(r.Runtime.Close(), r.m.Close(), r.reg.Close())
 }
-
-// liveUpdater is what `mvm egress` and `mvm ratelimit` need of a runtime:
-// the Firecracker runtime's live updates.
-type liveUpdater interface {
-	SetEgressPolicy(ctx context.Context, id string, p *microvm.EgressPolicy) (microvm.VM, error)
-	UpdateRateLimits(ctx context.Context, id string, u firecracker.RateLimitUpdate) (microvm.VM, error)
-}
-
-var (
-	_ liveUpdater = (*firecracker.Runtime)(nil)
-	_ liveUpdater = (*netRuntime)(nil)
-)
