@@ -148,3 +148,27 @@ func (s Spec) WithRateLimits(u RateLimitUpdate) (Spec, error) {
 	}
 	return s, nil
 }
+
+// Renamer gives VMs new ids, for instance to hand a VM created or
+// restored ahead of time (a warm pool) to its user under the user's name.
+type Renamer interface {
+	// Rename gives the VM oldID the id newID and returns its view. The VM
+	// must be created, stopped or paused ([ErrInvalidTransition]
+	// otherwise); newID must be a valid id ([ErrInvalidID]) that no VM
+	// has ([ErrAlreadyExists]). The VM keeps its process, status, spec and
+	// history; the snapshots taken from it before keep oldID as their
+	// VMID (and so are not in VM.Snapshots any more).
+	Rename(ctx context.Context, oldID, newID string) (VM, error)
+}
+
+// renameStatuses are the statuses a VM may be renamed in.
+var renameStatuses = []Status{StatusCreated, StatusStopped, StatusPaused}
+
+// CheckRename returns the refusal of renaming VM id in status st, an
+// error matching [ErrInvalidTransition], or nil when it is allowed.
+func CheckRename(id string, st Status) error {
+	if slices.Contains(renameStatuses, st) {
+		return nil
+	}
+	return fmt.Errorf("cannot rename vm %q: it is %s, not %s: %w", id, st, orList(renameStatuses), ErrInvalidTransition)
+}

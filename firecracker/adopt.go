@@ -204,6 +204,13 @@ func (r *Runtime) tailLimit() int64 {
 //     process a stopped or failed VM should not have is ended. A live
 //     process whose API does not answer keeps its status.
 func (r *Runtime) reconcile(ctx context.Context, rec *vmRecord) (*vmRecord, error) {
+	if rec.Op == opRename {
+		out, err := r.recoverRename(rec)
+		if out == nil || err != nil {
+			return out, err
+		}
+		rec = out
+	}
 	var p *proc
 	if rec.Process != nil {
 		q, err := attach(rec.Process.PID, rec.Process.StartTime, rec.Process.BootID)

@@ -25,6 +25,7 @@ const (
 	opStop     = "stop"
 	opSnapshot = "snapshot"
 	opDestroy  = "destroy"
+	opRename   = "rename"
 )
 
 // procRecord identifies a process across runtimes: pid, start time and
@@ -53,7 +54,12 @@ type vmRecord struct {
 	// Op is the multi-step operation in progress, "" when none.
 	Op string `json:"op,omitempty"`
 	// OpSnapshot is the snapshot being written while Op is "snapshot".
-	OpSnapshot string    `json:"op_snapshot,omitempty"`
+	OpSnapshot string `json:"op_snapshot,omitempty"`
+	// RenameTo (in the VM's record under its old id) and RenameFrom (in
+	// the record under its new id) pair the two records while Op is
+	// "rename"; see rename.go.
+	RenameTo   string    `json:"rename_to,omitempty"`
+	RenameFrom string    `json:"rename_from,omitempty"`
 	CreatedAt  time.Time `json:"created_at"`
 	UpdatedAt  time.Time `json:"updated_at"`
 	LastError  string    `json:"last_error,omitempty"`

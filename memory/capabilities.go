@@ -71,3 +71,37 @@ func (r *Runtime) UpdateRateLimits(ctx context.Context, id string, u microvm.Rat
 	})
 	return out, err
 }
+
+var _ microvm.Renamer = (*Runtime)(nil)
+
+// Rename gives the VM oldID the id newID (see [microvm.Renamer]). The VM
+// keeps its status, spec, logs and snapshots list; the snapshots' VMID
+// stays oldID.
+func (r *Runtime) Rename(ctx context.Context, oldID, newID string) (microvm.VM, error) {
+	if err := microvm.ValidateID(newID); err != nil {
+		return microvm.VM{}, fmt.Errorf("memory: rename vm %q: new id: %w", oldID, err)
+	}
+	var out microvm.VM
+	err := r.locked(ctx, "rename", oldID, func(v *vm) error {
+		if oldID == newID {
+			return fmt.Errorf("memory: rename vm %q: the new id is the VM's id: %w", oldID, microvm.ErrInvalidArgument)
+		}
+		if err := microvm.CheckRename(oldID, v.status); err != nil {
+			return err
+		}
+		r.mu.Lock()
+		if r.vms[newID] != nil {
+			r.mu.Unlock()
+			return fmt.Errorf("memory: rename vm %q: vm %q: %w", oldID, newID, microvm.ErrAlreadyExists)
+		}
+		delete(r.vms, oldID)
+		r.vms[newID] = v
+		v.id = newID
+		r.mu.Unlock()
+		v.updatedAt = r.now()
+		r.event(v, v.updatedAt, "renamed from "+oldID)
+		out = r.view(v)
+		return nil
+	})
+	return out, err
+}

@@ -95,3 +95,48 @@ func TestCapabilities(t *testing.T) {
 		t.Errorf("after removing the bandwidth limit: %v %+v", err, rl)
 	}
 }
+
+// TestRename: the in-memory runtime renames created, stopped and paused
+// VMs, refuses a running one, a taken id and a bad id.
+func TestRename(t *testing.T) {
+	ctx := context.Background()
+	var rt microvm.Runtime = memory.New(nil)
+	rn, ok := rt.(microvm.Renamer)
+	if !ok {
+		t.Fatal("memory runtime is no Renamer")
+	}
+	spec := microvm.Spec{Kernel: "/k", RootDrive: microvm.Drive{Path: "/r"}, VCPUs: 1, MemoryMiB: 64}
+	for _, id := range []string{"a", "taken"} {
+		if _, err := rt.Create(ctx, id, spec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	vm, err := rn.Rename(ctx, "a", "b")
+	if err != nil || vm.ID != "b" || vm.Status != microvm.StatusCreated {
+		t.Fatalf("Rename: %v %+v", err, vm)
+	}
+	if _, err := rt.Get(ctx, "a"); !errors.Is(err, microvm.ErrNotFound) {
+		t.Errorf("Get(old): %v", err)
+	}
+	if _, err := rn.Rename(ctx, "b", "taken"); !errors.Is(err, microvm.ErrAlreadyExists) {
+		t.Errorf("Rename onto a taken id: %v", err)
+	}
+	if _, err := rn.Rename(ctx, "b", "bad/id"); !errors.Is(err, microvm.ErrInvalidID) {
+		t.Errorf("Rename to a bad id: %v", err)
+	}
+	if _, err := rt.Start(ctx, "b"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rn.Rename(ctx, "b", "c"); !errors.Is(err, microvm.ErrInvalidTransition) {
+		t.Errorf("Rename of a running VM: %v", err)
+	}
+	if _, err := rt.Pause(ctx, "b"); err != nil {
+		t.Fatal(err)
+	}
+	if vm, err := rn.Rename(ctx, "b", "c"); err != nil || vm.Status != microvm.StatusPaused {
+		t.Errorf("Rename of a paused VM: %v %+v", err, vm)
+	}
+	if vms, _ := rt.List(ctx); len(vms) != 2 || vms[0].ID != "c" || vms[1].ID != "taken" {
+		t.Errorf("List: %+v", vms)
+	}
+}

@@ -176,3 +176,26 @@ func TestCLIErrorsOneLine(t *testing.T) {
 	t.Logf("last_error: %s", vm.LastError)
 	c.bareOK("rm", "cli-a")
 }
+
+// TestCLIRename: mvm rename moves a created VM, with its process, to a new
+// name; the old name is gone; a running VM is refused (exit 1).
+func TestCLIRename(t *testing.T) {
+	c := newCLI(t)
+	kernel, rootfs := images(t)
+	c.ok("create", "cli-a", "--kernel", kernel, "--rootfs", rootfs, "--memory", "32")
+	pid := c.inspect("cli-a").Backend.PID
+	c.ok("rename", "cli-a", "cli-b")
+	if vm := c.inspect("cli-b"); vm.Backend.PID != pid || vm.Status != "created" {
+		t.Fatalf("after rename: %+v, want pid %d", vm, pid)
+	}
+	if code, _, errs := c.run("inspect", "cli-a"); code != 1 || !strings.Contains(errs, "not found") {
+		t.Errorf("inspect of the old name: exit %d %q", code, errs)
+	}
+	c.ok("start", "cli-b")
+	if code, _, errs := c.run("rename", "cli-b", "cli-a"); code != 1 || !strings.Contains(errs, "it is running, not created, stopped or paused") {
+		t.Errorf("rename of a running VM: exit %d %q", code, errs)
+	}
+	if code, _, errs := c.run("rename", "cli-b"); code != 2 {
+		t.Errorf("rename with one argument: exit %d %q", code, errs)
+	}
+}

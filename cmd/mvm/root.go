@@ -74,7 +74,7 @@ func newRootCmd(stdout, stderr io.Writer) (*cobra.Command, *globals) {
 		createCmd(g), startCmd(g), stopCmd(g), pauseCmd(g), resumeCmd(g),
 		snapshotCmd(g), restoreCmd(g), rmCmd(g), lsCmd(g), inspectCmd(g),
 		snapshotsCmd(g), rmSnapshotCmd(g), logsCmd(g), doctorCmd(g), demoCmd(g),
-		egressCmd(g), ratelimitCmd(g), configCmd(g),
+		egressCmd(g), ratelimitCmd(g), configCmd(g), renameCmd(g),
 	)
 	return root, g
 }
