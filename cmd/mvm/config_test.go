@@ -5,8 +5,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // bare runs mvm with no flag but --state-dir (and extra environment).
@@ -198,4 +203,98 @@ func TestCLIRename(t *testing.T) {
 	if code, _, errs := c.run("rename", "cli-b"); code != 2 {
 		t.Errorf("rename with one argument: exit %d %q", code, errs)
 	}
+}
+
+// TestCLIInterrupts: a first ^C cancels the command, which ends with its
+// error once it can; a second ^C ends it at once (status 130), even while
+// it waits where a cancelled context cannot reach (here: the settings
+// file's lock, held by the test).
+func TestCLIInterrupts(t *testing.T) {
+	c := newCLI(t)
+	c.ok("ls") // saves firecracker-bin, makes the state directory
+	lock, err := os.OpenFile(filepath.Join(c.stateDir, "config.json.lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	for _, twice := range []bool{true, false} {
+		if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
+			t.Fatal(err)
+		}
+		// --net-pool, given for the first time, is saved: under the lock.
+		cmd := exec.Command(c.bin, "--state-dir", c.stateDir, "--net-pool", "10.9.0.0/16", "ls")
+		cmd.Env = c.env
+		var errb syncBuilder
+		cmd.Stderr = &errb
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		waitBlockedOnLock(t, cmd.Process.Pid)
+		cmd.Process.Signal(os.Interrupt)
+		// Signals do not queue: the second is sent once the first was
+		// taken (mvm says so).
+		for !strings.Contains(errb.String(), "interrupt again to exit") {
+			if unix.Kill(cmd.Process.Pid, 0) != nil {
+				t.Fatalf("mvm ended after one ^C without a word: %q", errb.String())
+			}
+			time.Sleep(time.Millisecond)
+		}
+		if twice {
+			cmd.Process.Signal(os.Interrupt)
+		} else {
+			unix.Flock(int(lock.Fd()), unix.LOCK_UN)
+		}
+		err := cmd.Wait()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		}
+		switch {
+		case twice && (code != 130 || !strings.Contains(errb.String(), "interrupted again")):
+			t.Errorf("two ^C: exit %d %q, want 130 at once", code, errb.String())
+		case !twice && (code != 1 || !strings.Contains(errb.String(), "context canceled") || strings.Count(errb.String(), "\n") != 2):
+			t.Errorf("one ^C: exit %d %q, want 1, the notice and the cancellation on one line", code, errb.String())
+		}
+		unix.Flock(int(lock.Fd()), unix.LOCK_UN)
+	}
+}
+
+// waitBlockedOnLock waits until pid waits for a file lock (a "->" line of
+// /proc/locks names it).
+func waitBlockedOnLock(t *testing.T, pid int) {
+	t.Helper()
+	for {
+		b, err := os.ReadFile("/proc/locks")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			f := strings.Fields(l)
+			if len(f) > 5 && f[1] == "->" && f[5] == strconv.Itoa(pid) {
+				return
+			}
+		}
+		if err := unix.Kill(pid, 0); err != nil {
+			t.Fatalf("mvm %d ended before it waited for the lock", pid)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// syncBuilder is a strings.Builder safe for a writer and a reader.
+type syncBuilder struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuilder) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuilder) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

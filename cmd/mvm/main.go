@@ -30,10 +30,33 @@ import (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, cancel := context.WithCancel(context.Background())
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go interrupts(sigs, cancel, os.Stderr, os.Exit)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
+	signal.Stop(sigs)
+	cancel()
 	os.Exit(code)
+}
+
+// interrupts handles ^C (and SIGTERM): the first cancels the command's
+// context, so the operation stops cleanly (it ends, or is undone); a
+// second ends mvm at once, with status 128+signal, for when the clean way
+// takes too long. What an operation cut short leaves behind is marked in
+// its VM's record and finished or undone by the next command that touches
+// the VM.
+func interrupts(sigs <-chan os.Signal, cancel func(), stderr io.Writer, exit func(int)) {
+	<-sigs
+	fmt.Fprintf(stderr, "mvm: interrupted: stopping cleanly (interrupt again to exit at once)\n")
+	cancel()
+	s := <-sigs
+	fmt.Fprintf(stderr, "mvm: interrupted again: exiting now (the next command that touches the VM finishes or undoes what was cut short)\n")
+	code := 130
+	if sig, ok := s.(syscall.Signal); ok {
+		code = 128 + int(sig)
+	}
+	exit(code)
 }
 
 // run executes the command line args and returns the exit status.
