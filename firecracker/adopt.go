@@ -113,7 +113,8 @@ func (r *Runtime) exitOf(pr procRecord) exitInfo {
 	defer r.mu.Unlock()
 	ei, ok := r.exits[pr]
 	if !ok {
-		return exitInfo{code: -1}
+		// A child that exited while no Runtime watched it.
+		return childExit(pr.PID, pr.StartTime)
 	}
 	delete(r.exits, pr)
 	return ei
