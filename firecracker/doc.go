@@ -195,14 +195,22 @@
 //
 // # Live updates
 //
-// Two updates of a running VM are methods of [*Runtime] outside
-// microvm.Runtime: [Runtime.SetEgressPolicy] replaces the managed
-// interface's egress firewall (through a Network that implements
-// [PolicyUpdater]), in any status; [Runtime.UpdateRateLimits] changes the
-// rate limiters of drives and network interfaces of a running or paused
-// VM (PATCH /drives/{id}, PATCH /network-interfaces/{id}). Both check
-// their input with the rules of microvm.Spec.Validate and store the result
-// in the VM's spec, so a restart, and a snapshot's clones, keep it.
+// The runtime offers the root package's optional capabilities
+// (microvm.EgressUpdater, microvm.RateLimitUpdater, microvm.Renamer):
+// [Runtime.SetEgressPolicy] replaces the managed interface's egress
+// firewall (through a Network that implements [PolicyUpdater]), in any
+// status; [Runtime.UpdateRateLimits] changes the rate limiters of drives
+// and network interfaces of a running or paused VM (PATCH /drives/{id},
+// PATCH /network-interfaces/{id}), reading and writing them under the VM's
+// lock. Both check their input with the rules of microvm.Spec.Validate and
+// store the result in the VM's spec, so a restart, and a snapshot's
+// clones, keep it. [Runtime.Rename] renames a created, stopped or paused
+// VM with its process.
+//
+// Each VM's record keeps the firecracker binary it was created (or
+// restored) with, by path, and the version it reported; every later
+// process of the VM runs that binary, whatever Config.FirecrackerBin a
+// later Runtime has (VM.Backend.Binary shows it).
 //
 // At Open, a Network that implements [Cleaner] is asked to remove what it
 // holds for VMs that have no record (and to repair the networks of those
