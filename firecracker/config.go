@@ -159,6 +159,7 @@ func (r *Runtime) launch(ctx context.Context, rec *vmRecord, how launchRecord, s
 		proc, err = spawn(spawnSpec{
 			bin:  bin,
 			args: []string{"--api-sock", apiSockArg(p), "--id", rec.ID},
+			env:  r.cfg.Env,
 			dir:  p.dir,
 			out:  out,
 			keep: locks,

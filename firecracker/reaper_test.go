@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mvm-dev/microvm/firecracker"
 )
 
 // TestChildReapedAfterClose: a firecracker this process started that exits
@@ -50,4 +53,34 @@ func TestChildReapedAfterClose(t *testing.T) {
 		t.Errorf("LastError %q: want the real exit (SIGKILL) of this process's child", got.LastError)
 	}
 	rt2.Destroy(ctx, "z")
+}
+
+// TestFirecrackerEnvironment: firecracker gets a minimal environment (PATH
+// only), never the embedder's; Config.Env replaces it.
+func TestFirecrackerEnvironment(t *testing.T) {
+	t.Setenv("MVM_TEST_SECRET", "hunter2")
+	ctx := context.Background()
+	for _, c := range []struct {
+		env  []string
+		want string
+	}{
+		{nil, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+		{[]string{"MVM_TEST_GIVEN=1"}, "MVM_TEST_GIVEN=1"},
+	} {
+		rt := open(t, t.TempDir(), standin(t), func(cfg *firecracker.Config) { cfg.Env = c.env })
+		vm, err := rt.Create(ctx, "env", testSpec(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(vm.Backend.PID) + "/environ")
+		if err != nil {
+			t.Fatal(err)
+		}
+		env := strings.Split(string(b), "\x00")
+		if slices.ContainsFunc(env, func(kv string) bool { return strings.HasPrefix(kv, "MVM_TEST_SECRET=") }) || !slices.Contains(env, c.want) {
+			t.Errorf("Env %q: firecracker's environment %q, want %q and not the embedder's", c.env, env, c.want)
+		}
+		rt.Destroy(ctx, "env")
+		rt.Close()
+	}
 }

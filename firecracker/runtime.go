@@ -101,9 +101,19 @@ type Config struct {
 	// the VM directory (PUT /metrics). Default false: it costs a request
 	// and a file per VM, and nothing in the runtime reads them.
 	Metrics bool
+	// Env is the environment of the firecracker processes, as KEY=VALUE
+	// strings. Default: only PATH (/usr/local/sbin:/usr/local/bin:
+	// /usr/sbin:/usr/bin:/sbin:/bin). The embedder's own environment is
+	// never passed on: firecracker needs none of it, and it may hold
+	// credentials.
+	Env []string
 	// Logger receives the runtime's diagnostics. Default: discarded.
 	Logger *slog.Logger
 }
+
+// defaultEnv is the environment of firecracker processes when Config.Env
+// is empty.
+var defaultEnv = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 
 // Runtime is a microvm.Runtime that runs each VM in its own firecracker
 // process. It is safe for concurrent use, and several Runtimes (in one or
@@ -233,6 +243,10 @@ func (c Config) withDefaults() (Config, error) {
 	if c.FirecrackerBin == "" {
 		c.FirecrackerBin = "firecracker"
 	}
+	if len(c.Env) == 0 {
+		c.Env = defaultEnv
+	}
+	c.Env = slices.Clone(c.Env)
 	return c, nil
 }
 

@@ -144,24 +144,24 @@ func TestCLIRemembersSettings(t *testing.T) {
 func TestCLIErrorsOneLine(t *testing.T) {
 	c := newCLI(t)
 	kernel, rootfs := images(t)
-	crash := []string{"FCSTANDIN_CRASH=PUT /drives/rootfs"}
+	c.setStandin("FCSTANDIN_CRASH=PUT /drives/rootfs")
 	create := []string{"--firecracker-bin", c.fc, "create", "cli-a", "--kernel", kernel, "--rootfs", rootfs, "--memory", "32"}
-	code, _, errs := c.bare(crash, create...)
+	code, _, errs := c.bare(nil, create...)
 	line := strings.TrimSuffix(errs, "\n")
 	if code != 1 || strings.Contains(line, "\n") || len(line) >= 300 || !strings.Contains(line, `create vm "cli-a"`) ||
 		!strings.Contains(line, "SIGABRT") || strings.Contains(line, "panicked") {
 		t.Fatalf("failed create: exit %d, stderr (%d bytes) %q: want one line under 300 bytes naming the VM and the signal, without firecracker's output", code, len(line), errs)
 	}
-	code, _, errs = c.bare(crash, append([]string{"-v"}, create...)...)
+	code, _, errs = c.bare(nil, append([]string{"-v"}, create...)...)
 	if lines := strings.Split(strings.TrimSpace(errs), "\n"); code != 1 || len(lines) < 2 || !strings.Contains(errs, "panicked") {
 		t.Fatalf("failed create with -v: exit %d %q: want firecracker's output after the error", code, errs)
 	}
 
-	boot := []string{"FCSTANDIN_CRASH=PUT /actions"}
-	if code, _, errs := c.bare(boot, create[2:]...); code != 0 {
+	c.setStandin("FCSTANDIN_CRASH=PUT /actions")
+	if code, _, errs := c.bare(nil, create[2:]...); code != 0 {
 		t.Fatalf("create: %s", errs)
 	}
-	code, _, errs = c.bare(boot, "start", "cli-a")
+	code, _, errs = c.bare(nil, "start", "cli-a")
 	line = strings.TrimSuffix(errs, "\n")
 	if code != 1 || strings.Contains(line, "\n") || len(line) >= 300 || !strings.Contains(line, `start vm "cli-a"`) {
 		t.Fatalf("failed start: exit %d, stderr (%d bytes) %q", code, len(line), errs)
