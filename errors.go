@@ -108,7 +108,7 @@ func (e *SpecError) Has(field string) bool {
 // BackendError is a failure reported by the hypervisor or the host. It keeps
 // the hypervisor's own message and HTTP status code, and matches
 // [ErrBackend] (and whatever Err matches). Its Error shows the message
-// trimmed to one line and a sentence of at most 240 bytes; Message keeps it
+// trimmed to one line and the sentences that fit in 240 bytes; Message keeps it
 // verbatim.
 type BackendError struct {
 	Op         string // what mvm was doing, e.g. "configure drives"
@@ -213,14 +213,15 @@ const maxFault = 240
 // faultSentence trims a hypervisor's fault message for an error line: line
 // breaks (firecracker ends some lines of its messages with a backslash)
 // and runs of spaces become one space, and a message longer than 240
-// bytes is cut after its first sentence, or at 240 bytes with "...".
+// bytes keeps the whole sentences that fit in 240 bytes, or, when the
+// first does not, its first 240 bytes and "...".
 func faultSentence(msg string) string {
 	msg = oneLine(strings.ReplaceAll(msg, "\\\n", " "))
 	if len(msg) <= maxFault {
 		return msg
 	}
-	if i := strings.Index(msg, ". "); i > 0 && i < maxFault {
-		return msg[:i+1]
+	if i := strings.LastIndex(msg[:maxFault], ". "); i > 0 {
+		return msg[:i+1] // the whole sentences that fit
 	}
 	cut := maxFault
 	for cut > 0 && !utf8.RuneStart(msg[cut]) {

@@ -888,7 +888,7 @@ func TestAbsPaths(t *testing.T) {
 // binaries give them (v1.7 and v1.14 end a line of the Start-without-KVM
 // message with a backslash and a line break), read as one line in
 // BackendError and OpError; the verbatim message stays in Message; a
-// long message is cut after its first sentence, or at 240 bytes.
+// long message keeps the sentences that fit, or is cut at 240 bytes.
 func TestBackendErrorOneSentence(t *testing.T) {
 	for _, c := range []struct{ name, msg, want string }{
 		{"v1.7 start without KVM",
@@ -898,6 +898,9 @@ func TestBackendErrorOneSentence(t *testing.T) {
 			"Start microvm error: Kvm error: Error creating KVM object: No such file or directory (os error 2) Make sure the user launching the firecracker process is \\\nconfigured on the /dev/kvm file's ACL.",
 			"Start microvm error: Kvm error: Error creating KVM object: No such file or directory (os error 2) Make sure the user launching the firecracker process is configured on the /dev/kvm file's ACL."},
 		{"two long sentences", "First part. " + strings.Repeat("x", 300), "First part."},
+		{"the sentences that fit", "One. Two. " + strings.Repeat("y", 235) + ". Three.", "One. Two."},
+		{"v1.14 TAP of lo", "Network config error: Could not create the network device: Open tap device failed: Error while creating ifreq structure: Invalid argument (os error 22). Invalid TUN/TAP Backend provided by lo. Check our documentation on setting up the network devices.",
+			"Network config error: Could not create the network device: Open tap device failed: Error while creating ifreq structure: Invalid argument (os error 22). Invalid TUN/TAP Backend provided by lo."},
 		{"one long sentence", strings.Repeat("é", 150), strings.Repeat("é", 120) + "..."},
 	} {
 		t.Run(c.name, func(t *testing.T) {

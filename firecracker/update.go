@@ -53,7 +53,7 @@ func (r *Runtime) SetEgressPolicy(ctx context.Context, id string, p *microvm.Egr
 	pu, ok := r.cfg.Network.(PolicyUpdater)
 	if !ok {
 		return microvm.VM{}, &microvm.OpError{Op: "set egress policy", ID: id, Err: fmt.Errorf(
-			"the runtime's Network (%T) cannot update policies (no SetPolicy method): %w", r.cfg.Network, microvm.ErrUnsupported)}
+			"the runtime's managed networking cannot update egress policies live: %w", microvm.ErrUnsupported)}
 	}
 	if err := pu.SetPolicy(ctx, id, spec.Network[i].Egress); err != nil {
 		return microvm.VM{}, &microvm.OpError{Op: "set egress policy", ID: id, Err: err}
