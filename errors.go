@@ -178,9 +178,10 @@ func (e *ExitError) Is(target error) bool { return target == ErrExited }
 // The firecracker runtime's Create returns no other error type (every
 // failure, from a refused id or spec to a crashed process, is an *OpError
 // whose cause matches one of the sentinels above); its other operations
-// return one for every failure that happens after their arguments were
-// checked. It matches whatever its cause matches ([errors.Is] and
-// [errors.As] see through it).
+// return one when the operation itself failed, and return their refusals
+// (an unknown VM, an invalid id, argument or transition) as they are. It
+// matches whatever its cause matches ([errors.Is] and [errors.As] see
+// through it).
 //
 // Error is one line: the operation, the VM and the cause, with the
 // hypervisor's fault message trimmed to one line and a sentence.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	microvm "github.com/mvm-dev/microvm"
 	"github.com/mvm-dev/microvm/firecracker"
 )
 
@@ -83,4 +85,32 @@ func TestFirecrackerEnvironment(t *testing.T) {
 		rt.Destroy(ctx, "env")
 		rt.Close()
 	}
+}
+
+// TestNoFileForUnknownIDs: operations on ids that never existed leave no
+// file behind in the state directory (no lock file, no record, no
+// directory).
+func TestNoFileForUnknownIDs(t *testing.T) {
+	ctx := context.Background()
+	state := t.TempDir()
+	rt := open(t, state, standin(t))
+	defer rt.Close()
+	for i := range 20 {
+		id := "ghost-" + strconv.Itoa(i)
+		if _, err := rt.Get(ctx, id); !errors.Is(err, microvm.ErrNotFound) {
+			t.Fatalf("Get(%s): %v", id, err)
+		}
+		if _, err := rt.Start(ctx, id); !errors.Is(err, microvm.ErrNotFound) {
+			t.Fatalf("Start(%s): %v", id, err)
+		}
+		if _, err := rt.Destroy(ctx, id); !errors.Is(err, microvm.ErrNotFound) {
+			t.Fatalf("Destroy(%s): %v", id, err)
+		}
+	}
+	filepath.WalkDir(state, func(path string, d os.DirEntry, err error) error {
+		if strings.Contains(filepath.Base(path), "ghost") {
+			t.Errorf("left behind for an id that never existed: %s", path)
+		}
+		return nil
+	})
 }
