@@ -68,7 +68,9 @@ type Config struct {
 	// up in PATH. Default "firecracker". Open checks that it exists, is a
 	// regular file and is executable. It must exec the VMM in place (a
 	// wrapper script must end in `exec`), since the runtime supervises
-	// the process it starts.
+	// the process it starts. It is the binary of the VMs this Runtime
+	// creates or restores: each VM's record keeps its binary, and every
+	// later process of the VM runs that one (VM.Backend.Binary).
 	FirecrackerBin string
 	// ReadyTimeout bounds the wait for a new process's API socket.
 	// Default DefaultReadyTimeout.
