@@ -81,15 +81,20 @@
 // read: a goroutine per VM waits on the pidfd through Go's poller (no
 // thread is blocked), unrelated to any request. A process that exits
 // unasked turns its VM failed, within milliseconds, with the exit status
-// or signal (known for processes this process started) and the last
-// console lines in VM.LastError; a created VM whose process dies stays
+// or signal (known for processes this process started; firecracker's own
+// exit codes are named, e.g. 148: a system call its seccomp filter
+// forbids) in VM.LastError and the last console lines in
+// VM.LastErrorDetail; a created VM whose process dies stays
 // created, and Start spawns a new one. A process this process started
 // that exits with status 0 is a guest that shut itself down (Firecracker
 // exits when its guest powers off or resets): the VM turns stopped, its
 // leftovers removed as by Stop, with no LastError (the runtime's log says
 // so at level Info). The exit status of an adopted process (started by
 // another process, so not our child) cannot be read: its end, clean or
-// not, turns the VM failed ("exit status unknown").
+// not, turns the VM failed ("exit status unknown"). The children of this
+// process are reaped even when they exit after every Runtime closed (a
+// process-wide reaper, see reaper.go), and a Runtime opened later learns
+// their exit status.
 //
 // # Adoption
 //
