@@ -135,6 +135,13 @@ func TestCLIRemembersSettings(t *testing.T) {
 	}
 	c.bareOK("rm", "cli-b")
 	c.bareOK("rm", "cli-a")
+
+	// A new state directory with no binary saved and none in PATH says how
+	// to name one.
+	code, _, errs := c.bare([]string{"PATH=/nonexistent"}, "--state-dir", t.TempDir(), "ls")
+	if code == 0 || !strings.Contains(errs, "mvm config set firecracker-bin PATH") || strings.Count(errs, "\n") != 1 {
+		t.Errorf("ls without a firecracker binary: exit %d %q", code, errs)
+	}
 }
 
 // TestCLIErrorsOneLine: a failed create or start is one line on stderr,

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	microvm "github.com/mvm-dev/microvm"
 	"github.com/mvm-dev/microvm/firecracker"
@@ -26,6 +27,9 @@ const netStateDir = "network"
 func openFirecracker(ctx context.Context, g *globals) (microvm.Runtime, error) {
 	rt, err := openFirecrackerRuntime(ctx, g)
 	if err != nil {
+		if errors.Is(err, microvm.ErrInvalidArgument) && strings.Contains(err.Error(), "firecracker binary") {
+			err = fmt.Errorf("%w (name it once with --firecracker-bin PATH, or: mvm config set firecracker-bin PATH)", err)
+		}
 		return nil, err
 	}
 	if err := g.saveGiven(); err != nil {
