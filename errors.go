@@ -175,7 +175,7 @@ func (e *ExitError) Is(target error) bool { return target == ErrExited }
 
 // OpError is the error of an operation on one VM: the operation, the VM,
 // the cause and, apart from the message, what the hypervisor wrote last.
-// The firecracker runtime's Create returns no other error type (every
+// The Create of the firecracker and memory runtimes returns no other error type (every
 // failure, from a refused id or spec to a crashed process, is an *OpError
 // whose cause matches one of the sentinels above); its other operations
 // return one when the operation itself failed, and return their refusals

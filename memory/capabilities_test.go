@@ -140,3 +140,30 @@ func TestRename(t *testing.T) {
 		t.Errorf("List: %+v", vms)
 	}
 }
+
+// TestCreateErrorShape: every Create error is a *microvm.OpError of
+// "create" and the id, matching the sentinel of its cause, as the
+// firecracker runtime's.
+func TestCreateErrorShape(t *testing.T) {
+	ctx := context.Background()
+	rt := memory.New(nil)
+	good := microvm.Spec{Kernel: "/k", RootDrive: microvm.Drive{Path: "/r"}, VCPUs: 1, MemoryMiB: 64}
+	if _, err := rt.Create(ctx, "a", good); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		id   string
+		spec microvm.Spec
+		is   error
+	}{
+		{"bad/id", good, microvm.ErrInvalidID},
+		{"b", microvm.Spec{}, microvm.ErrInvalidSpec},
+		{"a", good, microvm.ErrAlreadyExists},
+	} {
+		_, err := rt.Create(ctx, c.id, c.spec)
+		var oe *microvm.OpError
+		if !errors.As(err, &oe) || oe.Op != "create" || oe.ID != c.id || !errors.Is(err, c.is) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("Create(%q): %v, want an OpError of create %q matching %v", c.id, err, c.id, c.is)
+		}
+	}
+}
