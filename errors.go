@@ -175,13 +175,13 @@ func (e *ExitError) Is(target error) bool { return target == ErrExited }
 
 // OpError is the error of an operation on one VM: the operation, the VM,
 // the cause and, apart from the message, what the hypervisor wrote last.
-// The Create of the firecracker and memory runtimes returns no other error type (every
-// failure, from a refused id or spec to a crashed process, is an *OpError
-// whose cause matches one of the sentinels above); its other operations
-// return one when the operation itself failed, and return their refusals
-// (an unknown VM, an invalid id, argument or transition) as they are. It
-// matches whatever its cause matches ([errors.Is] and [errors.As] see
-// through it).
+// Create, in the firecracker and memory runtimes, returns no other error
+// type: every failure, from a refused id or spec to a crashed process, is
+// an *OpError whose cause matches one of the sentinels above. The
+// firecracker runtime's other operations return one when the operation
+// itself failed, and their refusals (an unknown VM, an invalid id,
+// argument or transition) as they are. It matches whatever its cause
+// matches ([errors.Is] and [errors.As] see through it).
 //
 // Error is one line: the operation, the VM and the cause, with the
 // hypervisor's fault message trimmed to one line and a sentence.
