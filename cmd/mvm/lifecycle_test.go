@@ -374,3 +374,12 @@ func TestCLIRealBinaries(t *testing.T) {
 		})
 	}
 }
+
+// TestMain removes the mvm binary the tests built.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if mvmBuild.path != "" {
+		os.RemoveAll(filepath.Dir(mvmBuild.path))
+	}
+	os.Exit(code)
+}
