@@ -4,10 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode/utf8"
 )
 
 // Sentinel errors. Test for them with [errors.Is]; the concrete errors that
-// carry details ([*TransitionError], [*SpecError], [*IDError],
+// carry details ([*OpError], [*TransitionError], [*SpecError], [*IDError],
 // [*BackendError], [*ExitError]) match the sentinels below.
 var (
 	// ErrNotFound: no VM with that id.
@@ -106,7 +107,9 @@ func (e *SpecError) Has(field string) bool {
 
 // BackendError is a failure reported by the hypervisor or the host. It keeps
 // the hypervisor's own message and HTTP status code, and matches
-// [ErrBackend] (and whatever Err matches).
+// [ErrBackend] (and whatever Err matches). Its Error shows the message
+// trimmed to one line and the sentences that fit in 240 bytes; Message keeps it
+// verbatim.
 type BackendError struct {
 	Op         string // what mvm was doing, e.g. "configure drives"
 	Method     string // HTTP method of the API call, if any
@@ -126,7 +129,7 @@ func (e *BackendError) Error() string {
 		fmt.Fprintf(&b, ": status %d", e.StatusCode)
 	}
 	if e.Message != "" {
-		fmt.Fprintf(&b, ": %s", e.Message)
+		fmt.Fprintf(&b, ": %s", faultSentence(e.Message))
 	}
 	if e.Err != nil {
 		fmt.Fprintf(&b, ": %v", e.Err)
@@ -143,11 +146,15 @@ func (e *BackendError) Unwrap() error { return e.Err }
 // ExitError describes a VM process that ended when nobody asked it to. It
 // matches [ErrExited].
 type ExitError struct {
-	ID       string   // the VM
-	PID      int      // the process that exited
-	ExitCode int      // exit status, or -1 when killed by a signal
-	Signal   string   // the signal's name when killed by one
-	Console  []string // the last lines of the guest console
+	ID       string // the VM
+	PID      int    // the process that exited
+	ExitCode int    // exit status, or -1 when killed by a signal
+	Signal   string // the signal's name when killed by one
+	// Reason is what the hypervisor's exit status means, when it gives
+	// one a meaning (firecracker: 148 is a forbidden system call caught
+	// by its seccomp filter, 149 SIGBUS, ...); "" otherwise.
+	Reason  string
+	Console []string // the last lines of the guest console
 }
 
 func (e *ExitError) Error() string {
@@ -157,8 +164,75 @@ func (e *ExitError) Error() string {
 	} else if e.ExitCode < 0 {
 		how = "exit status unknown"
 	}
+	if e.Reason != "" {
+		how += " (" + e.Reason + ")"
+	}
 	return fmt.Sprintf("vm %q: process %d exited unexpectedly: %s", e.ID, e.PID, how)
 }
 
 // Is reports whether target is [ErrExited].
 func (e *ExitError) Is(target error) bool { return target == ErrExited }
+
+// OpError is the error of an operation on one VM: the operation, the VM,
+// the cause and, apart from the message, what the hypervisor wrote last.
+// Create, in the firecracker and memory runtimes, returns no other error
+// type: every failure, from a refused id or spec to a crashed process, is
+// an *OpError whose cause matches one of the sentinels above. The
+// firecracker runtime's other operations return one when the operation
+// itself failed, and their refusals (an unknown VM, an invalid id,
+// argument or transition) as they are. It matches whatever its cause
+// matches ([errors.Is] and [errors.As] see through it).
+//
+// Error is one line: the operation, the VM and the cause, with the
+// hypervisor's fault message trimmed to one line and a sentence.
+// Detail, the hypervisor's last output lines, is never part of it: a CLI
+// shows it on request (mvm shows it with --verbose, and for a VM that
+// still exists in `mvm inspect` and `mvm logs`).
+type OpError struct {
+	Op  string // "create", "start", "restore", ...
+	ID  string // the VM
+	Err error  // the cause
+	// Detail is the last lines the hypervisor and the guest console wrote
+	// before the failure, oldest first (read before a rollback removed
+	// them); nil when not relevant.
+	Detail []string
+}
+
+// Error formats the error on one line:
+//
+//	start vm "x": boot: PUT /actions: status 400: Start microvm error: ...
+func (e *OpError) Error() string {
+	return oneLine(fmt.Sprintf("%s vm %q: %v", e.Op, e.ID, e.Err))
+}
+
+// Unwrap returns the cause.
+func (e *OpError) Unwrap() error { return e.Err }
+
+// maxFault is the longest fault message faultSentence keeps whole.
+const maxFault = 240
+
+// faultSentence trims a hypervisor's fault message for an error line: line
+// breaks (firecracker ends some lines of its messages with a backslash)
+// and runs of spaces become one space, and a message longer than 240
+// bytes keeps the whole sentences that fit in 240 bytes, or, when the
+// first does not, its first 240 bytes and "...".
+func faultSentence(msg string) string {
+	msg = oneLine(strings.ReplaceAll(msg, "\\\n", " "))
+	if len(msg) <= maxFault {
+		return msg
+	}
+	if i := strings.LastIndex(msg[:maxFault], ". "); i > 0 {
+		return msg[:i+1] // the whole sentences that fit
+	}
+	cut := maxFault
+	for cut > 0 && !utf8.RuneStart(msg[cut]) {
+		cut--
+	}
+	return msg[:cut] + "..."
+}
+
+// oneLine collapses s onto one line: each run of whitespace (line breaks
+// included) becomes one space, and leading and trailing space goes.
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
+}

@@ -883,3 +883,39 @@ func TestAbsPaths(t *testing.T) {
 		t.Errorf("absolute paths need no working directory: %v", err)
 	}
 }
+
+// TestBackendErrorOneSentence: firecracker's fault messages, as the real
+// binaries give them (v1.7 and v1.14 end a line of the Start-without-KVM
+// message with a backslash and a line break), read as one line in
+// BackendError and OpError; the verbatim message stays in Message; a
+// long message keeps the sentences that fit, or is cut at 240 bytes.
+func TestBackendErrorOneSentence(t *testing.T) {
+	for _, c := range []struct{ name, msg, want string }{
+		{"v1.7 start without KVM",
+			"Start microvm error: Internal error while starting microVM: Vm error: Error creating KVM object: No such file or directory (os error 2) Make sure the user launching the firecracker process is \\\nconfigured on the /dev/kvm file's ACL.",
+			"Start microvm error: Internal error while starting microVM: Vm error: Error creating KVM object: No such file or directory (os error 2) Make sure the user launching the firecracker process is configured on the /dev/kvm file's ACL."},
+		{"v1.14 start without KVM",
+			"Start microvm error: Kvm error: Error creating KVM object: No such file or directory (os error 2) Make sure the user launching the firecracker process is \\\nconfigured on the /dev/kvm file's ACL.",
+			"Start microvm error: Kvm error: Error creating KVM object: No such file or directory (os error 2) Make sure the user launching the firecracker process is configured on the /dev/kvm file's ACL."},
+		{"two long sentences", "First part. " + strings.Repeat("x", 300), "First part."},
+		{"the sentences that fit", "One. Two. " + strings.Repeat("y", 235) + ". Three.", "One. Two."},
+		{"v1.14 TAP of lo", "Network config error: Could not create the network device: Open tap device failed: Error while creating ifreq structure: Invalid argument (os error 22). Invalid TUN/TAP Backend provided by lo. Check our documentation on setting up the network devices.",
+			"Network config error: Could not create the network device: Open tap device failed: Error while creating ifreq structure: Invalid argument (os error 22). Invalid TUN/TAP Backend provided by lo."},
+		{"one long sentence", strings.Repeat("é", 150), strings.Repeat("é", 120) + "..."},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			be := &BackendError{Op: "boot", Method: "PUT", Path: "/actions", StatusCode: 400, Message: c.msg}
+			oe := &OpError{Op: "start", ID: "vm1", Err: be, Detail: []string{"2026-12-07T00:00:00 [vm1:main] Running Firecracker v1.14.2"}}
+			want := `start vm "vm1": boot: PUT /actions: status 400: ` + c.want
+			if got := oe.Error(); got != want {
+				t.Errorf("Error() = %q\nwant      %q", got, want)
+			}
+			if len(oe.Error()) >= 300+len(`start vm "vm1": boot: PUT /actions: status 400: `) || strings.ContainsAny(oe.Error(), "\n\r\\") {
+				t.Errorf("not one short line: %q", oe.Error())
+			}
+			if be.Message != c.msg || !errors.Is(oe, ErrBackend) {
+				t.Errorf("Message changed or the sentinel lost: %q", be.Message)
+			}
+		})
+	}
+}

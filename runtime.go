@@ -87,6 +87,10 @@ type VM struct {
 	// LastError says why the VM failed (status failed), or what the last
 	// failed operation on it was.
 	LastError string `json:"last_error,omitempty"`
+	// LastErrorDetail is what the hypervisor and the guest console wrote
+	// last before the failure LastError reports, oldest first, when the
+	// runtime read it (the Detail of its [*OpError]).
+	LastErrorDetail []string `json:"last_error_detail,omitempty"`
 	// Backend holds what the runtime knows of the VM's host side.
 	Backend Backend `json:"backend"`
 }
@@ -108,6 +112,9 @@ type Backend struct {
 	Log string `json:"log,omitempty"`
 	// Version is the hypervisor's version.
 	Version string `json:"version,omitempty"`
+	// Binary is the hypervisor binary the VM runs with: the one it was
+	// created (or restored) with, which later starts use too.
+	Binary string `json:"binary,omitempty"`
 	// VsockPath is the host unix socket of the vsock device.
 	VsockPath string `json:"vsock_path,omitempty"`
 	// Network describes the managed network interface, if any.

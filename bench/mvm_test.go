@@ -32,6 +32,7 @@ func openMVM(b *testing.B, e *benchEnv) launcher {
 		FirecrackerBin: e.bin,
 		ReadyTimeout:   readyTimeout,
 		APITimeout:     apiTimeout,
+		Env:            os.Environ(), // as the other implementations (the stand-in's settings)
 	})
 	if err != nil {
 		os.RemoveAll(dir)

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
-	"strings"
 	"sync"
 
 	microvm "github.com/mvm-dev/microvm"
@@ -115,7 +113,8 @@ func (r *Runtime) exitOf(pr procRecord) exitInfo {
 	defer r.mu.Unlock()
 	ei, ok := r.exits[pr]
 	if !ok {
-		return exitInfo{code: -1}
+		// A child that exited while no Runtime watched it.
+		return childExit(pr.PID, pr.StartTime)
 	}
 	delete(r.exits, pr)
 	return ei
@@ -170,31 +169,20 @@ func (r *Runtime) crashed(rec *vmRecord) error {
 			return nil
 		}
 	}
-	msg := describeExit(xerr)
+	msg := xerr.Error()
 	if to, err := microvm.Transition(rec.ID, rec.Status, microvm.OpCrash); err == nil {
 		rec.Status = to
 		rec.LastError = msg
 	} else {
 		rec.LastError = "firecracker exited before the VM booted: " + msg
 	}
+	rec.LastErrorDetail = xerr.Console
 	if err := r.save(rec); err != nil {
 		r.log.Error("record crash", "vm", rec.ID, "err", err)
 	}
 	r.log.Warn("vm process exited unexpectedly", "vm", rec.ID, "err", msg)
 	r.emit(microvm.EventCrashed, rec, msg, "")
 	return xerr
-}
-
-// describeExit formats an ExitError with its last console lines.
-func describeExit(e *microvm.ExitError) string {
-	if len(e.Console) == 0 {
-		return e.Error()
-	}
-	q := make([]string, len(e.Console))
-	for i, l := range e.Console {
-		q[i] = strconv.Quote(l)
-	}
-	return e.Error() + "; last console output: " + strings.Join(q, " | ")
 }
 
 func (r *Runtime) tailLimit() int64 {
@@ -219,6 +207,13 @@ func (r *Runtime) tailLimit() int64 {
 //     process a stopped or failed VM should not have is ended. A live
 //     process whose API does not answer keeps its status.
 func (r *Runtime) reconcile(ctx context.Context, rec *vmRecord) (*vmRecord, error) {
+	if rec.Op == opRename {
+		out, err := r.recoverRename(rec)
+		if out == nil || err != nil {
+			return out, err
+		}
+		rec = out
+	}
 	var p *proc
 	if rec.Process != nil {
 		q, err := attach(rec.Process.PID, rec.Process.StartTime, rec.Process.BootID)

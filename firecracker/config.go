@@ -198,14 +198,10 @@ func (r *Runtime) waitReady(ctx context.Context, p *proc, rec *vmRecord) (*vmCli
 	defer cancel()
 	exited := func() error {
 		ei := p.reap()
-		how := "exited"
-		switch {
-		case ei.known && ei.signal != "":
-			how = "was killed by signal " + ei.signal
-		case ei.known:
-			how = "exited with status " + strconv.Itoa(ei.code)
+		if !ei.known {
+			ei = r.exitOf(*recordOf(p))
 		}
-		return fmt.Errorf("start firecracker: process %d %s before its API socket answered", p.pid, how)
+		return fmt.Errorf("start firecracker: it ended before its API socket answered: %w", exitError(rec.ID, p.pid, ei, nil))
 	}
 	timedOut := func(what string) error {
 		if err := context.Cause(ctx); errors.Is(err, context.DeadlineExceeded) && r.cfg.ReadyTimeout > 0 {
@@ -248,7 +244,7 @@ func (r *Runtime) waitReady(ctx context.Context, p *proc, rec *vmRecord) (*vmCli
 		}
 		delay = min(2*delay, maxDelay)
 	}
-	if known, ok := r.knownVersion(); ok {
+	if known, ok := r.knownVersion(r.binOf(rec)); ok {
 		// The binary answered GET / at an earlier launch and has not
 		// changed since: the version is the one it reported then, and the
 		// connection accepted is readiness enough.
@@ -267,7 +263,7 @@ func (r *Runtime) waitReady(ctx context.Context, p *proc, rec *vmRecord) (*vmCli
 			} else {
 				rec.Version = info.VMMVersion
 			}
-			r.rememberVersion(rec.Version)
+			r.rememberVersion(r.binOf(rec), rec.Version)
 			return c, nil
 		}
 		if p.exited() {
@@ -286,28 +282,30 @@ func (r *Runtime) waitReady(ctx context.Context, p *proc, rec *vmRecord) (*vmCli
 	}
 }
 
-// binVersion is the version the firecracker binary reported, and the
+// binVersion is the version a firecracker binary reported, and the
 // identity of the file that reported it.
 type binVersion struct {
+	bin     string
 	version string
 	file    os.FileInfo
 }
 
-// rememberVersion keeps the version a new process of the binary reported.
-func (r *Runtime) rememberVersion(v string) {
-	if fi, err := os.Stat(r.bin); err == nil {
-		r.lastVersion.Store(&binVersion{version: v, file: fi})
+// rememberVersion keeps the version a new process of bin reported.
+func (r *Runtime) rememberVersion(bin, v string) {
+	if fi, err := os.Stat(bin); err == nil {
+		r.lastVersion.Store(&binVersion{bin: bin, version: v, file: fi})
 	}
 }
 
-// knownVersion returns the version the binary reported at an earlier
-// launch, if the file is still the same (device, inode, size, mtime).
-func (r *Runtime) knownVersion() (string, bool) {
+// knownVersion returns the version bin reported at an earlier launch, if
+// it is the binary last probed and the file is still the same (device,
+// inode, size, mtime).
+func (r *Runtime) knownVersion(bin string) (string, bool) {
 	bv := r.lastVersion.Load()
-	if bv == nil {
+	if bv == nil || bv.bin != bin {
 		return "", false
 	}
-	fi, err := os.Stat(r.bin)
+	fi, err := os.Stat(bin)
 	if err != nil || !os.SameFile(fi, bv.file) || fi.Size() != bv.file.Size() || !fi.ModTime().Equal(bv.file.ModTime()) {
 		return "", false
 	}

@@ -67,9 +67,13 @@
 // processes working in it (found by their working directory and command
 // line) and removes it. (With a managed network the record is written
 // first, so that the network is found too.) If any step fails the process
-// is killed and the VM directory and record are removed; the [*OpError]
-// names the step, keeps firecracker's status code and fault_message (in a
-// [*microvm.BackendError]) and quotes the last lines firecracker wrote. Start boots a created VM (InstanceStart), or
+// is killed and the VM directory and record are removed. Create returns
+// no error but a [*microvm.OpError]: it names the step, keeps firecracker's
+// status code and fault_message (in a [*microvm.BackendError]; the message
+// is trimmed to a sentence on one line), matches the sentinel of its cause
+// (microvm.ErrInvalidSpec, ErrInvalidID, ErrAlreadyExists, ErrBackend,
+// ErrExited, ...) and carries the last lines firecracker wrote in its
+// Detail, never in its one-line message. Start boots a created VM (InstanceStart), or
 // spawns and configures a fresh process for a stopped or failed one. Stop
 // sends Ctrl-Alt-Del (x86, running VMs), waits, then SIGTERM, then
 // SIGKILL; a stopped VM holds no process. Pause and Resume are PATCH /vm.
@@ -86,15 +90,20 @@
 // read: a goroutine per VM waits on the pidfd through Go's poller (no
 // thread is blocked), unrelated to any request. A process that exits
 // unasked turns its VM failed, within milliseconds, with the exit status
-// or signal (known for processes this process started) and the last
-// console lines in VM.LastError; a created VM whose process dies stays
+// or signal (known for processes this process started; firecracker's own
+// exit codes are named, e.g. 148: a system call its seccomp filter
+// forbids) in VM.LastError and the last console lines in
+// VM.LastErrorDetail; a created VM whose process dies stays
 // created, and Start spawns a new one. A process this process started
 // that exits with status 0 is a guest that shut itself down (Firecracker
 // exits when its guest powers off or resets): the VM turns stopped, its
 // leftovers removed as by Stop, with no LastError (the runtime's log says
 // so at level Info). The exit status of an adopted process (started by
 // another process, so not our child) cannot be read: its end, clean or
-// not, turns the VM failed ("exit status unknown").
+// not, turns the VM failed ("exit status unknown"). The children of this
+// process are reaped even when they exit after every Runtime closed (a
+// process-wide reaper, see reaper.go), and a Runtime opened later learns
+// their exit status.
 //
 // # Adoption
 //
@@ -207,14 +216,22 @@
 //
 // # Live updates
 //
-// Two updates of a running VM are methods of [*Runtime] outside
-// microvm.Runtime: [Runtime.SetEgressPolicy] replaces the managed
-// interface's egress firewall (through a Network that implements
-// [PolicyUpdater]), in any status; [Runtime.UpdateRateLimits] changes the
-// rate limiters of drives and network interfaces of a running or paused
-// VM (PATCH /drives/{id}, PATCH /network-interfaces/{id}). Both check
-// their input with the rules of microvm.Spec.Validate and store the result
-// in the VM's spec, so a restart, and a snapshot's clones, keep it.
+// The runtime offers the root package's optional capabilities
+// (microvm.EgressUpdater, microvm.RateLimitUpdater, microvm.Renamer):
+// [Runtime.SetEgressPolicy] replaces the managed interface's egress
+// firewall (through a Network that implements [PolicyUpdater]), in any
+// status; [Runtime.UpdateRateLimits] changes the rate limiters of drives
+// and network interfaces of a running or paused VM (PATCH /drives/{id},
+// PATCH /network-interfaces/{id}), reading and writing them under the VM's
+// lock. Both check their input with the rules of microvm.Spec.Validate and
+// store the result in the VM's spec, so a restart, and a snapshot's
+// clones, keep it. [Runtime.Rename] renames a created, stopped or paused
+// VM with its process.
+//
+// Each VM's record keeps the firecracker binary it was created (or
+// restored) with, by path, and the version it reported; every later
+// process of the VM runs that binary, whatever Config.FirecrackerBin a
+// later Runtime has (VM.Backend.Binary shows it).
 //
 // At Open, a Network that implements [Cleaner] is asked to remove what it
 // holds for VMs that have no record (and to repair the networks of those

@@ -5,56 +5,14 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
-	"strconv"
-	"strings"
 	"syscall"
 
 	microvm "github.com/mvm-dev/microvm"
 	"github.com/mvm-dev/microvm/fcapi"
 )
 
-// OpError is the error of a runtime operation on one VM: the operation,
-// the VM, the cause, and, when the cause is a failed boot or
-// configuration, the last lines firecracker wrote (the VM directory that
-// held them may be gone after a rollback). It matches whatever its cause
-// matches (errors.Is and errors.As see through it).
-type OpError struct {
-	Op     string   // "create", "start", "restore", ...
-	ID     string   // the VM
-	Err    error    // the cause
-	Output []string // the last lines of console.log and firecracker.log, if relevant
-}
-
-// Error formats the error on one line:
-//
-//	create vm "x": configure drives: PUT /drives/rootfs: status 400: <fault_message>; last output: "..." | "..."
-func (e *OpError) Error() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "%s vm %q: %v", e.Op, e.ID, e.Err)
-	if len(e.Output) > 0 {
-		b.WriteString("; last output: ")
-		for i, l := range e.Output {
-			if i > 0 {
-				b.WriteString(" | ")
-			}
-			if len(l) > maxOutputLine {
-				l = l[:maxOutputLine] + "..."
-			}
-			b.WriteString(strconv.Quote(l))
-		}
-	}
-	return b.String()
-}
-
-// Unwrap returns the cause.
-func (e *OpError) Unwrap() error { return e.Err }
-
-// outputLines is how many lines of output an OpError carries, and
-// maxOutputLine how much of each its message shows.
-const (
-	outputLines   = 8
-	maxOutputLine = 200
-)
+// outputLines is how many lines of output an OpError's Detail carries.
+const outputLines = 8
 
 // backendErr turns a failure of step (e.g. "configure drives") into a
 // *microvm.BackendError. An *fcapi.APIError keeps its method, path,
@@ -106,5 +64,39 @@ func exitError(id string, pid int, ei exitInfo, console []string) *microvm.ExitE
 	if !ei.known {
 		e.ExitCode, e.Signal = -1, ""
 	}
+	if e.Signal == "" {
+		e.Reason = exitReason(e.ExitCode)
+	}
 	return e
+}
+
+// exitReason says what firecracker's exit status means (FcExitCode in
+// firecracker's src/vmm/src/lib.rs, the same from v1.0 to v1.14): it
+// exits 148 when its seccomp filter catches a system call, and 149 to 157
+// when it intercepts a fatal signal or refuses its configuration or
+// command line. 0, 1 (generic error) and 2 need no words.
+func exitReason(code int) string {
+	switch code {
+	case 148:
+		return "firecracker made a system call its seccomp filter forbids"
+	case 149:
+		return "firecracker caught SIGBUS: guest memory or a mapped file became unreadable"
+	case 150:
+		return "firecracker caught SIGSEGV"
+	case 151:
+		return "firecracker caught SIGXFSZ: a file it writes reached the size limit"
+	case 152:
+		return "firecracker refused its configuration file"
+	case 153:
+		return "firecracker refused its command line"
+	case 154:
+		return "firecracker caught SIGXCPU: it reached its CPU time limit"
+	case 155:
+		return "firecracker caught SIGPIPE"
+	case 156:
+		return "firecracker caught SIGHUP"
+	case 157:
+		return "firecracker caught SIGILL"
+	}
+	return ""
 }

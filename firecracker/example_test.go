@@ -33,9 +33,9 @@ func Example() {
 		Vsock:     &microvm.Vsock{}, // socket in the VM's directory
 	}
 	if _, err := rt.Create(ctx, "web-1", spec); err != nil {
-		var oe *firecracker.OpError
+		var oe *microvm.OpError
 		if errors.As(err, &oe) {
-			for _, line := range oe.Output { // what firecracker said last
+			for _, line := range oe.Detail { // what firecracker said last
 				log.Println(line)
 			}
 		}

@@ -505,7 +505,7 @@ func (l *jailLauncher) start(ctx context.Context, rec *vmRecord, lp vmPaths, out
 		args = append(args, "--netns", rec.Net.NetNS)
 	}
 	args = append(args, "--", "--api-sock", lp.fcSock(lp.apiSock))
-	jp, err := spawn(spawnSpec{bin: l.jailer, args: args, dir: lp.dir, out: out, keep: keep})
+	jp, err := spawn(spawnSpec{bin: l.jailer, args: args, env: l.r.cfg.Env, dir: lp.dir, out: out, keep: keep})
 	if err != nil {
 		return nil, fmt.Errorf("%w: start %s: %w", ErrJailer, l.jailer, err)
 	}

@@ -25,21 +25,24 @@ type launcher interface {
 }
 
 // directLauncher runs firecracker as a child of the runtime, as the
-// runtime's user, in the VM directory.
-type directLauncher struct{ bin string }
+// runtime's user, in the VM directory: the binary the VM was created with
+// (Runtime.binOf), in the runtime's configured environment (Config.Env).
+type directLauncher struct{ r *Runtime }
 
 func (directLauncher) prepare(context.Context, *vmRecord) error { return nil }
 
 func (d directLauncher) start(ctx context.Context, rec *vmRecord, l vmPaths, out *os.File, keep []*os.File) (*proc, error) {
 	var p *proc
+	bin := d.r.binOf(rec)
 	netns := ""
 	if rec.Net != nil {
 		netns = rec.Net.NetNS
 	}
 	err := inNetNS(netns, func() (err error) {
 		p, err = spawn(spawnSpec{
-			bin:  d.bin,
+			bin:  bin,
 			args: []string{"--api-sock", l.fcSock(l.apiSock), "--id", rec.ID},
+			env:  d.r.cfg.Env,
 			dir:  l.dir,
 			out:  out,
 			keep: keep,
@@ -47,7 +50,7 @@ func (d directLauncher) start(ctx context.Context, rec *vmRecord, l vmPaths, out
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("start firecracker %s: %w", d.bin, err)
+		return nil, fmt.Errorf("start firecracker %s: %w", bin, err)
 	}
 	return p, nil
 }

@@ -18,9 +18,20 @@ import (
 // firecracker in the VM's directory and configures it (logger, metrics,
 // machine, boot source, drives, network interfaces, vsock, MMDS), without
 // booting it. If any step fails, everything made so far is undone (the
-// process, the directory, the record) and the *OpError names the step and
+// process, the directory, the record) and the *microvm.OpError names the step and
 // carries firecracker's last output lines.
 func (r *Runtime) Create(ctx context.Context, id string, spec microvm.Spec) (microvm.VM, error) {
+	vm, err := r.create(ctx, id, spec)
+	if err != nil {
+		var oe *microvm.OpError
+		if !errors.As(err, &oe) || oe.Op != "create" || oe.ID != id {
+			err = &microvm.OpError{Op: "create", ID: id, Err: err}
+		}
+	}
+	return vm, err
+}
+
+func (r *Runtime) create(ctx context.Context, id string, spec microvm.Spec) (microvm.VM, error) {
 	if err := microvm.ValidateID(id); err != nil {
 		return microvm.VM{}, err
 	}
@@ -45,12 +56,12 @@ func (r *Runtime) Create(ctx context.Context, id string, spec microvm.Spec) (mic
 		return microvm.VM{}, err
 	}
 	if nic, ok := managedInterface(spec); ok && r.cfg.Network == nil {
-		return microvm.VM{}, &OpError{Op: "create", ID: id, Err: fmt.Errorf(
+		return microvm.VM{}, &microvm.OpError{Op: "create", ID: id, Err: fmt.Errorf(
 			"network[%s]: a managed interface (empty host_dev_name): %w", nic.ID, errNoNetwork)}
 	}
 	unlock, err := r.lockVM(ctx, id)
 	if err != nil {
-		return microvm.VM{}, &OpError{Op: "create", ID: id, Err: err}
+		return microvm.VM{}, &microvm.OpError{Op: "create", ID: id, Err: err}
 	}
 	defer unlock()
 	// Creates of one id are serialised by the lock, and every writer of VM
@@ -58,16 +69,16 @@ func (r *Runtime) Create(ctx context.Context, id string, spec microvm.Spec) (mic
 	// before this Create writes it.
 	if err := r.reg.Get(kindVM, id, nil); err == nil || !errors.Is(err, registry.ErrNotFound) {
 		if err == nil {
-			return microvm.VM{}, fmt.Errorf("create vm %q: %w", id, microvm.ErrAlreadyExists)
+			return microvm.VM{}, microvm.ErrAlreadyExists
 		}
-		return microvm.VM{}, &OpError{Op: "create", ID: id, Err: err}
+		return microvm.VM{}, &microvm.OpError{Op: "create", ID: id, Err: err}
 	}
 	now := nowUTC()
-	rec := &vmRecord{ID: id, Spec: spec, Status: microvm.StatusCreated, Op: opCreate, CreatedAt: now, UpdatedAt: now}
+	rec := &vmRecord{ID: id, Spec: spec, Status: microvm.StatusCreated, Op: opCreate, CreatedAt: now, UpdatedAt: now, Binary: r.bin}
 	// No record exists, so a directory of that name was left by an
 	// interrupted Create: end what runs in it and remove it.
 	if err := r.sweepOrphan(id); err != nil {
-		return microvm.VM{}, &OpError{Op: "create", ID: id, Err: fmt.Errorf("remove leftover vm directory: %w", err)}
+		return microvm.VM{}, &microvm.OpError{Op: "create", ID: id, Err: fmt.Errorf("remove leftover vm directory: %w", err)}
 	}
 	// With a network to attach, the record is written first, so that an
 	// interrupted Create is found (and its network released) by its
@@ -81,9 +92,9 @@ func (r *Runtime) Create(ctx context.Context, id string, spec microvm.Spec) (mic
 	if managed || r.jailed() {
 		if err := r.reg.Create(kindVM, id, rec); err != nil {
 			if errors.Is(err, registry.ErrExists) {
-				return microvm.VM{}, fmt.Errorf("create vm %q: %w", id, microvm.ErrAlreadyExists)
+				return microvm.VM{}, microvm.ErrAlreadyExists
 			}
-			return microvm.VM{}, &OpError{Op: "create", ID: id, Err: err}
+			return microvm.VM{}, &microvm.OpError{Op: "create", ID: id, Err: err}
 		}
 		how = recordPID
 		if managed {
@@ -124,7 +135,7 @@ func (r *Runtime) Create(ctx context.Context, id string, spec microvm.Spec) (mic
 			prep = nil
 		}
 	}
-	guess, _ := r.knownVersion()
+	guess, _ := r.knownVersion(rec.Binary)
 	p, c, err := r.launch(ctx, rec, how, func() {
 		if guess != "" {
 			startPrep(guess)
@@ -160,7 +171,7 @@ func (r *Runtime) Create(ctx context.Context, id string, spec microvm.Spec) (mic
 			// its directory and record alone.
 			p.terminate(killWait)
 			p.close()
-			return microvm.VM{}, fmt.Errorf("create vm %q: %w", id, microvm.ErrAlreadyExists)
+			return microvm.VM{}, microvm.ErrAlreadyExists
 		}
 		return microvm.VM{}, r.undo("create", rec, p, fmt.Errorf("vm %q: write record: %w", id, err))
 	}
@@ -205,7 +216,7 @@ func (r *Runtime) diedDuring(p *proc, err error) bool {
 
 // undo removes everything an interrupted Create or Restore made: the
 // process (p, or the one recorded), the network attachment, the VM
-// directory and the record. It returns the *OpError for cause, with the
+// directory and the record. It returns the *microvm.OpError for cause, with the
 // last output lines read before the directory went.
 func (r *Runtime) undo(op string, rec *vmRecord, p *proc, cause error) error {
 	out := r.lastOutput(rec.ID)
@@ -213,7 +224,7 @@ func (r *Runtime) undo(op string, rec *vmRecord, p *proc, cause error) error {
 		r.log.Error("undo "+op, "vm", rec.ID, "err", err)
 		cause = fmt.Errorf("%w (and undoing it failed: %v)", cause, err)
 	}
-	return &OpError{Op: op, ID: rec.ID, Err: cause, Output: out}
+	return &microvm.OpError{Op: op, ID: rec.ID, Err: cause, Detail: out}
 }
 
 // discard ends the VM's processes and releases all it holds on the host
@@ -255,14 +266,14 @@ func (r *Runtime) Start(ctx context.Context, id string) (microvm.VM, error) {
 			// asking firecracker (see reconcile).
 			rec.Op = opStart
 			if err := r.mark(rec); err != nil {
-				return microvm.VM{}, &OpError{Op: "start", ID: id, Err: err}
+				return microvm.VM{}, &microvm.OpError{Op: "start", ID: id, Err: err}
 			}
 			err := r.call(ctx, rec, "boot", func(c *vmClient) error { return c.InstanceStart(ctx) })
 			rec.Op = ""
 			if err == nil {
 				rec.setStatus(to)
 				if err := r.save(rec); err != nil {
-					return microvm.VM{}, &OpError{Op: "start", ID: id, Err: err}
+					return microvm.VM{}, &microvm.OpError{Op: "start", ID: id, Err: err}
 				}
 				r.emit(microvm.EventStarted, rec, "", "")
 				return r.viewOf(rec), nil
@@ -323,8 +334,8 @@ func (r *Runtime) coldStart(ctx context.Context, rec *vmRecord, to microvm.Statu
 		if rerr := r.release(rec, nil, scopeProcess); rerr != nil {
 			err = fmt.Errorf("%w (and releasing the process's resources failed: %v)", err, rerr)
 		}
-		oe := &OpError{Op: "start", ID: rec.ID, Err: err, Output: out}
-		rec.LastError = oe.Error()
+		oe := &microvm.OpError{Op: "start", ID: rec.ID, Err: err, Detail: out}
+		rec.setError(oe)
 		if serr := r.save(rec); serr != nil {
 			r.log.Error("record failed start", "vm", rec.ID, "err", serr)
 		}
@@ -335,7 +346,7 @@ func (r *Runtime) coldStart(ctx context.Context, rec *vmRecord, to microvm.Statu
 	if err := r.save(rec); err != nil {
 		p.terminate(killWait)
 		p.close()
-		return microvm.VM{}, &OpError{Op: "start", ID: rec.ID, Err: err}
+		return microvm.VM{}, &microvm.OpError{Op: "start", ID: rec.ID, Err: err}
 	}
 	r.watch(rec.ID, p)
 	r.emit(microvm.EventStarted, rec, "", "")
@@ -371,12 +382,12 @@ func (r *Runtime) Stop(ctx context.Context, id string, opts *microvm.StopOptions
 	}
 	rec.Op = opStop
 	if err := r.mark(rec); err != nil {
-		return microvm.VM{}, &OpError{Op: "stop", ID: id, Err: err}
+		return microvm.VM{}, &microvm.OpError{Op: "stop", ID: id, Err: err}
 	}
 	if err := r.shutdown(ctx, rec, timeout); err != nil {
 		rec.Op = ""
-		oe := &OpError{Op: "stop", ID: id, Err: err}
-		rec.LastError = oe.Error()
+		oe := &microvm.OpError{Op: "stop", ID: id, Err: err}
+		rec.setError(oe)
 		r.save(rec)
 		return microvm.VM{}, oe
 	}
@@ -384,7 +395,7 @@ func (r *Runtime) Stop(ctx context.Context, id string, opts *microvm.StopOptions
 	rec.Op = ""
 	rec.setStatus(to)
 	if err := r.save(rec); err != nil {
-		return microvm.VM{}, &OpError{Op: "stop", ID: id, Err: err}
+		return microvm.VM{}, &microvm.OpError{Op: "stop", ID: id, Err: err}
 	}
 	r.emit(microvm.EventStopped, rec, "", "")
 	return r.viewOf(rec), nil
@@ -475,7 +486,7 @@ func (r *Runtime) simple(ctx context.Context, id string, op microvm.Op, step str
 	// reconcile), even where adoption does not probe (List).
 	rec.Op = string(op)
 	if err := r.mark(rec); err != nil {
-		return microvm.VM{}, &OpError{Op: string(op), ID: id, Err: err}
+		return microvm.VM{}, &microvm.OpError{Op: string(op), ID: id, Err: err}
 	}
 	err = r.call(ctx, rec, step, func(c *vmClient) error { return fn(ctx, c) })
 	rec.Op = ""
@@ -487,7 +498,7 @@ func (r *Runtime) simple(ctx context.Context, id string, op microvm.Op, step str
 	// crash of the host ends it, and the VM is failed whichever of the
 	// two the record kept, so the write needs no fsync.
 	if err := r.mark(rec); err != nil {
-		return microvm.VM{}, &OpError{Op: string(op), ID: id, Err: err}
+		return microvm.VM{}, &microvm.OpError{Op: string(op), ID: id, Err: err}
 	}
 	r.emit(opEvent(op), rec, "", "")
 	return r.viewOf(rec), nil
@@ -537,11 +548,11 @@ func (r *Runtime) call(ctx context.Context, rec *vmRecord, step string, fn func(
 }
 
 // failOp records a failed operation in the VM's LastError (unless the VM
-// failed, whose LastError says why) and returns its *OpError.
+// failed, whose LastError says why) and returns its *microvm.OpError.
 func (r *Runtime) failOp(op string, rec *vmRecord, err error) error {
-	oe := &OpError{Op: op, ID: rec.ID, Err: err}
+	oe := &microvm.OpError{Op: op, ID: rec.ID, Err: err}
 	if rec.Status != microvm.StatusFailed {
-		rec.LastError = oe.Error()
+		rec.setError(oe)
 	}
 	if serr := r.save(rec); serr != nil {
 		r.log.Error("record failed operation", "vm", rec.ID, "err", serr)
@@ -563,15 +574,15 @@ func (r *Runtime) Destroy(ctx context.Context, id string) (microvm.VM, error) {
 		return microvm.VM{}, err
 	}
 	if err := r.needsNetwork(rec); err != nil {
-		return microvm.VM{}, &OpError{Op: "destroy", ID: id, Err: err}
+		return microvm.VM{}, &microvm.OpError{Op: "destroy", ID: id, Err: err}
 	}
 	vm := r.viewOf(rec)
 	rec.Op = opDestroy
 	if err := r.mark(rec); err != nil {
-		return microvm.VM{}, &OpError{Op: "destroy", ID: id, Err: err}
+		return microvm.VM{}, &microvm.OpError{Op: "destroy", ID: id, Err: err}
 	}
 	if err := r.discard(rec, nil); err != nil {
-		return microvm.VM{}, &OpError{Op: "destroy", ID: id, Err: err}
+		return microvm.VM{}, &microvm.OpError{Op: "destroy", ID: id, Err: err}
 	}
 	// The VM is gone for good: its lock file goes too (we hold the lock,
 	// so waiters retry on a fresh file).

@@ -142,7 +142,11 @@ func spawn(spec spawnSpec) (*proc, error) {
 		}
 		return nil, fmt.Errorf("read start time of pid %d: %w", pid, err)
 	}
-	return newProc(pid, st.startTime, pidfd)
+	p, err := newProc(pid, st.startTime, pidfd)
+	if err == nil {
+		reapLater(p)
+	}
+	return p, err
 }
 
 // newProc wraps a pidfd. It takes ownership of fd.
@@ -276,6 +280,9 @@ type exitInfo struct {
 func (p *proc) reap() exitInfo {
 	var ei exitInfo
 	p.rc.Control(func(fd uintptr) { ei = waitPidfd(int(fd)) })
+	if !ei.known {
+		ei = childExit(p.pid, p.startTime) // the reaper got there first
+	}
 	return ei
 }
 

@@ -26,6 +26,7 @@ const (
 	opStop     = "stop"
 	opSnapshot = "snapshot"
 	opDestroy  = "destroy"
+	opRename   = "rename"
 )
 
 // procRecord identifies a process across runtimes: pid, start time and
@@ -54,10 +55,18 @@ type vmRecord struct {
 	// Op is the multi-step operation in progress, "" when none.
 	Op string `json:"op,omitempty"`
 	// OpSnapshot is the snapshot being written while Op is "snapshot".
-	OpSnapshot string    `json:"op_snapshot,omitempty"`
+	OpSnapshot string `json:"op_snapshot,omitempty"`
+	// RenameTo (in the VM's record under its old id) and RenameFrom (in
+	// the record under its new id) pair the two records while Op is
+	// "rename"; see rename.go.
+	RenameTo   string    `json:"rename_to,omitempty"`
+	RenameFrom string    `json:"rename_from,omitempty"`
 	CreatedAt  time.Time `json:"created_at"`
 	UpdatedAt  time.Time `json:"updated_at"`
 	LastError  string    `json:"last_error,omitempty"`
+	// LastErrorDetail is firecracker's last output when LastError was
+	// recorded (the Detail of its *microvm.OpError).
+	LastErrorDetail []string `json:"last_error_detail,omitempty"`
 	// RestoredFrom is the snapshot the VM was restored from (kept for
 	// the VM's life).
 	RestoredFrom string `json:"restored_from,omitempty"`
@@ -77,6 +86,10 @@ type vmRecord struct {
 	// Version is the firecracker version of the current (or last)
 	// process.
 	Version string `json:"version,omitempty"`
+	// Binary is the absolute path of the firecracker binary the VM was
+	// created or restored with; every later process of the VM runs it.
+	// Empty in records written before it was kept: the runtime's binary.
+	Binary string `json:"binary,omitempty"`
 	// VsockPath is the host socket of the vsock device, if any.
 	VsockPath string `json:"vsock_path,omitempty"`
 	// Net is what the network manager set up for the managed interface,
@@ -222,7 +235,7 @@ func nowUTC() time.Time { return time.Now().UTC() }
 func (rec *vmRecord) setStatus(s microvm.Status) {
 	rec.Status = s
 	if s != microvm.StatusFailed {
-		rec.LastError = ""
+		rec.LastError, rec.LastErrorDetail = "", nil
 	}
 }
 
@@ -230,14 +243,15 @@ func (rec *vmRecord) setStatus(s microvm.Status) {
 func (r *Runtime) view(rec *vmRecord, snaps []string) microvm.VM {
 	p := r.layout(rec)
 	vm := microvm.VM{
-		ID:           rec.ID,
-		Status:       rec.Status,
-		Spec:         rec.Spec.Clone(),
-		Snapshots:    snaps,
-		RestoredFrom: rec.RestoredFrom,
-		CreatedAt:    rec.CreatedAt,
-		UpdatedAt:    rec.UpdatedAt,
-		LastError:    rec.LastError,
+		ID:              rec.ID,
+		Status:          rec.Status,
+		Spec:            rec.Spec.Clone(),
+		Snapshots:       snaps,
+		RestoredFrom:    rec.RestoredFrom,
+		CreatedAt:       rec.CreatedAt,
+		UpdatedAt:       rec.UpdatedAt,
+		LastError:       rec.LastError,
+		LastErrorDetail: append([]string(nil), rec.LastErrorDetail...),
 		Backend: microvm.Backend{
 			Runtime:    "firecracker",
 			Dir:        p.dir,
@@ -246,6 +260,7 @@ func (r *Runtime) view(rec *vmRecord, snaps []string) microvm.VM {
 			// Firecracker's log goes to its stdout (configureOutput).
 			Log:       p.console,
 			Version:   rec.Version,
+			Binary:    r.binOf(rec),
 			VsockPath: rec.VsockPath,
 		},
 	}
@@ -260,4 +275,18 @@ func (r *Runtime) view(rec *vmRecord, snaps []string) microvm.VM {
 		vm.Backend.Network = &n
 	}
 	return vm
+}
+
+// binOf is the firecracker binary of rec's VM: the one it was created
+// with, or the runtime's for a record that does not name one.
+func (r *Runtime) binOf(rec *vmRecord) string {
+	if rec.Binary != "" {
+		return rec.Binary
+	}
+	return r.bin
+}
+
+// setError records a failed operation's error, one line, and its detail.
+func (rec *vmRecord) setError(oe *microvm.OpError) {
+	rec.LastError, rec.LastErrorDetail = oe.Error(), oe.Detail
 }

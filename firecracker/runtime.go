@@ -68,7 +68,9 @@ type Config struct {
 	// up in PATH. Default "firecracker". Open checks that it exists, is a
 	// regular file and is executable. It must exec the VMM in place (a
 	// wrapper script must end in `exec`), since the runtime supervises
-	// the process it starts.
+	// the process it starts. It is the binary of the VMs this Runtime
+	// creates or restores: each VM's record keeps its binary, and every
+	// later process of the VM runs that one (VM.Backend.Binary).
 	FirecrackerBin string
 	// ReadyTimeout bounds the wait for a new process's API socket.
 	// Default DefaultReadyTimeout.
@@ -102,6 +104,12 @@ type Config struct {
 	// over the VM's life. Default false: it costs a request and a file per
 	// VM, and host-side statistics (CPU, memory) need nothing.
 	Metrics bool
+	// Env is the environment of the firecracker processes, as KEY=VALUE
+	// strings. Default: only PATH (/usr/local/sbin:/usr/local/bin:
+	// /usr/sbin:/usr/bin:/sbin:/bin). The embedder's own environment is
+	// never passed on: firecracker needs none of it, and it may hold
+	// credentials.
+	Env []string
 	// Logger receives the runtime's diagnostics. Default: discarded.
 	Logger *slog.Logger
 	// Jailer, when not nil, runs every VM's firecracker through
@@ -112,6 +120,10 @@ type Config struct {
 	// jailed VM holds.
 	Jailer *JailerConfig
 }
+
+// defaultEnv is the environment of firecracker processes when Config.Env
+// is empty.
+var defaultEnv = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 
 // Runtime is a microvm.Runtime that runs each VM in its own firecracker
 // process. It is safe for concurrent use, and several Runtimes (in one or
@@ -192,12 +204,12 @@ func Open(ctx context.Context, cfg Config) (*Runtime, error) {
 	bgctx, cancel := context.WithCancel(context.Background())
 	r := &Runtime{
 		cfg: cfg, bin: bin, state: state, vmsDir: vmsDir,
-		launcher: directLauncher{bin: bin},
-		reg:      reg, snaps: snaps, log: log,
+		reg: reg, snaps: snaps, log: log,
 		ctx: bgctx, cancel: cancel,
 		watchers: make(map[string]*watcher),
 		exits:    make(map[procRecord]exitInfo),
 	}
+	r.launcher = directLauncher{r: r}
 	if cfg.Jailer != nil {
 		jl, err := newJailLauncher(r, *cfg.Jailer)
 		if err != nil {
@@ -253,6 +265,10 @@ func (c Config) withDefaults() (Config, error) {
 	if c.FirecrackerBin == "" {
 		c.FirecrackerBin = "firecracker"
 	}
+	if len(c.Env) == 0 {
+		c.Env = defaultEnv
+	}
+	c.Env = slices.Clone(c.Env)
 	return c, nil
 }
 

@@ -58,7 +58,7 @@ func (r *Runtime) Snapshot(ctx context.Context, id, snapID string, opts *microvm
 	wasRunning := rec.Status == microvm.StatusRunning
 	rec.Op, rec.OpSnapshot = opSnapshot, snapID
 	if err := r.mark(rec); err != nil {
-		return microvm.Snapshot{}, &OpError{Op: "snapshot", ID: id, Err: err}
+		return microvm.Snapshot{}, &microvm.OpError{Op: "snapshot", ID: id, Err: err}
 	}
 	// fail ends the operation: the VM keeps its status unless its
 	// process died (then call has marked it failed).
@@ -135,7 +135,7 @@ func (r *Runtime) Snapshot(ctx context.Context, id, snapID string, opts *microvm
 	rec.Op, rec.OpSnapshot = "", ""
 	rec.DiffBase = snapID
 	if err := r.save(rec); err != nil {
-		return microvm.Snapshot{}, &OpError{Op: "snapshot", ID: id, Err: err}
+		return microvm.Snapshot{}, &microvm.OpError{Op: "snapshot", ID: id, Err: err}
 	}
 	r.emit(microvm.EventSnapshotted, rec, "", snapID)
 	return r.snaps.Snapshot(m), nil
@@ -200,7 +200,7 @@ func (r *Runtime) Restore(ctx context.Context, newID, snapID string, opts *micro
 	}
 	unlock, err := r.lockVM(ctx, newID)
 	if err != nil {
-		return microvm.VM{}, &OpError{Op: "restore", ID: newID, Err: err}
+		return microvm.VM{}, &microvm.OpError{Op: "restore", ID: newID, Err: err}
 	}
 	defer unlock()
 	status := microvm.StatusRunning
@@ -209,7 +209,7 @@ func (r *Runtime) Restore(ctx context.Context, newID, snapID string, opts *micro
 	}
 	rec := &vmRecord{
 		ID: newID, Spec: spec, Status: status, Op: opRestore,
-		RestoredFrom: snapID, MemorySnapshot: snapID, MemoryBackend: backend,
+		RestoredFrom: snapID, MemorySnapshot: snapID, MemoryBackend: backend, Binary: r.bin,
 	}
 	rec.CreatedAt = nowUTC()
 	rec.UpdatedAt = rec.CreatedAt
@@ -237,7 +237,7 @@ func (r *Runtime) Restore(ctx context.Context, newID, snapID string, opts *micro
 func (r *Runtime) reserveRestore(ctx context.Context, rec *vmRecord) error {
 	unlock, err := r.reg.Lock(ctx, "snap-"+rec.RestoredFrom)
 	if err != nil {
-		return &OpError{Op: "restore", ID: rec.ID, Err: err}
+		return &microvm.OpError{Op: "restore", ID: rec.ID, Err: err}
 	}
 	defer unlock()
 	if _, err := r.snaps.Get(rec.RestoredFrom); err != nil {
@@ -247,7 +247,7 @@ func (r *Runtime) reserveRestore(ctx context.Context, rec *vmRecord) error {
 		if errors.Is(err, registry.ErrExists) {
 			return fmt.Errorf("restore vm %q: %w", rec.ID, microvm.ErrAlreadyExists)
 		}
-		return &OpError{Op: "restore", ID: rec.ID, Err: err}
+		return &microvm.OpError{Op: "restore", ID: rec.ID, Err: err}
 	}
 	return nil
 }

@@ -114,7 +114,7 @@ func (r *Runtime) sweepVMDirs() {
 	for _, e := range ents {
 		name := e.Name()
 		if strings.HasPrefix(name, trashPrefix) {
-			os.RemoveAll(filepath.Join(r.vmsDir, name))
+			r.sweepTrash(name)
 			continue
 		}
 		if !e.IsDir() || microvm.ValidateID(name) != nil {
@@ -169,4 +169,22 @@ func (r *Runtime) sweepOrphanLocked(id string) {
 		return
 	}
 	r.reg.RemoveLock("vm-" + id)
+}
+
+// sweepTrash removes a VM directory left half-deleted (renamed to
+// .trash-<id>-<random>), under the VM's lock: a Destroy in progress in
+// another process holds it while it removes the directory itself, and is
+// left alone.
+func (r *Runtime) sweepTrash(name string) {
+	rest := strings.TrimPrefix(name, trashPrefix)
+	i := strings.LastIndexByte(rest, '-')
+	if i <= 0 || microvm.ValidateID(rest[:i]) != nil {
+		return // not a name removeVMDir makes
+	}
+	unlock, ok := r.tryLockVM(rest[:i])
+	if !ok {
+		return
+	}
+	defer unlock()
+	os.RemoveAll(filepath.Join(r.vmsDir, name))
 }

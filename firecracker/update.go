@@ -5,14 +5,19 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"strings"
 
 	microvm "github.com/mvm-dev/microvm"
 	"github.com/mvm-dev/microvm/fcapi"
 )
 
 // This file holds the live updates of a VM that are not part of
-// microvm.Runtime: its egress policy and its rate limiters.
+// microvm.Runtime: its egress policy and its rate limiters, the optional
+// capabilities microvm.EgressUpdater and microvm.RateLimitUpdater.
+
+var (
+	_ microvm.EgressUpdater    = (*Runtime)(nil)
+	_ microvm.RateLimitUpdater = (*Runtime)(nil)
+)
 
 // SetEgressPolicy replaces the egress firewall of the VM's managed network
 // interface with p (nil: the default policy, see
@@ -43,15 +48,15 @@ func (r *Runtime) SetEgressPolicy(ctx context.Context, id string, p *microvm.Egr
 		return microvm.VM{}, err
 	}
 	if r.cfg.Network == nil {
-		return microvm.VM{}, &OpError{Op: "set egress policy", ID: id, Err: errNoNetwork}
+		return microvm.VM{}, &microvm.OpError{Op: "set egress policy", ID: id, Err: errNoNetwork}
 	}
 	pu, ok := r.cfg.Network.(PolicyUpdater)
 	if !ok {
-		return microvm.VM{}, &OpError{Op: "set egress policy", ID: id, Err: fmt.Errorf(
-			"the runtime's Network (%T) cannot update policies (no SetPolicy method): %w", r.cfg.Network, microvm.ErrUnsupported)}
+		return microvm.VM{}, &microvm.OpError{Op: "set egress policy", ID: id, Err: fmt.Errorf(
+			"the runtime's managed networking cannot update egress policies live: %w", microvm.ErrUnsupported)}
 	}
 	if err := pu.SetPolicy(ctx, id, spec.Network[i].Egress); err != nil {
-		return microvm.VM{}, &OpError{Op: "set egress policy", ID: id, Err: err}
+		return microvm.VM{}, &microvm.OpError{Op: "set egress policy", ID: id, Err: err}
 	}
 	old := rec.Spec
 	rec.Spec = spec
@@ -60,42 +65,25 @@ func (r *Runtime) SetEgressPolicy(ctx context.Context, id string, p *microvm.Egr
 		if rerr := pu.SetPolicy(context.WithoutCancel(ctx), id, old.Network[i].Egress); rerr != nil {
 			r.log.Error("restore egress policy after a failed record write", "vm", id, "err", rerr)
 		}
-		return microvm.VM{}, &OpError{Op: "set egress policy", ID: id, Err: err}
+		return microvm.VM{}, &microvm.OpError{Op: "set egress policy", ID: id, Err: err}
 	}
 	return r.viewOf(rec), nil
-}
-
-// RateLimitUpdate lists new rate limiters for some devices of a VM (see
-// [Runtime.UpdateRateLimits]). A nil limiter leaves that limiter as it is;
-// a non-nil one replaces it whole: its nil buckets mean no limit of that
-// kind, so &microvm.RateLimiter{} removes every limit of the device.
-type RateLimitUpdate struct {
-	// Drives maps drive ids (the root drive's included) to their new
-	// limiter.
-	Drives map[string]*microvm.RateLimiter
-	// Network maps network interface ids to their new limiters.
-	Network map[string]NetRateLimits
-}
-
-// NetRateLimits are the new limiters of one network interface: Rx limits
-// what the guest receives, Tx what it sends. Nil leaves that direction as
-// it is.
-type NetRateLimits struct {
-	Rx *microvm.RateLimiter
-	Tx *microvm.RateLimiter
 }
 
 // UpdateRateLimits changes the rate limiters of a running or paused VM's
 // drives and network interfaces (PATCH /drives/{id}, PATCH
 // /network-interfaces/{id}; Firecracker disables a bucket sent with size
-// 0) and stores them in its spec, so a restart keeps them.
+// 0) and stores them in its spec, so a restart keeps them. The current
+// limiters are read and the new ones written under the VM's lock, so a
+// bucket the update leaves alone keeps its value even when another update
+// runs at the same time.
 //
 // Unknown drive or interface ids give [microvm.ErrInvalidArgument] naming
 // them; limiters are checked with the rules of [microvm.Spec.Validate]
 // (a [*microvm.SpecError]); a VM in another status gives an error matching
 // [microvm.ErrInvalidTransition]. If a call fails midway, the devices
 // already changed are set back (best effort) and the spec is unchanged.
-func (r *Runtime) UpdateRateLimits(ctx context.Context, id string, u RateLimitUpdate) (microvm.VM, error) {
+func (r *Runtime) UpdateRateLimits(ctx context.Context, id string, u microvm.RateLimitUpdate) (microvm.VM, error) {
 	if err := microvm.ValidateID(id); err != nil {
 		return microvm.VM{}, err
 	}
@@ -136,7 +124,7 @@ func (r *Runtime) UpdateRateLimits(ctx context.Context, id string, u RateLimitUp
 	if err := r.save(rec); err != nil {
 		rec.Spec = old
 		r.undoRateLimits(ctx, rec, patches)
-		return microvm.VM{}, &OpError{Op: "update rate limits", ID: id, Err: err}
+		return microvm.VM{}, &microvm.OpError{Op: "update rate limits", ID: id, Err: err}
 	}
 	return r.viewOf(rec), nil
 }
@@ -179,65 +167,38 @@ func (p ratePatch) apply(ctx context.Context, c *vmClient, undo bool) error {
 // planRateLimits applies u to a copy of spec and returns it with the
 // PATCH calls to make (drives, then interfaces, each sorted by id). It
 // names every unknown id.
-func planRateLimits(spec microvm.Spec, u RateLimitUpdate) (microvm.Spec, []ratePatch, error) {
-	spec = spec.Clone()
-	var patches []ratePatch
-	var unknown []string
-	drives := map[string]*microvm.Drive{spec.RootDrive.ID: &spec.RootDrive}
-	driveIDs := []string{spec.RootDrive.ID}
+func planRateLimits(spec microvm.Spec, u microvm.RateLimitUpdate) (microvm.Spec, []ratePatch, error) {
+	next, err := spec.WithRateLimits(u)
+	if err != nil {
+		return spec, nil, err
+	}
+	drives := map[string][2]*microvm.RateLimiter{spec.RootDrive.ID: {spec.RootDrive.RateLimiter, next.RootDrive.RateLimiter}}
 	for i := range spec.Drives {
-		drives[spec.Drives[i].ID] = &spec.Drives[i]
-		driveIDs = append(driveIDs, spec.Drives[i].ID)
+		drives[spec.Drives[i].ID] = [2]*microvm.RateLimiter{spec.Drives[i].RateLimiter, next.Drives[i].RateLimiter}
 	}
+	var patches []ratePatch
 	for _, id := range slices.Sorted(maps.Keys(u.Drives)) {
-		rl := u.Drives[id]
-		d, ok := drives[id]
-		if !ok {
-			unknown = append(unknown, fmt.Sprintf("drive %q (its drives: %s)", id, strings.Join(driveIDs, ", ")))
+		if lu := u.Drives[id]; lu.Bandwidth == nil && lu.Ops == nil {
 			continue
 		}
-		if rl == nil {
-			continue
-		}
-		patches = append(patches, ratePatch{drive: true, id: id,
-			newRx: patchLimiter(rl), undoRx: patchLimiter(d.RateLimiter)})
-		d.RateLimiter = normLimiter(rl)
-	}
-	nics := map[string]*microvm.NetworkInterface{}
-	var nicIDs []string
-	for i := range spec.Network {
-		nics[spec.Network[i].ID] = &spec.Network[i]
-		nicIDs = append(nicIDs, spec.Network[i].ID)
+		d := drives[id]
+		patches = append(patches, ratePatch{drive: true, id: id, newRx: patchLimiter(d[1]), undoRx: patchLimiter(d[0])})
 	}
 	for _, id := range slices.Sorted(maps.Keys(u.Network)) {
 		l := u.Network[id]
-		n, ok := nics[id]
-		if !ok {
-			have := strings.Join(nicIDs, ", ")
-			if have == "" {
-				have = "none"
-			}
-			unknown = append(unknown, fmt.Sprintf("network interface %q (its interfaces: %s)", id, have))
-			continue
-		}
-		if l.Rx == nil && l.Tx == nil {
-			continue
-		}
+		i := slices.IndexFunc(spec.Network, func(n microvm.NetworkInterface) bool { return n.ID == id })
 		p := ratePatch{id: id}
-		if l.Rx != nil {
-			p.newRx, p.undoRx = patchLimiter(l.Rx), patchLimiter(n.RxRateLimiter)
-			n.RxRateLimiter = normLimiter(l.Rx)
+		if l.Rx.Bandwidth != nil || l.Rx.Ops != nil {
+			p.newRx, p.undoRx = patchLimiter(next.Network[i].RxRateLimiter), patchLimiter(spec.Network[i].RxRateLimiter)
 		}
-		if l.Tx != nil {
-			p.newTx, p.undoTx = patchLimiter(l.Tx), patchLimiter(n.TxRateLimiter)
-			n.TxRateLimiter = normLimiter(l.Tx)
+		if l.Tx.Bandwidth != nil || l.Tx.Ops != nil {
+			p.newTx, p.undoTx = patchLimiter(next.Network[i].TxRateLimiter), patchLimiter(spec.Network[i].TxRateLimiter)
 		}
-		patches = append(patches, p)
+		if p.newRx != nil || p.newTx != nil {
+			patches = append(patches, p)
+		}
 	}
-	if len(unknown) > 0 {
-		return spec, nil, fmt.Errorf("the VM has no %s: %w", strings.Join(unknown, ", no "), microvm.ErrInvalidArgument)
-	}
-	return spec, patches, nil
+	return next, patches, nil
 }
 
 // patchLimiter is the PATCH body of a limiter that replaces the device's
@@ -256,22 +217,4 @@ func patchLimiter(rl *microvm.RateLimiter) *fcapi.RateLimiter {
 		out.Ops = o
 	}
 	return out
-}
-
-// normLimiter is the limiter to store in a spec: a copy, nil when it has
-// no bucket.
-func normLimiter(rl *microvm.RateLimiter) *microvm.RateLimiter {
-	if rl == nil || (rl.Bandwidth == nil && rl.Ops == nil) {
-		return nil
-	}
-	c := &microvm.RateLimiter{}
-	if rl.Bandwidth != nil {
-		b := *rl.Bandwidth
-		c.Bandwidth = &b
-	}
-	if rl.Ops != nil {
-		o := *rl.Ops
-		c.Ops = &o
-	}
-	return c
 }

@@ -41,10 +41,10 @@ func TestUpdateRateLimits(t *testing.T) {
 	if _, err := rt.Create(ctx, "rl", spec); err != nil {
 		t.Fatal(err)
 	}
-	mib := func(n int64) *microvm.RateLimiter {
-		return &microvm.RateLimiter{Bandwidth: &microvm.TokenBucket{Size: n << 20, RefillTime: time.Second}}
+	mib := func(n int64) microvm.LimiterUpdate {
+		return microvm.LimiterUpdate{Bandwidth: &microvm.TokenBucket{Size: n << 20, RefillTime: time.Second}}
 	}
-	upd := firecracker.RateLimitUpdate{Drives: map[string]*microvm.RateLimiter{"rootfs": mib(1)}}
+	upd := microvm.RateLimitUpdate{Drives: map[string]microvm.LimiterUpdate{"rootfs": mib(1)}}
 	if _, err := rt.UpdateRateLimits(ctx, "rl", upd); !errors.Is(err, microvm.ErrInvalidTransition) || !strings.Contains(err.Error(), "while created") {
 		t.Errorf("UpdateRateLimits on a created VM: %v; want ErrInvalidTransition", err)
 	}
@@ -54,16 +54,16 @@ func TestUpdateRateLimits(t *testing.T) {
 
 	for _, c := range []struct {
 		name  string
-		u     firecracker.RateLimitUpdate
+		u     microvm.RateLimitUpdate
 		is    error
 		parts []string
 	}{
-		{"empty", firecracker.RateLimitUpdate{}, microvm.ErrInvalidArgument, []string{"lists no drive and no network interface"}},
-		{"unknown ids", firecracker.RateLimitUpdate{
-			Drives:  map[string]*microvm.RateLimiter{"nope": mib(1)},
-			Network: map[string]firecracker.NetRateLimits{"eth9": {Rx: mib(1)}},
+		{"empty", microvm.RateLimitUpdate{}, microvm.ErrInvalidArgument, []string{"lists no drive and no network interface"}},
+		{"unknown ids", microvm.RateLimitUpdate{
+			Drives:  map[string]microvm.LimiterUpdate{"nope": mib(1)},
+			Network: map[string]microvm.NetLimiterUpdate{"eth9": {Rx: mib(1)}},
 		}, microvm.ErrInvalidArgument, []string{`drive "nope" (its drives: rootfs, drive1)`, `network interface "eth9" (its interfaces: none)`}},
-		{"bad bucket", firecracker.RateLimitUpdate{Drives: map[string]*microvm.RateLimiter{
+		{"bad bucket", microvm.RateLimitUpdate{Drives: map[string]microvm.LimiterUpdate{
 			"drive1": {Ops: &microvm.TokenBucket{Size: 10}},
 		}}, microvm.ErrInvalidSpec, []string{"drives[0].rate_limiter.ops.refill_time"}},
 	} {
@@ -79,7 +79,7 @@ func TestUpdateRateLimits(t *testing.T) {
 		}
 	}
 
-	vm, err := rt.UpdateRateLimits(ctx, "rl", firecracker.RateLimitUpdate{Drives: map[string]*microvm.RateLimiter{
+	vm, err := rt.UpdateRateLimits(ctx, "rl", microvm.RateLimitUpdate{Drives: map[string]microvm.LimiterUpdate{
 		"rootfs": mib(1),
 		"drive1": {Ops: &microvm.TokenBucket{Size: 100, RefillTime: time.Second}},
 	}})
@@ -97,11 +97,25 @@ func TestUpdateRateLimits(t *testing.T) {
 		t.Errorf("firecracker drive1 limiter = %+v", rl)
 	}
 
-	// Paused works too; an empty limiter removes the limits.
+	// A bucket the update leaves alone is kept: drive1 gets a bandwidth
+	// limit and keeps its ops limit.
+	vm, err = rt.UpdateRateLimits(ctx, "rl", microvm.RateLimitUpdate{Drives: map[string]microvm.LimiterUpdate{"drive1": mib(2)}})
+	if err != nil {
+		t.Fatalf("UpdateRateLimits of drive1's bandwidth: %v", err)
+	}
+	if rl := vm.Spec.Drives[0].RateLimiter; rl == nil || rl.Ops == nil || rl.Ops.Size != 100 || rl.Bandwidth == nil || rl.Bandwidth.Size != 2<<20 {
+		t.Errorf("drive1 limiter after a bandwidth update = %+v, want its ops bucket kept", rl)
+	}
+	if rl := vmConfig(t, vm).Drives[1].RateLimiter; rl == nil || rl.Ops == nil || rl.Ops.Size != 100 || rl.Bandwidth == nil || rl.Bandwidth.Size != 2<<20 {
+		t.Errorf("firecracker drive1 limiter after a bandwidth update = %+v", rl)
+	}
+
+	// Paused works too; size-0 buckets remove the limits.
 	if _, err := rt.Pause(ctx, "rl"); err != nil {
 		t.Fatal(err)
 	}
-	vm, err = rt.UpdateRateLimits(ctx, "rl", firecracker.RateLimitUpdate{Drives: map[string]*microvm.RateLimiter{"drive1": {}}})
+	off := &microvm.TokenBucket{}
+	vm, err = rt.UpdateRateLimits(ctx, "rl", microvm.RateLimitUpdate{Drives: map[string]microvm.LimiterUpdate{"drive1": {Bandwidth: off, Ops: off}}})
 	if err != nil {
 		t.Fatalf("UpdateRateLimits on a paused VM: %v", err)
 	}

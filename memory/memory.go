@@ -261,26 +261,35 @@ func copySnapshot(s *snapshot) microvm.Snapshot {
 
 // Create makes a VM from spec, with status created. The stored spec is a
 // defaulted deep copy of spec with absolute paths ([microvm.Spec.AbsPaths]).
+// As the firecracker runtime's, its errors are all *microvm.OpError.
 func (r *Runtime) Create(ctx context.Context, id string, spec microvm.Spec) (microvm.VM, error) {
+	vm, err := r.create(ctx, id, spec)
+	if err != nil {
+		err = &microvm.OpError{Op: "create", ID: id, Err: err}
+	}
+	return vm, err
+}
+
+func (r *Runtime) create(ctx context.Context, id string, spec microvm.Spec) (microvm.VM, error) {
 	if err := r.enter(ctx); err != nil {
 		return microvm.VM{}, err
 	}
 	if err := microvm.ValidateID(id); err != nil {
-		return microvm.VM{}, fmt.Errorf("memory: create: %w", err)
+		return microvm.VM{}, err
 	}
 	spec, err := spec.WithDefaults().AbsPaths()
 	if err == nil {
 		err = spec.Validate()
 	}
 	if err != nil {
-		return microvm.VM{}, fmt.Errorf("memory: create vm %q: %w", id, err)
+		return microvm.VM{}, err
 	}
 	now := r.now()
 	v := &vm{id: id, status: microvm.StatusCreated, spec: spec, createdAt: now, updatedAt: now}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.vms[id] != nil {
-		return microvm.VM{}, fmt.Errorf("memory: create vm %q: %w", id, microvm.ErrAlreadyExists)
+		return microvm.VM{}, microvm.ErrAlreadyExists
 	}
 	r.event(v, now, "created")
 	r.publish(v, now, microvm.EventCreated, "", "")

@@ -388,14 +388,14 @@ func TestErrorMessagesNameTheID(t *testing.T) {
 		want string
 	}{
 		{second(rt.Get(t.Context(), "web-2")), `memory: get vm "web-2": vm not found`},
-		{second(rt.Create(t.Context(), "web-1", validSpec())), `memory: create vm "web-1": vm already exists`},
+		{second(rt.Create(t.Context(), "web-1", validSpec())), `create vm "web-1": vm already exists`},
 		{second(rt.Resume(t.Context(), "web-1")), `cannot resume vm "web-1": it is running, not paused`},
 		{second(rt.Snapshot(t.Context(), "web-1", "snap-1", nil)), `memory: snapshot vm "web-1": snapshot "snap-1": snapshot already exists`},
 		{second(rt.Restore(t.Context(), "web-3", "snap-9", nil)), `memory: restore vm "web-3": snapshot "snap-9": snapshot not found`},
 		{rt.DeleteSnapshot(t.Context(), "snap-9", nil), `memory: delete snapshot: snapshot "snap-9": snapshot not found`},
 		{second(rt.Stop(t.Context(), "web-1", &microvm.StopOptions{Timeout: -1})), `memory: stop vm "web-1": stop options: timeout must be >= 0 (got -1ns): invalid argument`},
 		{second(rt.Start(t.Context(), "web_1")), `memory: start: invalid id "web_1": may contain only letters, digits and '-' (bad character "_" at offset 3)`},
-		{second(rt.Create(t.Context(), "web-4", microvm.Spec{})), `memory: create vm "web-4": invalid spec: kernel: is required; root_drive.path: is required; vcpus: must be between 1 and 32 (got 0); memory_mib: must be at least 1 (got 0)`},
+		{second(rt.Create(t.Context(), "web-4", microvm.Spec{})), `create vm "web-4": invalid spec: kernel: is required; root_drive.path: is required; vcpus: must be between 1 and 32 (got 0); memory_mib: must be at least 1 (got 0)`},
 	} {
 		if c.err == nil || c.err.Error() != c.want {
 			t.Errorf("error = %v\nwant    %s", c.err, c.want)

@@ -2,6 +2,12 @@
 // separate from VM directories, so a snapshot outlives the VM it was taken
 // from, and many VMs can be restored from one snapshot.
 //
+// Who it is for: the firecracker runtime, which keeps its snapshots here.
+// Embedders use snapshots through microvm.Runtime (Snapshot, Restore,
+// Snapshots, DeleteSnapshot) and need this package only to inspect or
+// verify a store offline; its API may change with the runtime's needs (a
+// candidate for internal/).
+//
 // # Layout
 //
 //	<dir>/                      mode 0700

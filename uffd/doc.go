@@ -2,6 +2,11 @@
 // snapshots with a Uffd memory backend (PUT /snapshot/load with
 // "mem_backend": {"backend_type": "Uffd", "backend_path": <socket>}).
 //
+// Who it is for: the firecracker runtime (restores with
+// MemoryBackendUffd, through cmd/mvm-uffd), and programs that restore
+// Firecracker snapshots themselves and want a page server; it depends on
+// nothing else of mvm.
+//
 // # Protocol
 //
 // A Server listens on a unix stream socket (Listen). Firecracker connects

@@ -14,6 +14,9 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // BinaryName is the page server's executable name.
@@ -108,7 +111,8 @@ func Spawn(ctx context.Context, bin string, cfg Config) (pid int, err error) {
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.ExtraFiles = []*os.File{wr}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	pidfd := -1
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, PidFD: &pidfd}
 	err = cmd.Start()
 	wr.Close()
 	if err != nil {
@@ -131,13 +135,49 @@ func Spawn(ctx context.Context, bin string, cfg Config) (pid int, err error) {
 	if err != nil {
 		cmd.Process.Kill()
 		cmd.Wait()
+		unix.Close(pidfd)
 		if errors.Is(err, io.EOF) {
 			err = errors.New("exited before listening")
 		}
 		return 0, fmt.Errorf("uffd: spawn %s for %s: %w%s", bin, cfg.SocketPath, err, logTail(logPath))
 	}
-	go cmd.Wait() // reap it if it exits while we run
-	return cmd.Process.Pid, nil
+	// Reap it when it exits, through its pidfd: the goroutine waits in
+	// the network poller, not in a wait system call holding a thread.
+	pid = cmd.Process.Pid
+	cmd.Process.Release()
+	reapOnExit(pid, pidfd)
+	return pid, nil
+}
+
+// reapOnExit reaps the child behind pidfd (which it takes) when it exits.
+func reapOnExit(pid, pidfd int) {
+	if err := unix.SetNonblock(pidfd, true); err != nil {
+		unix.Close(pidfd)
+		return
+	}
+	f := os.NewFile(uintptr(pidfd), "pidfd:"+strconv.Itoa(pid))
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return
+	}
+	go func() {
+		defer f.Close()
+		rc.Read(func(fd uintptr) bool {
+			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+			n, _ := unix.Poll(pfd, 0)
+			return n > 0
+		})
+		rc.Control(func(fd uintptr) {
+			var si unix.Siginfo
+			for {
+				_, _, e := unix.Syscall6(unix.SYS_WAITID, unix.P_PIDFD, fd, uintptr(unsafe.Pointer(&si)), unix.WEXITED|unix.WNOHANG, 0, 0)
+				if e != unix.EINTR {
+					return
+				}
+			}
+		})
+	}()
 }
 
 // logTail returns the last lines of a log file, formatted for an error.

@@ -13,7 +13,6 @@ import (
 
 	microvm "github.com/mvm-dev/microvm"
 	"github.com/mvm-dev/microvm/firecracker"
-	"github.com/mvm-dev/microvm/internal/fcstandin"
 )
 
 // BenchmarkCLIScale measures what one mvm command about one VM costs when
@@ -34,10 +33,8 @@ import (
 //	go test -run '^$' -bench CLIScale -benchtime 20x ./cmd/mvm/
 func BenchmarkCLIScale(b *testing.B) {
 	bin := mvmBinary(b)
-	fc := fcstandin.Build(b)
-	specDir := fcstandin.SpecDir(b)
-	env := append(os.Environ(), "FCSTANDIN_SPEC_DIR="+specDir, "MVM_RUNTIME=", "MVM_STATE_DIR=")
-	b.Setenv("FCSTANDIN_SPEC_DIR", specDir) // for the VMs the fixture makes
+	fc := standinWrapper(b) // firecracker gets none of mvm's environment
+	env := append(os.Environ(), "MVM_RUNTIME=", "MVM_STATE_DIR=")
 	files := b.TempDir()
 	kernel, rootfs := filepath.Join(files, "vmlinux"), filepath.Join(files, "rootfs.ext4")
 	for _, f := range []string{kernel, rootfs} {

@@ -166,6 +166,27 @@ func rmCmd(g *globals) *cobra.Command {
 	})
 }
 
+func renameCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "rename NAME NEW-NAME",
+		Short: "Rename a created, stopped or paused VM (it keeps its process)",
+		Args:  exactArgs(2, "NAME NEW-NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return g.withRuntime(cmd.Context(), func(rt microvm.Runtime) error {
+				rn, ok := rt.(microvm.Renamer)
+				if !ok {
+					return fmt.Errorf("mvm rename: the %s runtime cannot rename VMs: %w", g.runtime, microvm.ErrUnsupported)
+				}
+				vm, err := rn.Rename(cmd.Context(), args[0], args[1])
+				if err != nil {
+					return err
+				}
+				return g.printVM(vm)
+			})
+		},
+	}
+}
+
 func inspectCmd(g *globals) *cobra.Command {
 	cmd := vmCmd(g, "inspect", "Show a VM in full", func(cmd *cobra.Command, rt microvm.Runtime, id string) (microvm.VM, error) {
 		return rt.Get(cmd.Context(), id)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	microvm "github.com/mvm-dev/microvm"
 	"github.com/mvm-dev/microvm/firecracker"
@@ -24,6 +25,21 @@ const netStateDir = "network"
 // it has managed networking: a network.Manager over <state-dir>/network,
 // closed with the runtime (VM networks stay with their VMs).
 func openFirecracker(ctx context.Context, g *globals) (microvm.Runtime, error) {
+	rt, err := openFirecrackerRuntime(ctx, g)
+	if err != nil {
+		if errors.Is(err, microvm.ErrInvalidArgument) && strings.Contains(err.Error(), "firecracker binary") {
+			err = fmt.Errorf("%w (name it once with --firecracker-bin PATH, or: mvm config set firecracker-bin PATH)", err)
+		}
+		return nil, err
+	}
+	if err := g.saveGiven(); err != nil {
+		rt.Close()
+		return nil, err
+	}
+	return rt, nil
+}
+
+func openFirecrackerRuntime(ctx context.Context, g *globals) (microvm.Runtime, error) {
 	// Metrics on: `mvm stats` shows disk and network figures from them.
 	cfg := firecracker.Config{StateDir: g.stateDir, FirecrackerBin: g.firecrackerBin, Metrics: true}
 	jc, err := g.jail.config()
@@ -74,15 +90,3 @@ type netRuntime struct {
 func (r *netRuntime) Close() error {
 	return errors.Join(r.Runtime.Close(), r.m.Close(), r.reg.Close())
 }
-
-// liveUpdater is what `mvm egress` and `mvm ratelimit` need of a runtime:
-// the Firecracker runtime's live updates.
-type liveUpdater interface {
-	SetEgressPolicy(ctx context.Context, id string, p *microvm.EgressPolicy) (microvm.VM, error)
-	UpdateRateLimits(ctx context.Context, id string, u firecracker.RateLimitUpdate) (microvm.VM, error)
-}
-
-var (
-	_ liveUpdater = (*firecracker.Runtime)(nil)
-	_ liveUpdater = (*netRuntime)(nil)
-)

@@ -65,15 +65,45 @@ type cli struct {
 }
 
 func newCLI(t *testing.T) *cli {
-	specDir := fcstandin.SpecDir(t)
-	c := &cli{t: t, bin: mvmBinary(t), fc: fcstandin.Build(t), stateDir: t.TempDir()}
-	c.env = append(os.Environ(), "FCSTANDIN_SPEC_DIR="+specDir, "MVM_RUNTIME=", "MVM_STATE_DIR=")
+	c := &cli{t: t, bin: mvmBinary(t), fc: standinWrapper(t), stateDir: t.TempDir()}
+	c.env = append(os.Environ(), "MVM_RUNTIME=", "MVM_STATE_DIR=")
 	t.Cleanup(func() {
 		// Whatever a failed test left running is killed.
 		c.run("rm", "cli-a")
 		c.run("rm", "cli-b")
 	})
 	return c
+}
+
+// standinWrapper returns a firecracker binary for mvm: a script that runs
+// the stand-in with its settings (firecracker gets none of mvm's
+// environment), plus those of <its dir>/extra.env if present (see
+// setStandin).
+func standinWrapper(t testing.TB) string {
+	dir := t.TempDir()
+	extra := filepath.Join(dir, "extra.env")
+	script := "#!/bin/sh\nexport FCSTANDIN_SPEC_DIR='" + fcstandin.SpecDir(t) + "'\n" +
+		"[ -f '" + extra + "' ] && . '" + extra + "'\n" +
+		"exec '" + fcstandin.Build(t) + "' \"$@\"\n"
+	bin := filepath.Join(dir, "firecracker")
+	if err := os.WriteFile(bin, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
+
+// setStandin sets the stand-in settings of the firecracker processes
+// started from now on (none: clears them), e.g. FCSTANDIN_CRASH=GET /.
+func (c *cli) setStandin(env ...string) {
+	c.t.Helper()
+	var b strings.Builder
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		b.WriteString("export " + k + "='" + strings.ReplaceAll(v, "'", `'\''`) + "'\n")
+	}
+	if err := os.WriteFile(filepath.Join(filepath.Dir(c.fc), "extra.env"), []byte(b.String()), 0o644); err != nil {
+		c.t.Fatal(err)
+	}
 }
 
 func (c *cli) run(args ...string) (code int, stdout, stderr string) {

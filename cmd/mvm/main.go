@@ -10,7 +10,10 @@
 // operation is tried (an unknown command or flag, a missing, empty or
 // malformed argument, a negative count or duration, a VM spec or id that
 // breaks a rule). An error is one line on stderr, naming the flag or
-// argument at fault in the command line's terms.
+// argument at fault in the command line's terms; with --verbose the lines
+// firecracker wrote last before the failure follow it (for a VM that
+// still exists, `mvm inspect` shows them as last_error_detail and `mvm
+// logs` shows its whole output).
 package main
 
 import (
@@ -27,21 +30,50 @@ import (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, cancel := context.WithCancel(context.Background())
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go interrupts(sigs, cancel, os.Stderr, os.Exit)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
+	signal.Stop(sigs)
+	cancel()
 	os.Exit(code)
+}
+
+// interrupts handles ^C (and SIGTERM): the first cancels the command's
+// context, so the operation stops cleanly (it ends, or is undone); a
+// second ends mvm at once, with status 128+signal, for when the clean way
+// takes too long. What an operation cut short leaves behind is marked in
+// its VM's record and finished or undone by the next command that touches
+// the VM.
+func interrupts(sigs <-chan os.Signal, cancel func(), stderr io.Writer, exit func(int)) {
+	<-sigs
+	fmt.Fprintf(stderr, "mvm: interrupted: stopping cleanly (interrupt again to exit at once)\n")
+	cancel()
+	s := <-sigs
+	fmt.Fprintf(stderr, "mvm: interrupted again: exiting now (the next command that touches the VM finishes or undoes what was cut short)\n")
+	code := 130
+	if sig, ok := s.(syscall.Signal); ok {
+		code = 128 + int(sig)
+	}
+	exit(code)
 }
 
 // run executes the command line args and returns the exit status.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	cmd := newRootCmd(stdout, stderr)
+	cmd, g := newRootCmd(stdout, stderr)
 	cmd.SetArgs(args)
 	err := cmd.ExecuteContext(ctx)
 	if err == nil {
 		return 0
 	}
 	fmt.Fprintln(stderr, "mvm: "+oneLine(err.Error()))
+	var oe *microvm.OpError
+	if g.verbose && errors.As(err, &oe) {
+		for _, l := range oe.Detail {
+			fmt.Fprintln(stderr, "  | "+oneLine(l))
+		}
+	}
 	var u *usageError
 	if errors.As(err, &u) || isCobraUsageError(err) || isInputError(err) {
 		return 2

@@ -11,7 +11,6 @@ import (
 	"github.com/spf13/cobra"
 
 	microvm "github.com/mvm-dev/microvm"
-	"github.com/mvm-dev/microvm/firecracker"
 	"github.com/mvm-dev/microvm/network"
 )
 
@@ -77,7 +76,7 @@ func (n *netFlags) config() (network.Config, error) {
 // runtime.
 func (g *globals) needNet(what string) error {
 	if g.runtime == "firecracker" && g.net.egressIface == "" {
-		return usagef("%s needs managed networking: set --egress-iface IFACE (or MVM_EGRESS_IFACE), the host interface VM traffic leaves through", what)
+		return usagef("%s needs managed networking: give --egress-iface IFACE once (or mvm config set egress-iface IFACE), the host interface VM traffic leaves through", what)
 	}
 	return nil
 }
@@ -149,15 +148,6 @@ func egressPolicy(flag string, denyAll bool, allow []string) (*microvm.EgressPol
 	return p, nil
 }
 
-// live returns the runtime's live updates, or says they need Firecracker.
-func live(rt microvm.Runtime, what string) (liveUpdater, error) {
-	u, ok := rt.(liveUpdater)
-	if !ok {
-		return nil, fmt.Errorf("%s needs the firecracker runtime: %w", what, microvm.ErrUnsupported)
-	}
-	return u, nil
-}
-
 func egressCmd(g *globals) *cobra.Command {
 	var (
 		denyAll bool
@@ -179,9 +169,9 @@ func egressCmd(g *globals) *cobra.Command {
 				return err
 			}
 			return g.withRuntime(cmd.Context(), func(rt microvm.Runtime) error {
-				u, err := live(rt, "mvm egress")
-				if err != nil {
-					return err
+				u, ok := rt.(microvm.EgressUpdater)
+				if !ok {
+					return fmt.Errorf("mvm egress: the %s runtime cannot update egress policies: %w", g.runtime, microvm.ErrUnsupported)
 				}
 				vm, err := u.SetEgressPolicy(cmd.Context(), args[0], p)
 				if err != nil {
@@ -211,9 +201,9 @@ func ratelimitCmd(g *globals) *cobra.Command {
 				return usagef("mvm ratelimit needs at least one --drive, --rx or --tx")
 			}
 			return g.withRuntime(cmd.Context(), func(rt microvm.Runtime) error {
-				u, err := live(rt, "mvm ratelimit")
-				if err != nil {
-					return err
+				u, ok := rt.(microvm.RateLimitUpdater)
+				if !ok {
+					return fmt.Errorf("mvm ratelimit: the %s runtime cannot update rate limits: %w", g.runtime, microvm.ErrUnsupported)
 				}
 				vm, err := rt.Get(cmd.Context(), args[0])
 				if err != nil {
@@ -237,15 +227,12 @@ func ratelimitCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-// rateUpdate turns the flags of `mvm ratelimit` into an update of spec's
-// devices: each named limiter keeps its ops bucket and gets the new
-// bandwidth (none for a rate of 0).
-func rateUpdate(spec microvm.Spec, drives, rx, tx []string) (firecracker.RateLimitUpdate, error) {
-	u := firecracker.RateLimitUpdate{}
-	current := map[string]*microvm.RateLimiter{spec.RootDrive.ID: spec.RootDrive.RateLimiter}
-	for _, d := range spec.Drives {
-		current[d.ID] = d.RateLimiter
-	}
+// rateUpdate turns the flags of `mvm ratelimit` into an update of the
+// bandwidth buckets of the VM's devices (a rate of 0 removes the limit);
+// the runtime keeps their other buckets. spec gives the interface --rx
+// and --tx name when they name none: the managed one, or the only one.
+func rateUpdate(spec microvm.Spec, drives, rx, tx []string) (microvm.RateLimitUpdate, error) {
+	u := microvm.RateLimitUpdate{}
 	for _, d := range drives {
 		id, rate, ok := strings.Cut(d, ":")
 		if !ok || id == "" {
@@ -256,9 +243,9 @@ func rateUpdate(spec microvm.Spec, drives, rx, tx []string) (firecracker.RateLim
 			return u, err
 		}
 		if u.Drives == nil {
-			u.Drives = map[string]*microvm.RateLimiter{}
+			u.Drives = map[string]microvm.LimiterUpdate{}
 		}
-		u.Drives[id] = withBandwidth(current[id], bw) // an unknown id is named by the runtime
+		u.Drives[id] = microvm.LimiterUpdate{Bandwidth: bw} // an unknown id is named by the runtime
 	}
 	defIface := ""
 	for _, n := range spec.Network {
@@ -286,22 +273,13 @@ func rateUpdate(spec microvm.Spec, drives, rx, tx []string) (firecracker.RateLim
 				return u, err
 			}
 			if u.Network == nil {
-				u.Network = map[string]firecracker.NetRateLimits{}
+				u.Network = map[string]microvm.NetLimiterUpdate{}
 			}
 			l := u.Network[id]
-			var cur *microvm.RateLimiter
-			for _, n := range spec.Network {
-				if n.ID == id {
-					cur = n.RxRateLimiter
-					if dir.flag == "--tx" {
-						cur = n.TxRateLimiter
-					}
-				}
-			}
 			if dir.flag == "--rx" {
-				l.Rx = withBandwidth(cur, bw)
+				l.Rx.Bandwidth = bw
 			} else {
-				l.Tx = withBandwidth(cur, bw)
+				l.Tx.Bandwidth = bw
 			}
 			u.Network[id] = l
 		}
@@ -309,18 +287,9 @@ func rateUpdate(spec microvm.Spec, drives, rx, tx []string) (firecracker.RateLim
 	return u, nil
 }
 
-// withBandwidth returns a copy of cur with bandwidth bw (nil: none).
-func withBandwidth(cur *microvm.RateLimiter, bw *microvm.TokenBucket) *microvm.RateLimiter {
-	out := &microvm.RateLimiter{Bandwidth: bw}
-	if cur != nil && cur.Ops != nil {
-		o := *cur.Ops
-		out.Ops = &o
-	}
-	return out
-}
-
 // parseRate parses bytes per second with an optional K, M or G suffix
-// (powers of 1024) into a bucket refilled every second; 0 is no limit.
+// (powers of 1024) into a bucket refilled every second; 0 is a bucket of
+// size 0, which removes the limit.
 func parseRate(flag, s string) (*microvm.TokenBucket, error) {
 	mult := int64(1)
 	num := s
@@ -339,7 +308,7 @@ func parseRate(flag, s string) (*microvm.TokenBucket, error) {
 		return nil, usagef("%s: rate must be bytes per second, a whole number >= 0 with an optional K, M or G suffix (got %q)", flag, s)
 	}
 	if v == 0 {
-		return nil, nil
+		return &microvm.TokenBucket{}, nil
 	}
 	return &microvm.TokenBucket{Size: v * mult, RefillTime: time.Second}, nil
 }

@@ -55,10 +55,10 @@ func TestParseEgressRule(t *testing.T) {
 func TestParseRate(t *testing.T) {
 	for in, want := range map[string]int64{"0": 0, "1000": 1000, "10k": 10 << 10, "50M": 50 << 20, "2G": 2 << 30} {
 		b, err := parseRate("--drive", in)
-		got := int64(0)
+		got := int64(-1)
 		if b != nil {
 			got = b.Size
-			if b.RefillTime != time.Second {
+			if got > 0 && b.RefillTime != time.Second {
 				t.Errorf("parseRate(%q): refill %s, want 1s", in, b.RefillTime)
 			}
 		}
@@ -74,23 +74,23 @@ func TestParseRate(t *testing.T) {
 }
 
 func TestRateUpdate(t *testing.T) {
-	ops := &microvm.TokenBucket{Size: 100, RefillTime: time.Second}
 	spec := microvm.Spec{
-		RootDrive: microvm.Drive{ID: "rootfs", RateLimiter: &microvm.RateLimiter{Ops: ops}},
+		RootDrive: microvm.Drive{ID: "rootfs"},
 		Network:   []microvm.NetworkInterface{{ID: "ext", HostDevName: "tap1"}, {ID: "eth0"}},
 	}
 	u, err := rateUpdate(spec, []string{"rootfs:1M"}, []string{"2M"}, []string{"ext:0"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := u.Drives["rootfs"]; d == nil || d.Bandwidth.Size != 1<<20 || d.Ops == nil || d.Ops.Size != 100 {
-		t.Errorf("rootfs: %+v (want 1 MiB/s and the ops limit kept)", d)
+	// Only the bandwidth buckets change: the runtime keeps the others.
+	if d := u.Drives["rootfs"]; d.Bandwidth == nil || d.Bandwidth.Size != 1<<20 || d.Ops != nil {
+		t.Errorf("rootfs: %+v (want 1 MiB/s, ops left alone)", d)
 	}
-	if n := u.Network["eth0"]; n.Rx == nil || n.Rx.Bandwidth.Size != 2<<20 || n.Tx != nil {
+	if n := u.Network["eth0"]; n.Rx.Bandwidth == nil || n.Rx.Bandwidth.Size != 2<<20 || n.Tx.Bandwidth != nil || n.Rx.Ops != nil {
 		t.Errorf("eth0 (the managed interface, by default): %+v", n)
 	}
-	if n := u.Network["ext"]; n.Tx == nil || n.Tx.Bandwidth != nil || n.Rx != nil {
-		t.Errorf("ext: %+v (want tx limits removed)", n)
+	if n := u.Network["ext"]; n.Tx.Bandwidth == nil || n.Tx.Bandwidth.Size != 0 || n.Rx.Bandwidth != nil {
+		t.Errorf("ext: %+v (want tx bandwidth removed: a size-0 bucket)", n)
 	}
 	spec.Network = append(spec.Network[:1], microvm.NetworkInterface{ID: "ext2", HostDevName: "tap2"})
 	if _, err := rateUpdate(spec, nil, nil, []string{"1M"}); err == nil || !strings.Contains(err.Error(), "IFACE:RATE") {
@@ -218,15 +218,36 @@ func TestNetworkCLI(t *testing.T) {
 		t.Errorf("ratelimit: tx limiter = %+v", rl)
 	}
 
-	// Without networking, rm refuses rather than leak the VM's network.
-	cmd := exec.Command(mvmBin, "--state-dir", state, "--firecracker-bin", fc, "rm", "web")
+	// The state directory remembers the network settings: a command with
+	// another egress interface is refused (it would leak the VM's
+	// network), and rm with no flag but --state-dir removes the VM's.
+	cmd := exec.Command(mvmBin, "--state-dir", state, "--egress-iface", "eth9", "rm", "web")
 	cmd.Env = append(os.Environ(), "MVM_EGRESS_IFACE=")
 	out, err := cmd.CombinedOutput()
-	if err == nil || !strings.Contains(string(out), "set --egress-iface or MVM_EGRESS_IFACE") {
-		t.Errorf("rm without --egress-iface: %v: %s", err, out)
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(string(out), "mvm config set egress-iface eth9") {
+		t.Errorf("rm with another --egress-iface: %v: %s", err, out)
 	}
-
-	run("rm", "web")
+	// Nor can the setting change under the VM.
+	cmd = exec.Command(mvmBin, "--state-dir", state, "config", "set", "egress-iface", "eth9")
+	cmd.Env = append(os.Environ(), "MVM_EGRESS_IFACE=")
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	if err := startIn(host, cmd); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err == nil || !strings.Contains(errb.String(), "destroy them first") {
+		t.Errorf("config set egress-iface with a networked VM: %v: %s", err, errb.String())
+	}
+	cmd = exec.Command(mvmBin, "--state-dir", state, "rm", "web")
+	cmd.Env = append(os.Environ(), "MVM_EGRESS_IFACE=", "MVM_FIRECRACKER_BIN=")
+	errb.Reset()
+	cmd.Stderr = &errb
+	if err := startIn(host, cmd); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("rm with no flag but --state-dir: %v: %s", err, errb.String())
+	}
 	if ents, _ := os.ReadDir(runDir); len(ents) > 0 {
 		t.Errorf("namespaces left in %s: %v", runDir, ents)
 	}

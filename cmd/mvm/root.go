@@ -21,12 +21,16 @@ type globals struct {
 	runtime        string
 	output         string
 	firecrackerBin string
+	verbose        bool
 	net            netFlags
 	jail           jailFlags
 	stdout, stderr io.Writer
+	// unsaved are the host settings this command gave that the state
+	// directory has not saved yet (see config.go).
+	unsaved map[string]string
 }
 
-func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
+func newRootCmd(stdout, stderr io.Writer) (*cobra.Command, *globals) {
 	g := &globals{stdout: stdout, stderr: stderr}
 	root := &cobra.Command{
 		Use:           "mvm",
@@ -48,6 +52,11 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 			if g.runtime == "firecracker" && g.stateDir == "" {
 				return usagef("--state-dir must name a directory (got an empty value; unset, it is MVM_STATE_DIR or %s)", defaultStateDir())
 			}
+			if g.runtime == "firecracker" {
+				if err := g.resolveSettings(cmd); err != nil {
+					return err
+				}
+			}
 			return g.net.check()
 		},
 	}
@@ -58,7 +67,8 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	pf.StringVar(&g.stateDir, "state-dir", envOr("MVM_STATE_DIR", defaultStateDir()), "state directory (env MVM_STATE_DIR)")
 	pf.StringVar(&g.runtime, "runtime", envOr("MVM_RUNTIME", "firecracker"), "runtime: firecracker or memory (memory keeps state for one process only)")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table or json")
-	pf.StringVar(&g.firecrackerBin, "firecracker-bin", os.Getenv("MVM_FIRECRACKER_BIN"), "firecracker binary (env MVM_FIRECRACKER_BIN; default: firecracker from PATH)")
+	pf.StringVar(&g.firecrackerBin, "firecracker-bin", os.Getenv("MVM_FIRECRACKER_BIN"), "firecracker binary of new VMs (env MVM_FIRECRACKER_BIN; default: firecracker from PATH); saved in the state directory")
+	pf.BoolVarP(&g.verbose, "verbose", "v", false, "after an error, print what firecracker wrote last")
 	g.net.flags(root)
 	g.jail.flags(root)
 
@@ -66,11 +76,11 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		createCmd(g), startCmd(g), stopCmd(g), pauseCmd(g), resumeCmd(g),
 		snapshotCmd(g), restoreCmd(g), rmCmd(g), lsCmd(g), inspectCmd(g),
 		snapshotsCmd(g), rmSnapshotCmd(g), logsCmd(g), doctorCmd(g), demoCmd(g),
-		egressCmd(g), ratelimitCmd(g),
+		egressCmd(g), ratelimitCmd(g), configCmd(g), renameCmd(g),
 		statsCmd(g), eventsCmd(g),
 	)
 	root.AddCommand(imageCmd(g)) // cmd/mvm/image.go
-	return root
+	return root, g
 }
 
 // open opens the runtime the flags select.
@@ -92,7 +102,7 @@ func (g *globals) withRuntime(ctx context.Context, fn func(microvm.Runtime) erro
 		err = fmt.Errorf("close runtime: %w", cerr)
 	}
 	if errors.Is(err, firecracker.ErrNoNetwork) {
-		err = fmt.Errorf("%w (set --egress-iface or MVM_EGRESS_IFACE to enable managed networking)", err)
+		err = fmt.Errorf("%w (managed networking is off in this state directory: turn it on with mvm config set egress-iface IFACE)", err)
 	}
 	return err
 }

@@ -132,9 +132,9 @@ func testLifecycle(t *testing.T, api string) {
 
 	// Rate limits, live.
 	mib := &microvm.TokenBucket{Size: 1 << 20, RefillTime: time.Second}
-	vm, err = rt.UpdateRateLimits(ctx, "web", firecracker.RateLimitUpdate{
-		Drives:  map[string]*microvm.RateLimiter{"rootfs": {Bandwidth: mib}},
-		Network: map[string]firecracker.NetRateLimits{"eth0": {Tx: &microvm.RateLimiter{Bandwidth: mib}}},
+	vm, err = rt.UpdateRateLimits(ctx, "web", microvm.RateLimitUpdate{
+		Drives:  map[string]microvm.LimiterUpdate{"rootfs": {Bandwidth: mib}},
+		Network: map[string]microvm.NetLimiterUpdate{"eth0": {Tx: microvm.LimiterUpdate{Bandwidth: mib}}},
 	})
 	if err != nil {
 		t.Fatalf("UpdateRateLimits: %v", err)
@@ -149,7 +149,7 @@ func testLifecycle(t *testing.T, api string) {
 	if rl := cfg.NetworkInterfaces[0].TxRateLimiter; rl == nil || rl.Bandwidth == nil || rl.Bandwidth.Size != 1<<20 {
 		t.Errorf("firecracker's eth0 tx limiter = %+v", rl)
 	}
-	_, err = rt.UpdateRateLimits(ctx, "web", firecracker.RateLimitUpdate{Drives: map[string]*microvm.RateLimiter{"nope": {}}})
+	_, err = rt.UpdateRateLimits(ctx, "web", microvm.RateLimitUpdate{Drives: map[string]microvm.LimiterUpdate{"nope": {}}})
 	if !errors.Is(err, microvm.ErrInvalidArgument) || !strings.Contains(err.Error(), `drive "nope"`) {
 		t.Errorf("unknown drive: %v; want ErrInvalidArgument naming it", err)
 	}

@@ -1,0 +1,203 @@
+package firecracker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+
+	microvm "github.com/mvm-dev/microvm"
+	"github.com/mvm-dev/microvm/registry"
+)
+
+var _ microvm.Renamer = (*Runtime)(nil)
+
+// Rename gives the VM oldID the id newID (see [microvm.Renamer]): a
+// created, stopped or paused VM keeps its firecracker process (its API
+// socket, console and vsock socket move with the VM directory, which the
+// process works in), its status and its spec. A VM with a managed network
+// is refused with [microvm.ErrUnsupported] (its network is kept under its
+// id). Errors are *microvm.OpError of op "rename" and the old id.
+//
+// It is crash-safe: both records are written first (the old one marked
+// with the new id, the new one with the old), then the directory is
+// renamed, which commits, then the old record is removed. Recovery of
+// either record (see recoverRename) finishes a rename whose directory was
+// renamed and undoes one whose directory was not.
+func (r *Runtime) Rename(ctx context.Context, oldID, newID string) (microvm.VM, error) {
+	vm, err := r.rename(ctx, oldID, newID)
+	if err != nil {
+		var oe *microvm.OpError
+		if !errors.As(err, &oe) || oe.Op != "rename" {
+			err = &microvm.OpError{Op: "rename", ID: oldID, Err: err}
+		}
+	}
+	return vm, err
+}
+
+func (r *Runtime) rename(ctx context.Context, oldID, newID string) (microvm.VM, error) {
+	if err := microvm.ValidateID(oldID); err != nil {
+		return microvm.VM{}, err
+	}
+	if err := microvm.ValidateID(newID); err != nil {
+		return microvm.VM{}, fmt.Errorf("new id: %w", err)
+	}
+	if oldID == newID {
+		return microvm.VM{}, invalidArg("the new id is the VM's id")
+	}
+	if err := r.begin(); err != nil {
+		return microvm.VM{}, err
+	}
+	defer r.end()
+	if err := ctx.Err(); err != nil {
+		return microvm.VM{}, err
+	}
+	// Both locks, in id order so that two renames cannot deadlock.
+	first, second := oldID, newID
+	if second < first {
+		first, second = second, first
+	}
+	unlock1, err := r.lockVM(ctx, first)
+	if err != nil {
+		return microvm.VM{}, err
+	}
+	defer unlock1()
+	unlock2, err := r.lockVM(ctx, second)
+	if err != nil {
+		return microvm.VM{}, err
+	}
+	defer unlock2()
+
+	rec, err := r.load(oldID)
+	if err == nil {
+		rec, err = r.adoptLocked(ctx, rec, true)
+	}
+	if err != nil {
+		return microvm.VM{}, err
+	}
+	if err := microvm.CheckRename(oldID, rec.Status); err != nil {
+		return microvm.VM{}, err
+	}
+	if rec.Net != nil || managedIndex(rec.Spec) >= 0 {
+		return microvm.VM{}, fmt.Errorf("a VM with a managed network cannot be renamed (its network is kept under its id): %w", microvm.ErrUnsupported)
+	}
+	switch err := r.reg.Get(kindVM, newID, nil); {
+	case err == nil:
+		return microvm.VM{}, fmt.Errorf("vm %q: %w", newID, microvm.ErrAlreadyExists)
+	case !errors.Is(err, registry.ErrNotFound):
+		return microvm.VM{}, err
+	}
+	// A directory under the new id without a record is an interrupted
+	// Create's: end what runs in it and remove it, as Create would.
+	if err := r.sweepOrphan(newID); err != nil {
+		return microvm.VM{}, fmt.Errorf("remove leftover directory of %q: %w", newID, err)
+	}
+	from, to := r.paths(oldID), r.paths(newID)
+	// The directory's move is the commit: it must exist.
+	if err := mkdirPrivate(from.dir); err != nil {
+		return microvm.VM{}, fmt.Errorf("vm directory: %w", err)
+	}
+
+	rec.Op, rec.RenameTo = opRename, newID
+	if err := r.save(rec); err != nil {
+		return microvm.VM{}, err
+	}
+	undoOld := func() {
+		rec.Op, rec.RenameTo = "", ""
+		if err := r.save(rec); err != nil {
+			r.log.Error("undo rename: record", "vm", oldID, "err", err)
+		}
+	}
+	next := *rec
+	next.ID, next.Op, next.RenameTo, next.RenameFrom = newID, opRename, "", oldID
+	if next.VsockPath == from.vsock {
+		next.VsockPath = to.vsock
+	}
+	if err := r.reg.Create(kindVM, newID, &next); err != nil {
+		undoOld()
+		if errors.Is(err, registry.ErrExists) {
+			return microvm.VM{}, fmt.Errorf("vm %q: %w", newID, microvm.ErrAlreadyExists)
+		}
+		return microvm.VM{}, fmt.Errorf("vm %q: write record: %w", newID, err)
+	}
+	r.unwatch(oldID)
+	if err := os.Rename(from.dir, to.dir); err != nil {
+		if derr := r.reg.Delete(kindVM, newID); derr != nil {
+			r.log.Error("undo rename: remove new record", "vm", newID, "err", derr)
+		}
+		undoOld()
+		return microvm.VM{}, fmt.Errorf("move vm directory: %w", err)
+	}
+	// Committed: what is left is bookkeeping that recovery would finish.
+	if err := r.reg.Delete(kindVM, oldID); err != nil {
+		r.log.Error("rename: remove old record (recovery finishes it)", "vm", oldID, "err", err)
+	}
+	next.Op, next.RenameFrom = "", ""
+	if err := r.save(&next); err != nil {
+		r.log.Error("rename: clear the mark of the new record (recovery finishes it)", "vm", newID, "err", err)
+	}
+	if pr := next.Process; pr != nil {
+		if p, err := attach(pr.PID, pr.StartTime, pr.BootID); err == nil {
+			r.watch(newID, p)
+		}
+	}
+	r.log.Info("vm renamed", "from", oldID, "to", newID)
+	return r.viewOf(&next), nil
+}
+
+// recoverRename finishes or undoes the rename rec is marked with (rec.Op
+// is "rename" and nobody holds rec's lock, so the process renaming it
+// died). The moved directory decides: where it is, the VM is. It returns
+// rec to reconcile further, or nil when the VM is not (any more) under
+// rec's id.
+func (r *Runtime) recoverRename(rec *vmRecord) (*vmRecord, error) {
+	other := rec.RenameTo
+	if other == "" {
+		other = rec.RenameFrom
+	}
+	if other == "" || microvm.ValidateID(other) != nil {
+		rec.Op = ""
+		return rec, nil
+	}
+	// The other record's lock: free unless another runtime is recovering
+	// it right now.
+	unlock, ok := r.tryLockVM(other)
+	if !ok {
+		return rec, fmt.Errorf("vm %q: the rename to or from %q is being recovered by another process; retry", rec.ID, other)
+	}
+	defer unlock()
+	here := dirExists(r.paths(rec.ID).dir)
+	if here {
+		// The VM is under rec's id: a rename from rec not committed, or a
+		// rename to rec committed. Remove the other record if it is the
+		// pair of this one.
+		var orec vmRecord
+		if err := r.reg.Get(kindVM, other, &orec); err == nil && orec.Op == opRename && (orec.RenameTo == rec.ID || orec.RenameFrom == rec.ID) {
+			if err := r.reg.Delete(kindVM, other); err != nil {
+				return rec, err
+			}
+		}
+		rec.Op, rec.RenameTo, rec.RenameFrom = "", "", ""
+		if err := r.save(rec); err != nil {
+			return rec, err
+		}
+		r.log.Info("recovered an interrupted rename", "vm", rec.ID, "other", other)
+		return rec, nil
+	}
+	// The directory is under the other id (or gone): this record goes; the
+	// other's recovery clears its mark.
+	if err := r.reg.Delete(kindVM, rec.ID); err != nil {
+		return rec, err
+	}
+	r.log.Info("recovered an interrupted rename", "vm", rec.ID, "other", other)
+	return nil, nil
+}
+
+func dirExists(dir string) bool {
+	fi, err := os.Stat(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false
+	}
+	return err != nil || fi.IsDir()
+}

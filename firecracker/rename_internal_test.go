@@ -1,0 +1,111 @@
+package firecracker
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	microvm "github.com/mvm-dev/microvm"
+	"github.com/mvm-dev/microvm/internal/fcstandin"
+)
+
+// TestRenameRecovery: a rename interrupted by the death of the process
+// running it, at each step, is finished when the directory was moved and
+// undone when it was not, whichever of the two ids is touched first; the
+// VM's process lives on throughout.
+func TestRenameRecovery(t *testing.T) {
+	real := fcstandin.Build(t)
+	bin := filepath.Join(t.TempDir(), "firecracker")
+	script := "#!/bin/sh\nexport FCSTANDIN_SPEC_DIR='" + fcstandin.SpecDir(t) + "'\nexec '" + real + "' \"$@\"\n"
+	if err := os.WriteFile(bin, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(t.TempDir(), "img")
+	if err := os.WriteFile(img, []byte("image"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	spec := microvm.Spec{Kernel: img, RootDrive: microvm.Drive{Path: img, ReadOnly: true}, VCPUs: 1, MemoryMiB: 16}
+	ctx := context.Background()
+	for _, c := range []struct {
+		name    string
+		moved   bool
+		touch   string // the id touched first
+		want    string // where the VM ends
+		oldGone bool   // the old record already deleted
+	}{
+		{"records written, touch old", false, "a", "a", false},
+		{"records written, touch new", false, "b", "a", false},
+		{"directory moved, touch old", true, "a", "b", false},
+		{"directory moved, touch new", true, "b", "b", false},
+		{"old record deleted", true, "b", "b", true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			state := t.TempDir()
+			rt, err := Open(ctx, Config{StateDir: state, FirecrackerBin: bin, ReadyTimeout: 5 * time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			vm, err := rt.Create(ctx, "a", spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pid := vm.Backend.PID
+			// What Rename does, up to the crash.
+			rec, err := rt.load("a")
+			if err != nil {
+				t.Fatal(err)
+			}
+			rt.unwatch("a")
+			rec.Op, rec.RenameTo = opRename, "b"
+			if err := rt.save(rec); err != nil {
+				t.Fatal(err)
+			}
+			next := *rec
+			next.ID, next.RenameTo, next.RenameFrom = "b", "", "a"
+			if err := rt.reg.Create(kindVM, "b", &next); err != nil {
+				t.Fatal(err)
+			}
+			if c.moved {
+				if err := os.Rename(rt.paths("a").dir, rt.paths("b").dir); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if c.oldGone {
+				rt.reg.Delete(kindVM, "a")
+			}
+			rt.Close()
+
+			rt, err = Open(ctx, Config{StateDir: state, FirecrackerBin: bin, ReadyTimeout: 5 * time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() {
+				for _, id := range []string{"a", "b"} {
+					rt.Destroy(ctx, id)
+				}
+				rt.Close()
+			}()
+			first, err := rt.Get(ctx, c.touch)
+			if c.touch == c.want {
+				if err != nil || first.Backend.PID != pid || first.Status != microvm.StatusCreated {
+					t.Fatalf("Get(%s): %v %+v, want the VM with pid %d", c.touch, err, first, pid)
+				}
+			} else if !errors.Is(err, microvm.ErrNotFound) {
+				t.Fatalf("Get(%s): %v, want ErrNotFound", c.touch, err)
+			}
+			vms, err := rt.List(ctx)
+			if err != nil || len(vms) != 1 || vms[0].ID != c.want || vms[0].Backend.PID != pid {
+				t.Fatalf("List: %v %+v, want only %s with pid %d", err, vms, c.want, pid)
+			}
+			if _, err := rt.Start(ctx, c.want); err != nil {
+				t.Fatalf("Start(%s) after recovery: %v", c.want, err)
+			}
+			if ids, _ := rt.reg.List(kindVM); len(ids) != 1 {
+				t.Errorf("records left: %v", ids)
+			}
+		})
+	}
+}
