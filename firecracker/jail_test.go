@@ -620,7 +620,10 @@ func TestJailedDriverKilledMidCreate(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			state := t.TempDir()
 			mark := filepath.Join(t.TempDir(), "mark")
-			jc := jailConfig(t, jailerWrapper(t, p.jailer, tc.before, tc.after))
+			// The jailer runs in Config.Env, not the driver's environment:
+			// the wrapper gets the paths written in.
+			paths := strings.NewReplacer("$MVM_TEST_MARK", mark, "$MVM_TEST_FIFO", filepath.Join(filepath.Dir(mark), "fifo"))
+			jc := jailConfig(t, jailerWrapper(t, p.jailer, paths.Replace(tc.before), paths.Replace(tc.after)))
 			spec := testSpec(t)
 			raw, _ := json.Marshal(childJob{State: state, Bin: p.fc, ID: "victim", Spec: spec, Ops: []string{"create"}, Jailer: jc})
 			cmd := execChild(raw)
@@ -777,9 +780,11 @@ func TestJailedBadJailer(t *testing.T) {
 	rt := openJailed(t, state, p.fc, jc)
 	defer rt.Close()
 	_, err := rt.Create(context.Background(), "refused", testSpec(t))
+	// The status in the one-line error, the jailer's output in its detail.
+	var oe *microvm.OpError
 	if !errors.Is(err, firecracker.ErrJailer) || !strings.Contains(err.Error(), "exited with status 3") ||
-		!strings.Contains(err.Error(), "jailer refuses") {
-		t.Errorf("Create with a failing jailer: %v, want ErrJailer, its status and its output", err)
+		!errors.As(err, &oe) || !strings.Contains(strings.Join(oe.Detail, "\n"), "jailer refuses") {
+		t.Errorf("Create with a failing jailer: %v (detail %q), want ErrJailer, its status and its output", err, detailOf(err))
 	}
 	checkNoJailLeft(t, state)
 	assertClean(t, state, "refused")
@@ -940,4 +945,13 @@ func TestJailedVsockPath(t *testing.T) {
 	}
 	destroyAll(t, rt)
 	checkNoJailLeft(t, state)
+}
+
+// detailOf is the Detail of err's *microvm.OpError, if any.
+func detailOf(err error) []string {
+	var oe *microvm.OpError
+	if errors.As(err, &oe) {
+		return oe.Detail
+	}
+	return nil
 }
