@@ -29,6 +29,12 @@ const (
 	FramesContentType = "application/x-mvm-frames"
 )
 
+// DefaultSecretsDir is where the agent keeps secrets in the guest.
+const DefaultSecretsDir = "/run/mvm/secrets"
+
+// DefaultPath is the PATH of commands when nothing else sets it.
+const DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
 // More error codes, used by the HTTP API (the HTTP status in brackets).
 const (
 	// CodeNotFound: a command, file or exec that does not exist [404].

@@ -22,12 +22,6 @@ import (
 	microvm "github.com/mvm-dev/microvm"
 )
 
-// DefaultSecretsDir is where the agent keeps secrets in the guest.
-const DefaultSecretsDir = "/run/mvm/secrets"
-
-// DefaultPath is the PATH of commands when nothing else sets it.
-const DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
 // Service is the guest side of the HTTP API: exec, files, environment,
 // secrets and ping. Fill in its fields, then call [Service.Serve] (or use
 // [Service.Handler] with an http.Server of your own). Its fields must not
