@@ -65,6 +65,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		snapshotCmd(g), restoreCmd(g), rmCmd(g), lsCmd(g), inspectCmd(g),
 		snapshotsCmd(g), rmSnapshotCmd(g), logsCmd(g), doctorCmd(g), demoCmd(g),
 		egressCmd(g), ratelimitCmd(g),
+		execCmd(g), cpCmd(g), envCmd(g), secretCmd(g),
 	)
 	return root
 }
