@@ -40,12 +40,18 @@ func execCmd(g *globals) *cobra.Command {
 		Use:   "exec VM [-t] [-e KEY=VALUE]... -- CMD [ARG...]",
 		Short: "Run a command in a VM's guest (needs mvm-agent and a vsock device); exits with its status",
 		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 1 && args[1] == "--" {
+				args = append(args[:1:1], args[2:]...)
+			}
 			if len(args) < 2 {
 				return usagef("exec: want VM -- CMD [ARG...]")
 			}
 			return nonEmptyArgs(cmd, args[:2], "VM CMD")
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 1 && args[1] == "--" {
+				args = append(args[:1:1], args[2:]...)
+			}
 			req := microvm.ExecRequest{Args: args[1:], Dir: dir, User: user, TTY: tty, Timeout: timeout,
 				Stdin: os.Stdin, Stdout: cmd.OutOrStdout(), Stderr: cmd.ErrOrStderr()}
 			for _, e := range envs {
