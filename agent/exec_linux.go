@@ -349,7 +349,9 @@ func (s *Service) handleExec(w http.ResponseWriter, r *http.Request) {
 
 	// Standard input: copied until the body ends (then the command's
 	// stdin is closed); a body that breaks is a dropped client.
+	stdinDone := make(chan struct{})
 	go func() {
+		defer close(stdinDone)
 		var dst io.Writer = io.Discard
 		if inW != nil {
 			dst = inW
@@ -450,6 +452,17 @@ wait:
 	}
 	b, _ := json.Marshal(exit)
 	fw.write(FrameExit, b)
+	// The request body must not be read once the handler returns: the
+	// client ends it on the exit frame; one that does not is cut off.
+	select {
+	case <-stdinDone:
+	case <-time.After(stdinGrace):
+		rc.SetReadDeadline(time.Unix(1, 0))
+		if inW != nil {
+			inW.Close()
+		}
+		<-stdinDone
+	}
 	s.Log.Info("exec ended", "id", p.id, "pid", p.pid, "exit_code", exit.ExitCode, "signal", exit.Signal, "timed_out", exit.TimedOut)
 }
 
@@ -470,6 +483,10 @@ func (s *skipNewline) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// stdinGrace is how long the end of the request body is awaited after
+// the exit frame.
+const stdinGrace = 5 * time.Second
 
 // outputGrace is how long output is still read after the command exits
 // while processes it left behind keep its stdout or stderr open.
