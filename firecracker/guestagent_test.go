@@ -46,7 +46,7 @@ func (s *syncBuf) String() string {
 // the stand-in's vsock (FCSTANDIN_VSOCK_GUEST): the "guest" is a folder
 // holding <port>.sock listeners. It returns the folder and the agent's
 // file root.
-func guestAgent(t *testing.T, agentLog io.Writer) (guestDir, root string) {
+func guestAgent(t testing.TB, agentLog io.Writer) (guestDir, root string) {
 	t.Helper()
 	guestDir = t.TempDir()
 	root = t.TempDir()
@@ -225,4 +225,75 @@ func TestGuestAgentNoAgent(t *testing.T) {
 	if !errors.Is(err, microvm.ErrAgentUnavailable) || !strings.Contains(err.Error(), "port 1025") {
 		t.Fatalf("Exec with no agent = %v, want ErrAgentUnavailable naming port 1025", err)
 	}
+}
+
+// benchGuest starts a VM under the stand-in whose vsock is bridged to the
+// agent service in this process: every call crosses the runtime's lookup,
+// the CONNECT handshake and the stand-in's copy loop (no real guest).
+func benchGuest(b *testing.B) (*firecracker.Runtime, string) {
+	guestDir, root := guestAgent(b, io.Discard)
+	state := b.TempDir()
+	rt := open(b, state, standin(b, "FCSTANDIN_VSOCK_GUEST="+guestDir))
+	b.Cleanup(func() { destroyAll(b, rt); rt.Close() })
+	ctx := context.Background()
+	spec := testSpec(b)
+	spec.Vsock = &microvm.Vsock{}
+	if _, err := rt.Create(ctx, "bench", spec); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := rt.Start(ctx, "bench"); err != nil {
+		b.Fatal(err)
+	}
+	return rt, root
+}
+
+func BenchmarkGuestAgentStandinExecTrue(b *testing.B) {
+	rt, _ := benchGuest(b)
+	ctx := context.Background()
+	for b.Loop() {
+		if _, err := rt.Exec(ctx, "bench", microvm.ExecRequest{Args: []string{"true"}}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+type countW struct{ n int64 }
+
+func (c *countW) Write(p []byte) (int, error) { c.n += int64(len(p)); return len(p), nil }
+
+func BenchmarkGuestAgentStandinStdout(b *testing.B) {
+	rt, _ := benchGuest(b)
+	ctx := context.Background()
+	b.SetBytes(256 << 20)
+	for b.Loop() {
+		n := &countW{}
+		if _, err := rt.Exec(ctx, "bench", microvm.ExecRequest{Args: []string{"dd", "if=/dev/zero", "bs=1M", "count=256", "status=none"}, Stdout: n}); err != nil || n.n != 256<<20 {
+			b.Fatal(err, n.n)
+		}
+	}
+}
+
+func BenchmarkGuestAgentStandinCopy(b *testing.B) {
+	rt, root := benchGuest(b)
+	ctx := context.Background()
+	const size = 128 << 20
+	buf := make([]byte, size)
+	rand.NewChaCha8([32]byte{}).Read(buf)
+	p := filepath.Join(root, "f")
+	b.Run("in", func(b *testing.B) {
+		b.SetBytes(size)
+		for b.Loop() {
+			if err := rt.WriteFile(ctx, "bench", p, bytes.NewReader(buf), &microvm.WriteFileOptions{Size: size}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("out", func(b *testing.B) {
+		b.SetBytes(size)
+		for b.Loop() {
+			if _, err := rt.ReadFile(ctx, "bench", p, io.Discard); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

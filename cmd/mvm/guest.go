@@ -37,14 +37,14 @@ func execCmd(g *globals) *cobra.Command {
 	var dir, user string
 	var timeout time.Duration
 	cmd := &cobra.Command{
-		Use:   "exec VM [-t] [-e KEY=VALUE]... -- CMD [ARG...]",
+		Use:   "exec VM [-t] [-e KEY=VALUE]... [-w DIR] [-u USER] [--timeout D] -- CMD [ARG...]",
 		Short: "Run a command in a VM's guest (needs mvm-agent and a vsock device); exits with its status",
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) > 1 && args[1] == "--" {
 				args = append(args[:1:1], args[2:]...)
 			}
-			if len(args) < 2 {
-				return usagef("exec: want VM -- CMD [ARG...]")
+			if len(args) < 2 || cmd.ArgsLenAtDash() != 1 {
+				return usagef("exec: want VM -- CMD [ARG...] (flags before the --)")
 			}
 			return nonEmptyArgs(cmd, args[:2], "VM CMD")
 		},
@@ -114,7 +114,6 @@ func execCmd(g *globals) *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.SetInterspersed(false)
 	f.BoolVarP(&tty, "tty", "t", false, "run the command on a terminal (raw mode here when stdin is one)")
 	f.StringArrayVarP(&envs, "env", "e", nil, "set an environment variable KEY=VALUE (repeatable)")
 	f.StringVarP(&dir, "workdir", "w", "", "working directory in the guest (absolute)")

@@ -69,7 +69,7 @@ func TestCLIGuestAgent(t *testing.T) {
 	if code, out, _ := c.runIn("from stdin\n", "exec", "cli-a", "--", "cat"); code != 0 || out != "from stdin\n" {
 		t.Fatalf("exec cat: exit %d %q", code, out)
 	}
-	if code, out, _ := c.run("exec", "-e", "X=1", "cli-a", "--", "sh", "-c", "kill -TERM $$"); code != 128+15 {
+	if code, out, _ := c.run("exec", "cli-a", "-e", "X=1", "--", "sh", "-c", `[ "$X" = 1 ] && kill -TERM $$`); code != 128+15 {
 		t.Fatalf("exec killed by SIGTERM: exit %d %q, want 143", code, out)
 	}
 	if code, _, errs := c.run("exec", "cli-a", "--", "no-such-command-mvm"); code != 1 || !strings.Contains(errs, "command not found") {
@@ -117,6 +117,7 @@ func TestCLIGuestAgent(t *testing.T) {
 		{"env", "cli-a", "1BAD=x"},
 		{"env", "cli-a", "NOEQUALS"},
 		{"exec", "cli-a"},
+		{"exec", "cli-a", "true"},
 		{"cp", "a", "b"},
 	} {
 		if code, _, errs := c.runIn("v", args...); code != 2 {
