@@ -32,6 +32,14 @@ type Guest struct {
 	dialErr error // the last dial's failure, nil after a success
 }
 
+// dialNote records the dial the transport made for one request.
+type dialNote struct {
+	mu      sync.Mutex
+	started bool
+	done    chan struct{}
+	err     error
+}
+
 // NewGuest returns a client that reaches the agent through dial; where
 // describes the way for error messages ("vsock port 1025 through ...").
 func NewGuest(dial func(ctx context.Context) (net.Conn, error), where string) *Guest {
@@ -68,6 +76,8 @@ func (g *Guest) Close() error {
 
 type reqCtxKey struct{}
 
+type dialNoteKey struct{}
+
 // dialContext dials for the transport. The transport detaches dials from
 // the request's cancellation; the request's own context travels as a value
 // so a dial that retries (vsock.Dial) still ends with the call.
@@ -79,27 +89,54 @@ func (g *Guest) dialContext(ctx context.Context, _, _ string) (net.Conn, error) 
 		defer stop()
 		defer cancel(nil)
 	}
+	note, _ := ctx.Value(dialNoteKey{}).(*dialNote)
+	if note != nil {
+		note.mu.Lock()
+		if note.started {
+			note = nil // a second dial for the request: not noted
+		} else {
+			note.started = true
+		}
+		note.mu.Unlock()
+	}
 	c, err := g.dial(ctx)
 	g.mu.Lock()
 	g.dialErr = err
 	g.mu.Unlock()
+	if note != nil {
+		note.err = err
+		close(note.done)
+	}
 	return c, err
 }
 
 // do sends req; an error before any answer is told in terms of the agent.
 func (g *Guest) do(ctx context.Context, req *http.Request) (*http.Response, error) {
-	req = req.WithContext(context.WithValue(ctx, reqCtxKey{}, ctx))
+	note := &dialNote{done: make(chan struct{})}
+	req = req.WithContext(context.WithValue(context.WithValue(ctx, reqCtxKey{}, ctx), dialNoteKey{}, note))
 	resp, err := g.hc.Do(req)
 	if err != nil {
-		return nil, g.transportErr(ctx, err)
+		return nil, g.transportErr(ctx, note, err)
 	}
 	return resp, nil
 }
 
-func (g *Guest) transportErr(ctx context.Context, err error) error {
-	g.mu.Lock()
-	derr := g.dialErr
-	g.mu.Unlock()
+func (g *Guest) transportErr(ctx context.Context, note *dialNote, err error) error {
+	note.mu.Lock()
+	started := note.started
+	note.mu.Unlock()
+	var derr error
+	if started {
+		// The transport gives up on a request whose context ended before
+		// the dial made for it did; that dial ends with the context too:
+		// its verdict says whether an agent answered at all.
+		<-note.done
+		derr = note.err
+	} else {
+		g.mu.Lock()
+		derr = g.dialErr
+		g.mu.Unlock()
+	}
 	if derr != nil {
 		return fmt.Errorf("%w: no agent answered on %s: %w", microvm.ErrAgentUnavailable, g.where, derr)
 	}
