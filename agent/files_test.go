@@ -17,6 +17,7 @@ import (
 	"testing"
 
 	microvm "github.com/mvm-dev/microvm"
+	"github.com/mvm-dev/microvm/agent"
 )
 
 // bigFileMiB is the size of the file round trip: MVM_AGENT_BIG_MIB, else
@@ -206,10 +207,12 @@ func TestSecrets(t *testing.T) {
 		t.Fatal("the agent logged the secret's value")
 	}
 	// The secrets directory must be tmpfs.
-	ta.svc.SecretsDir = filepath.Join(t.TempDir(), "disk")
-	err = ta.g.SetSecret(ctx, "x", value)
-	ta.svc.SecretsDir = ta.secrets
+	disk := startAgentWith(t, func(s *agent.Service) { s.SecretsDir = filepath.Join(t.TempDir(), "disk") })
+	err = disk.g.SetSecret(ctx, "x", value)
 	if err == nil || !strings.Contains(err.Error(), "not on tmpfs") {
 		t.Fatalf("secret on a disk directory: %v", err)
+	}
+	if ents, _ := os.ReadDir(disk.svc.SecretsDir); len(ents) != 0 {
+		t.Fatalf("something was written to the disk directory: %v", ents)
 	}
 }
