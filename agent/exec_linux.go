@@ -186,22 +186,31 @@ func (f *frameWriter) write(typ byte, p []byte) error {
 	return f.err
 }
 
+// execError answers an exec that did not start. The connection is closed
+// after the answer: the rest of the request body (the command's stdin,
+// maybe endless) is not read, so the connection cannot serve another
+// request.
+func execError(w http.ResponseWriter, e *Error) {
+	w.Header().Set("Connection", "close")
+	writeError(w, e)
+}
+
 // handleExec runs a command; see the package documentation.
 func (s *Service) handleExec(w http.ResponseWriter, r *http.Request) {
 	rc := http.NewResponseController(w)
 	if err := rc.EnableFullDuplex(); err != nil {
-		writeError(w, errorf(CodeFailed, "full duplex: %v", err))
+		execError(w, errorf(CodeFailed, "full duplex: %v", err))
 		return
 	}
 	dec := json.NewDecoder(r.Body)
 	var spec ExecSpec
 	if err := dec.Decode(&spec); err != nil {
-		writeError(w, errorf(CodeBadRequest, "exec body must start with a JSON exec spec: %v", err))
+		execError(w, errorf(CodeBadRequest, "exec body must start with a JSON exec spec: %v", err))
 		return
 	}
 	req := microvm.ExecRequest{Args: spec.Args, Env: spec.Env, Dir: spec.Dir, TTY: spec.TTY, Timeout: time.Duration(spec.TimeoutMS) * time.Millisecond}
 	if err := req.Validate(); err != nil {
-		writeError(w, errorf(CodeBadRequest, "%v", err))
+		execError(w, errorf(CodeBadRequest, "%v", err))
 		return
 	}
 	dir := spec.Dir
@@ -209,7 +218,7 @@ func (s *Service) handleExec(w http.ResponseWriter, r *http.Request) {
 		dir = "/"
 	}
 	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
-		writeError(w, errorf(CodeNotFound, "exec dir %s is not a directory in the guest", truncate(dir, 128)))
+		execError(w, errorf(CodeNotFound, "exec dir %s is not a directory in the guest", truncate(dir, 128)))
 		return
 	}
 	var cred *syscall.Credential
@@ -217,7 +226,7 @@ func (s *Service) handleExec(w http.ResponseWriter, r *http.Request) {
 	if spec.User != "" {
 		c, h, err := credential(spec.User)
 		if err != nil {
-			writeError(w, errorf(CodeNotFound, "exec %v", err))
+			execError(w, errorf(CodeNotFound, "exec %v", err))
 			return
 		}
 		cred, home = c, h
@@ -225,7 +234,7 @@ func (s *Service) handleExec(w http.ResponseWriter, r *http.Request) {
 	env := s.execEnv(spec.Env, home)
 	path, err := lookPath(spec.Args[0], env, dir)
 	if err != nil {
-		writeError(w, errorf(CodeNotFound, "exec %q: command not found: %v", truncate(spec.Args[0], 128), err))
+		execError(w, errorf(CodeNotFound, "exec %q: command not found: %v", truncate(spec.Args[0], 128), err))
 		return
 	}
 	stdin := &skipNewline{r: io.MultiReader(dec.Buffered(), r.Body)}
@@ -246,7 +255,7 @@ func (s *Service) handleExec(w http.ResponseWriter, r *http.Request) {
 	if spec.TTY {
 		master, slave, err := openPTY(spec.Rows, spec.Cols)
 		if err != nil {
-			writeError(w, errorf(CodeFailed, "exec: %v", err))
+			execError(w, errorf(CodeFailed, "exec: %v", err))
 			return
 		}
 		pty = master
@@ -260,14 +269,14 @@ func (s *Service) handleExec(w http.ResponseWriter, r *http.Request) {
 	} else {
 		or, ow, err := os.Pipe()
 		if err != nil {
-			writeError(w, errorf(CodeFailed, "exec: pipe: %v", err))
+			execError(w, errorf(CodeFailed, "exec: pipe: %v", err))
 			return
 		}
 		er, ew, err := os.Pipe()
 		if err != nil {
 			or.Close()
 			ow.Close()
-			writeError(w, errorf(CodeFailed, "exec: pipe: %v", err))
+			execError(w, errorf(CodeFailed, "exec: pipe: %v", err))
 			return
 		}
 		growPipe(or)
@@ -280,7 +289,7 @@ func (s *Service) handleExec(w http.ResponseWriter, r *http.Request) {
 				or.Close()
 				er.Close()
 				cleanup()
-				writeError(w, errorf(CodeFailed, "exec: pipe: %v", err))
+				execError(w, errorf(CodeFailed, "exec: pipe: %v", err))
 				return
 			}
 			growPipe(iw)
@@ -309,7 +318,7 @@ func (s *Service) handleExec(w http.ResponseWriter, r *http.Request) {
 		if errors.Is(startErr, unix.ENOENT) || errors.Is(startErr, unix.EACCES) || errors.Is(startErr, unix.ENOEXEC) {
 			code = CodeNotFound
 		}
-		writeError(w, errorf(code, "exec %q: %v", truncate(spec.Args[0], 128), startErr))
+		execError(w, errorf(code, "exec %q: %v", truncate(spec.Args[0], 128), startErr))
 		return
 	}
 	if s.Reaper == nil {
