@@ -28,13 +28,11 @@
 // (a serial console, where the kernel prints too) the client skips lines
 // that do not start with '{'.
 //
-// Why a hand-rolled framing rather than an RPC or HTTP stack: the same
-// protocol must run over the serial console, a byte stream without
-// connections or flow control that the kernel writes to as well, where a
-// line-oriented protocol is the only one that resynchronises by itself. The
-// agent issue's streamed exec and file transfer will be served over vsock
-// by an HTTP stack, started by a future op on its own port; this protocol
-// stays the control and health channel.
+// Why a hand-rolled framing for this one: the same protocol must run over
+// the serial console, a byte stream without connections or flow control
+// that the kernel writes to as well, where a line-oriented protocol is the
+// only one that resynchronises by itself. It stays the control and health
+// channel; the guest's real work goes through the HTTP API below.
 //
 // # Ops
 //
@@ -50,6 +48,68 @@
 //	            (O_DIRECT on Linux) and times it
 //	poweroff  → {}: answers, then shuts the guest down
 //	            (Server.Shutdown)
+//
+// # HTTP API (vsock port HTTPPort, 1025)
+//
+// Exec, files, environment and secrets are served by [Service] (guest) and
+// called by [Guest] (host; [DialGuest] dials through Firecracker's vsock
+// socket, one connection per call in flight, idle ones kept for reuse):
+//
+//	GET  /v1/ping                  → HTTPPing (version, protocol, api, uptime, pid)
+//	POST /v1/exec                  body: a JSON ExecSpec line, then stdin;
+//	                               answer: 200 with frames, or an error
+//	POST /v1/exec/{id}/signal?signal=N   to the command's process group
+//	POST /v1/exec/{id}/resize?rows=R&cols=C   its terminal (tty only)
+//	PUT  /v1/files?path=P[&mode=0644][&uid=U][&gid=G]   body: the content
+//	GET  /v1/files?path=P          → the content (Content-Length, Mvm-File-Mode)
+//	PUT  /v1/env                   {"KEY":"value"|null,...} for later execs
+//	PUT  /v1/secrets/{name}        body: the value
+//
+// Errors are a JSON Error {"code","message"} with an HTTP status per code
+// (bad_request 400, not_allowed 403, not_found 404, no_space 507,
+// unsupported 501, failed 500); [APIError] maps them onto the microvm
+// sentinels (ErrInvalidArgument, ErrPathNotAllowed, ErrCommandNotFound,
+// ErrGuestFileNotFound, ErrNoSpace). The version is the first path segment:
+// a later API adds /v2/ next to /v1/, and a new field or endpoint within v1
+// is ignored by peers that do not know it.
+//
+// An exec's answer is a stream of frames, a type byte, a big-endian uint32
+// length and that many bytes: 'o' stdout, 'e' stderr, 'x' the exit
+// (ExecExit JSON: exit_code, signal, timed_out), always last. The request
+// body and the answer flow at the same time (HTTP/1.1 full duplex): the
+// command's stdin is the rest of the body, its end is stdin's end. Signals
+// and resizes go as requests of their own, so they never wait behind stdin
+// data that the command has not read. The command runs in its own process
+// group (a session with a controlling terminal for tty), which a timeout
+// kills; a client that goes away (the body or the answer fails, or the
+// connection closes) kills it too. Output that processes left behind still
+// write is read for 2 s after the command exits.
+//
+// Files are written atomically: a temporary file in the target's
+// directory, preallocated when the size is known (a full disk is refused
+// before the transfer), fsynced, chowned and chmodded, then renamed; any
+// failure, a body cut short included, removes it. Paths must be absolute
+// and clean, under Service.FileRoots (default /) once symbolic links are
+// resolved, and not under /proc, /sys, /dev or the secrets directory.
+// Secrets are files 0400 in a 0700 directory that must be on tmpfs
+// (default /run/mvm/secrets, given to every exec as MVM_SECRETS_DIR);
+// their values are never logged.
+//
+// Why HTTP/1.1 from the standard library: net/http is the best-kept HTTP
+// stack Go has, already in every build of this project, with streaming
+// bodies both ways, chunked transfer, flow control by the transport, and
+// context cancellation; it needs no code generation and no dependency
+// outside the project's short list (Connect RPC or gRPC would bring
+// protobuf and their runtimes into a static guest binary). vsock
+// connections cost one CONNECT line, so each call in flight has its own
+// connection rather than being multiplexed as HTTP/2 would: no
+// head-of-line blocking and no HTTP/2 flow-control windows to cap a bulk
+// transfer. The only framing of our own is the exec answer's, which
+// multiplexes stdout, stderr and the exit status onto one body, as
+// Docker's attach stream does.
+//
+// Guest context ids need not be unique across the host (the host side of
+// each VM is a unix socket of its own), so no CID allocator exists.
 //
 // # Console markers
 //

@@ -8,6 +8,10 @@
 // retries while the guest has no listener yet (Firecracker then closes the
 // connection without an answer), until its context ends.
 //
+// A guest program that connects to the host (CID 2) on a port reaches
+// Firecracker, which connects to the unix socket "<uds>_<port>";
+// [ListenHost] listens there.
+//
 // Inside the guest, [Listen] opens an AF_VSOCK listener on a port (Linux
 // only). Guest context ids need not be unique across the host: the host side
 // of every VM is a unix socket of its own, so no CID allocator is needed.

@@ -4,10 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/signal"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/mvm-dev/microvm/agent"
 )
 
 // mount is one file system the agent mounts as PID 1.
@@ -43,22 +44,17 @@ func mountAll(logf func(string, ...any)) {
 	}
 }
 
-// startReaper reaps every child that exits, orphans included, for as long
-// as the process runs. (The agent starts no children of its own yet; when
-// it does, their waits must go through this reaper.)
-func startReaper() {
-	ch := make(chan os.Signal, 16)
-	signal.Notify(ch, unix.SIGCHLD)
-	go func() {
-		for range ch {
-			reapAll()
-		}
-	}()
-}
+// reaper is the agent's reaper as PID 1 (nil otherwise): it reaps every
+// child, orphans included, and hands the statuses of the commands the
+// agent runs to their waiters.
+var reaper *agent.Reaper
 
 // reapAll collects every exited child without blocking; it reports
 // whether no child is left.
 func reapAll() bool {
+	if reaper != nil {
+		return reaper.ReapAll()
+	}
 	for {
 		var ws unix.WaitStatus
 		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)

@@ -21,7 +21,12 @@
 //
 // Usage:
 //
-//	mvm-agent [-port N] [-console PATH] [-version]
+//	mvm-agent [-port N] [-http-port N] [-secrets-dir DIR] [-console PATH] [-version]
+//
+// -port serves the line protocol (control and health, also on the
+// console); -http-port (default agent.HTTPPort) serves the HTTP API of
+// package agent: exec, files, environment and secrets (kept in
+// -secrets-dir, default /run/mvm/secrets, on tmpfs).
 //
 // -console defaults to /dev/console as PID 1 and to none otherwise ("" or
 // "none" disables the console server).
@@ -35,6 +40,8 @@ import (
 	"log"
 	"os"
 	"runtime/debug"
+
+	"github.com/mvm-dev/microvm/agent"
 )
 
 // version is the agent's version; the build may set it with
@@ -79,6 +86,8 @@ func main() {
 	log.SetPrefix("mvm-agent: ")
 	fs := flag.NewFlagSet("mvm-agent", flag.ContinueOnError)
 	port := fs.Uint("port", 1024, "vsock port to serve on (0: no vsock)")
+	httpPort := fs.Uint("http-port", agent.HTTPPort, "vsock port of the HTTP API: exec, files, env, secrets (0: none)")
+	secretsDir := fs.String("secrets-dir", agent.DefaultSecretsDir, "directory of secrets (must be on tmpfs)")
 	console := fs.String("console", "", `console device to serve on ("none": no console; default /dev/console as PID 1)`)
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	fs.SetOutput(io.Discard)
@@ -89,18 +98,18 @@ func main() {
 		args = ownFlags(args)
 	}
 	if err := fs.Parse(args); err != nil {
-		fmt.Fprintf(os.Stderr, "mvm-agent: %v\nusage: mvm-agent [-port N] [-console PATH] [-version]\n", err)
+		fmt.Fprintf(os.Stderr, "mvm-agent: %v\nusage: mvm-agent [-port N] [-http-port N] [-secrets-dir DIR] [-console PATH] [-version]\n", err)
 		os.Exit(2)
 	}
 	if *showVersion {
 		fmt.Println(agentVersion())
 		return
 	}
-	if *port > 1<<32-1 {
+	if *port > 1<<32-1 || *httpPort > 1<<32-1 {
 		fmt.Fprintln(os.Stderr, "mvm-agent: -port must fit in 32 bits")
 		os.Exit(2)
 	}
-	cfg := config{port: uint32(*port), console: *console, version: agentVersion()}
+	cfg := config{port: uint32(*port), httpPort: uint32(*httpPort), secretsDir: *secretsDir, console: *console, version: agentVersion()}
 	if err := run(context.Background(), cfg); err != nil {
 		log.Printf("%v", err)
 		os.Exit(1)
@@ -113,7 +122,7 @@ func ownFlags(args []string) []string {
 	for i := 0; i < len(args); i++ {
 		a := args[i]
 		switch a {
-		case "-port", "--port", "-console", "--console":
+		case "-port", "--port", "-console", "--console", "-http-port", "--http-port", "-secrets-dir", "--secrets-dir":
 			if i+1 < len(args) {
 				out = append(out, a, args[i+1])
 				i++
@@ -121,7 +130,7 @@ func ownFlags(args []string) []string {
 		case "-version", "--version":
 			out = append(out, a)
 		default:
-			for _, p := range []string{"-port=", "--port=", "-console=", "--console="} {
+			for _, p := range []string{"-port=", "--port=", "-console=", "--console=", "-http-port=", "--http-port=", "-secrets-dir=", "--secrets-dir="} {
 				if len(a) > len(p) && a[:len(p)] == p {
 					out = append(out, a)
 				}
@@ -133,7 +142,9 @@ func ownFlags(args []string) []string {
 
 // config is what run needs.
 type config struct {
-	port    uint32
-	console string
-	version string
+	port       uint32
+	httpPort   uint32
+	secretsDir string
+	console    string
+	version    string
 }

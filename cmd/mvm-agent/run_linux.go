@@ -25,7 +25,7 @@ func run(ctx context.Context, cfg config) error {
 	logf := log.Printf
 	if pid1 {
 		mountAll(logf)
-		startReaper()
+		reaper = agent.StartReaper()
 		if err := catchCtrlAltDel(); err != nil {
 			logf("ask for SIGINT on Ctrl-Alt-Del: %v", err)
 		}
@@ -66,6 +66,21 @@ func run(ctx context.Context, cfg config) error {
 				defer wg.Done()
 				if err := srv.Serve(sctx, ln); err != nil {
 					logf("vsock: %v", err)
+				}
+			}()
+		}
+	}
+	if cfg.httpPort != 0 {
+		ln, err := vsock.Listen(cfg.httpPort)
+		if err != nil {
+			logf("no vsock for the HTTP API: %v", err)
+		} else {
+			svc := &agent.Service{Version: cfg.version, Reaper: reaper, SecretsDir: cfg.secretsDir}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := svc.Serve(sctx, ln); err != nil {
+					logf("vsock HTTP API: %v", err)
 				}
 			}()
 		}

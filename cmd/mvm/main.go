@@ -67,6 +67,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err == nil {
 		return 0
 	}
+	var st interface{ ExitCode() int }
+	if errors.As(err, &st) {
+		return st.ExitCode() // mvm exec: the guest command's status
+	}
 	fmt.Fprintln(stderr, "mvm: "+oneLine(err.Error()))
 	var oe *microvm.OpError
 	if g.verbose && errors.As(err, &oe) {

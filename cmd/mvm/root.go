@@ -78,6 +78,7 @@ func newRootCmd(stdout, stderr io.Writer) (*cobra.Command, *globals) {
 		snapshotsCmd(g), rmSnapshotCmd(g), logsCmd(g), doctorCmd(g), demoCmd(g),
 		egressCmd(g), ratelimitCmd(g), configCmd(g), renameCmd(g),
 		statsCmd(g), eventsCmd(g),
+		execCmd(g), cpCmd(g), envCmd(g), secretCmd(g),
 	)
 	root.AddCommand(imageCmd(g)) // cmd/mvm/image.go
 	return root, g

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -175,6 +176,11 @@ type vsockDev struct {
 	started  bool
 	wg       sync.WaitGroup
 	onConn   func()
+	// guestDir, from FCSTANDIN_VSOCK_GUEST, holds the guest's listeners
+	// as unix sockets named <port>.sock: a connection to a port is
+	// bridged to its socket (none: closed without an answer, as for a
+	// guest port nobody listens on). Empty: the echo service.
+	guestDir string
 }
 
 // bindVsock binds and listens on path; it fails if the path exists.
@@ -192,7 +198,7 @@ func bindVsock(path string, gate *runGate) (*vsockDev, error) {
 		return nil, err
 	}
 	ln.SetUnlinkOnClose(false)
-	return &vsockDev{path: path, ln: ln, gate: gate, conns: map[net.Conn]struct{}{}, nextPort: 1 << 30}, nil
+	return &vsockDev{path: path, ln: ln, gate: gate, conns: map[net.Conn]struct{}{}, nextPort: 1 << 30, guestDir: os.Getenv("FCSTANDIN_VSOCK_GUEST")}, nil
 }
 
 // start begins accepting (Firecracker's muxer only runs once the device is
@@ -293,11 +299,24 @@ func (v *vsockDev) serve(c net.Conn) {
 	if !v.gate.waitRunning(2 * time.Second) {
 		return // the guest did not answer in CONN_REQUEST_TIMEOUT_MS
 	}
+	var guest net.Conn
+	if v.guestDir != "" {
+		g, err := net.Dial("unix", filepath.Join(v.guestDir, fields[1]+".sock"))
+		if err != nil {
+			return // no guest listener on that port: Firecracker resets
+		}
+		guest = g
+		defer guest.Close()
+	}
 	v.mu.Lock()
 	port := v.nextPort
 	v.nextPort++
 	v.mu.Unlock()
 	if _, err := fmt.Fprintf(c, "OK %d\n", port); err != nil {
+		return
+	}
+	if guest != nil {
+		bridge(c, guest)
 		return
 	}
 	// The guest service echoes everything back; it stalls while paused.
@@ -320,6 +339,29 @@ func (v *vsockDev) serve(c net.Conn) {
 			return
 		}
 	}
+}
+
+// bridge copies both ways between the host connection and the guest
+// listener's, passing each end-of-file on as a half-close, until both
+// directions end or either side fails.
+func bridge(host, guest net.Conn) {
+	done := make(chan struct{}, 2)
+	cp := func(dst, src net.Conn) {
+		_, err := io.Copy(dst, src)
+		if err == nil {
+			if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+				cw.CloseWrite()
+			}
+		} else {
+			host.Close()
+			guest.Close()
+		}
+		done <- struct{}{}
+	}
+	go cp(guest, host)
+	go cp(host, guest)
+	<-done
+	<-done
 }
 
 // runGate lets device goroutines wait until the vCPUs run.

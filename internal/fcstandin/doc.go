@@ -147,7 +147,11 @@
 // Firecracker's host-initiated protocol: "CONNECT <port>\n" ->
 // "OK <hostport>\n" (host ports from 1073741824 up), then a guest service
 // echoes bytes back. Bad commands close the connection; while the VM is
-// paused the guest does not answer (2 s timeout) or echo.
+// paused the guest does not answer (2 s timeout) or echo. With
+// FCSTANDIN_VSOCK_GUEST=DIR the guest is a folder of unix sockets instead:
+// a connection to port P is bridged to DIR/P.sock (half-closes passed on),
+// and closed without an answer when nothing listens there, so a test can
+// run the real guest agent as a host process behind the stand-in.
 //
 // # Snapshots
 //

@@ -1,0 +1,128 @@
+package firecracker
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sync"
+
+	microvm "github.com/mvm-dev/microvm"
+	"github.com/mvm-dev/microvm/agent"
+)
+
+// The Runtime offers the guest agent's calls ([microvm.GuestAgent]) for VMs
+// whose spec has a vsock device and whose guest runs mvm-agent: each call
+// dials the agent's HTTP API (agent.HTTPPort) through the VM's vsock unix
+// socket, retrying while the guest boots until the call's context ends; a
+// guest without an agent then gives microvm.ErrAgentUnavailable naming
+// the port and the socket. Nothing a call carries (a secret's value, a
+// file's content, a command's output) is written to the VM's record, its
+// logs or the runtime's log.
+var _ microvm.GuestAgent = (*Runtime)(nil)
+
+// guests caches one agent client per VM process (vsock socket and
+// firecracker pid), so calls reuse idle connections.
+var guests sync.Map // guestKey -> *agent.Guest
+
+type guestKey struct {
+	uds string
+	pid int
+}
+
+// guest returns the agent client of a running VM.
+func (r *Runtime) guest(ctx context.Context, id string) (*agent.Guest, error) {
+	vm, err := r.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if vm.Status != microvm.StatusRunning {
+		return nil, fmt.Errorf("%w: vm %q is %s, not running: its guest agent cannot answer", microvm.ErrInvalidTransition, id, vm.Status)
+	}
+	if vm.Backend.VsockPath == "" {
+		return nil, fmt.Errorf("%w: vm %q has no vsock device (spec.vsock), the guest agent's only way in", microvm.ErrUnsupported, id)
+	}
+	k := guestKey{vm.Backend.VsockPath, vm.Backend.PID}
+	if g, ok := guests.Load(k); ok {
+		return g.(*agent.Guest), nil
+	}
+	g, loaded := guests.LoadOrStore(k, agent.DialGuest(vm.Backend.VsockPath, agent.HTTPPort))
+	if !loaded {
+		// Clients of processes that are gone are dropped.
+		guests.Range(func(key, v any) bool {
+			if gk := key.(guestKey); gk.uds == k.uds && gk.pid != k.pid {
+				v.(*agent.Guest).Close()
+				guests.Delete(key)
+			}
+			return true
+		})
+	}
+	return g.(*agent.Guest), nil
+}
+
+// Ping implements [microvm.GuestAgent].
+func (r *Runtime) Ping(ctx context.Context, id string) (microvm.AgentInfo, error) {
+	g, err := r.guest(ctx, id)
+	if err != nil {
+		return microvm.AgentInfo{}, err
+	}
+	return g.Ping(ctx)
+}
+
+// Exec implements [microvm.GuestAgent].
+func (r *Runtime) Exec(ctx context.Context, id string, req microvm.ExecRequest) (microvm.ExecResult, error) {
+	if err := req.Validate(); err != nil {
+		return microvm.ExecResult{}, err
+	}
+	g, err := r.guest(ctx, id)
+	if err != nil {
+		return microvm.ExecResult{}, err
+	}
+	return g.Exec(ctx, req)
+}
+
+// WriteFile implements [microvm.GuestAgent].
+func (r *Runtime) WriteFile(ctx context.Context, id, path string, src io.Reader, opts *microvm.WriteFileOptions) error {
+	g, err := r.guest(ctx, id)
+	if err != nil {
+		return err
+	}
+	return g.WriteFile(ctx, path, src, opts)
+}
+
+// ReadFile implements [microvm.GuestAgent].
+func (r *Runtime) ReadFile(ctx context.Context, id, path string, w io.Writer) (microvm.FileInfo, error) {
+	g, err := r.guest(ctx, id)
+	if err != nil {
+		return microvm.FileInfo{}, err
+	}
+	return g.ReadFile(ctx, path, w)
+}
+
+// SetEnv implements [microvm.GuestAgent].
+func (r *Runtime) SetEnv(ctx context.Context, id string, env map[string]string) error {
+	for k, v := range env {
+		if err := microvm.ValidEnvKey(k); err != nil {
+			return err
+		}
+		if err := microvm.ValidEnvValue(k, v); err != nil {
+			return err
+		}
+	}
+	g, err := r.guest(ctx, id)
+	if err != nil {
+		return err
+	}
+	return g.SetEnv(ctx, env)
+}
+
+// SetSecret implements [microvm.GuestAgent].
+func (r *Runtime) SetSecret(ctx context.Context, id, name string, value []byte) error {
+	if err := microvm.ValidSecretName(name); err != nil {
+		return err
+	}
+	g, err := r.guest(ctx, id)
+	if err != nil {
+		return err
+	}
+	return g.SetSecret(ctx, name, value)
+}
