@@ -53,7 +53,7 @@ func TestCLIGuestAgent(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- svc.Serve(ctx, ln) }()
 	defer func() { cancel(); <-done }()
-	c.env = append(c.env, "FCSTANDIN_VSOCK_GUEST="+guestDir)
+	c.setStandin("FCSTANDIN_VSOCK_GUEST=" + guestDir) // firecracker runs in Config.Env, not mvm's environment
 
 	dir := t.TempDir()
 	kernel, rootfs := filepath.Join(dir, "vmlinux"), filepath.Join(dir, "rootfs.ext4")
