@@ -141,9 +141,10 @@
 //
 // # Concurrency
 //
-// Every operation on a VM holds that VM's lock, a flock(2) on the
-// registry's lock file "vm-<id>", which excludes other goroutines and
-// other processes alike; operations on different VMs run in parallel. The
+// Every operation on a VM holds that VM's lock, an open-file-description
+// lock on a byte of the registry's one lock table (registry/locks/table;
+// no file per id), which excludes other goroutines and other processes
+// alike; operations on different VMs run in parallel. The
 // id of a new VM is reserved by creating its record atomically under the
 // lock, so of concurrent Creates of one id exactly one succeeds and no
 // process leaks. Restore and DeleteSnapshot take the lock "snap-<id>"

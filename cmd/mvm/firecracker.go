@@ -47,6 +47,7 @@ func openFirecrackerRuntime(ctx context.Context, g *globals) (microvm.Runtime, e
 		return nil, err
 	}
 	cfg.Jailer = jc
+	cfg.Logger = g.log.logger(g.stderr)
 	if g.net.egressIface == "" {
 		return firecracker.Open(ctx, cfg)
 	}
@@ -64,6 +65,9 @@ func openFirecrackerRuntime(ctx context.Context, g *globals) (microvm.Runtime, e
 		return nil, err
 	}
 	ncfg.Store = reg
+	if l := g.log.logger(g.stderr); l != nil {
+		ncfg.Logger = l
+	}
 	m, err := network.New(ctx, ncfg)
 	if err != nil {
 		reg.Close()

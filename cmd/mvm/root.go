@@ -24,6 +24,7 @@ type globals struct {
 	verbose        bool
 	net            netFlags
 	jail           jailFlags
+	log            logFlags
 	stdout, stderr io.Writer
 	// unsaved are the host settings this command gave that the state
 	// directory has not saved yet (see config.go).
@@ -57,6 +58,9 @@ func newRootCmd(stdout, stderr io.Writer) (*cobra.Command, *globals) {
 					return err
 				}
 			}
+			if err := g.log.check(); err != nil {
+				return err
+			}
 			return g.net.check()
 		},
 	}
@@ -71,6 +75,7 @@ func newRootCmd(stdout, stderr io.Writer) (*cobra.Command, *globals) {
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "after an error, print what firecracker wrote last")
 	g.net.flags(root)
 	g.jail.flags(root)
+	g.log.flags(root)
 
 	root.AddCommand(
 		createCmd(g), startCmd(g), stopCmd(g), pauseCmd(g), resumeCmd(g),
