@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	microvm "github.com/mvm-dev/microvm"
+	"github.com/mvm-dev/microvm/firecracker"
 	"github.com/mvm-dev/microvm/network"
 )
 
@@ -55,6 +56,25 @@ var settings = []setting{
 		set:  func(g *globals, v string) { g.firecrackerBin = v },
 		norm: normBinary,
 		help: "firecracker binary of new VMs (each VM keeps the one it was created with)",
+	},
+	{
+		key: "jailer-bin", env: "MVM_JAILER_BIN", def: "",
+		get:  func(g *globals) string { return g.jail.bin },
+		set:  func(g *globals, v string) { g.jail.bin = v },
+		norm: normBinaryOf("jailer-bin"),
+		help: "jailer that runs new VMs in their own chroot, uid and cgroups (jailed mode is on when set; each VM keeps how it was started)",
+	},
+	{
+		key: "jailer-uid-range", env: "MVM_JAILER_UID_RANGE", def: fmt.Sprintf("%d:%d", firecracker.DefaultJailUIDBase, firecracker.DefaultJailUIDCount),
+		get: func(g *globals) string { return g.jail.uidRange },
+		set: func(g *globals, v string) { g.jail.uidRange = v },
+		norm: func(v string) (string, error) {
+			if _, err := parseUIDRange(v); err != nil {
+				return "", err
+			}
+			return v, nil
+		},
+		help: "uids of jailed VMs, FIRST:COUNT, one per live VM",
 	},
 	{
 		key: "egress-iface", env: "MVM_EGRESS_IFACE", def: "",
@@ -113,9 +133,16 @@ func settingOf(key string) (setting, bool) {
 
 // normBinary resolves a binary named by path or looked up in PATH to its
 // absolute path (a name not found is kept: opening the runtime says so).
-func normBinary(v string) (string, error) {
+func normBinary(v string) (string, error) { return normBinaryOf("firecracker-bin")(v) }
+
+// normBinaryOf is normBinary for setting key.
+func normBinaryOf(key string) func(string) (string, error) {
+	return func(v string) (string, error) { return normBin(key, v) }
+}
+
+func normBin(key, v string) (string, error) {
 	if v == "" {
-		return "", usagef("firecracker-bin must name a binary")
+		return "", usagef("%s must name a binary", key)
 	}
 	p := v
 	if !strings.ContainsRune(v, '/') {
@@ -303,7 +330,8 @@ func configCmd(g *globals) *cobra.Command {
 		Use:   "config",
 		Short: "Show the host settings this state directory remembers",
 		Long: "mvm remembers, in <state-dir>/" + configFile + ", the host settings first given to it\n" +
-			"(--firecracker-bin, --egress-iface, --net-pool, --net-pool-size, --net-run-dir or their\n" +
+			"(--firecracker-bin, --jailer-bin, --jailer-uid-range, --egress-iface, --net-pool, --net-pool-size,\n" +
+			"--net-run-dir or their\n" +
 			"variables); later commands use them, and a command giving another value is refused.\n" +
 			"'mvm config set KEY VALUE' changes one ('' forgets it).",
 		Args: exactArgs(0, ""),

@@ -126,7 +126,20 @@ func TestCLIRemembersSettings(t *testing.T) {
 	if code, _, errs := c.bare(nil, "config", "set", "net-pool", "nonsense"); code != 2 || !strings.Contains(errs, "IPv4 range") {
 		t.Errorf("config set net-pool nonsense: exit %d %q", code, errs)
 	}
-	if code, _, errs := c.bare(nil, "config", "set", "no-such-key", "x"); code != 2 || !strings.Contains(errs, "firecracker-bin, egress-iface") {
+	// Jailer settings are remembered like the others.
+	c.bareOK("config", "set", "jailer-uid-range", "700000:16")
+	if code, _, errs := c.bare(nil, "--jailer-uid-range", "800000:16", "ls"); code != 2 || !strings.Contains(errs, "mvm config set jailer-uid-range 800000:16") {
+		t.Errorf("contradicting --jailer-uid-range: exit %d %q", code, errs)
+	}
+	if code, _, errs := c.bare(nil, "config", "set", "jailer-uid-range", "0:x"); code != 2 || !strings.Contains(errs, "FIRST:COUNT") {
+		t.Errorf("config set jailer-uid-range 0:x: exit %d %q", code, errs)
+	}
+	if out := c.bareOK("config", "-o", "json"); !strings.Contains(out, "700000:16") {
+		t.Errorf("jailer-uid-range not shown: %s", out)
+	}
+	c.bareOK("ls") // a saved range without a jailer waits for one
+	c.bareOK("config", "set", "jailer-uid-range", "")
+	if code, _, errs := c.bare(nil, "config", "set", "no-such-key", "x"); code != 2 || !strings.Contains(errs, "firecracker-bin, jailer-bin, jailer-uid-range, egress-iface") {
 		t.Errorf("config set of an unknown key: exit %d %q", code, errs)
 	}
 	c.bareOK("config", "set", "net-pool", "")
