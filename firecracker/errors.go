@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	"strconv"
+	"strings"
 	"syscall"
 
 	microvm "github.com/mvm-dev/microvm"
@@ -67,7 +69,36 @@ func exitError(id string, pid int, ei exitInfo, console []string) *microvm.ExitE
 	if e.Signal == "" {
 		e.Reason = exitReason(e.ExitCode)
 	}
+	if !ei.known {
+		// Not our child: the status is lost, but firecracker logs its own
+		// exit as its last words. Said as the log's claim only: the guest's
+		// serial output shares the file and could forge the line.
+		if code, ok := loggedExitCode(id, console); ok {
+			e.Reason = fmt.Sprintf("firecracker's log says exit_code=%d", code)
+			if r := exitReason(code); r != "" {
+				e.Reason += ": " + r
+			}
+		}
+	}
 	return e
+}
+
+// loggedExitCode finds firecracker's own last line, "... [<id>:main]
+// Firecracker exiting ... exit_code=N", in the last lines of its output.
+func loggedExitCode(id string, lines []string) (int, bool) {
+	for i := len(lines) - 1; i >= 0; i-- {
+		l := lines[i]
+		if !strings.Contains(l, "["+id+":main] Firecracker exiting") {
+			continue
+		}
+		_, after, ok := strings.Cut(l, "exit_code=")
+		if !ok {
+			return 0, false
+		}
+		code, err := strconv.Atoi(strings.TrimSpace(after))
+		return code, err == nil && code >= 0 && code < 256
+	}
+	return 0, false
 }
 
 // exitReason says what firecracker's exit status means (FcExitCode in
