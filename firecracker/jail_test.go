@@ -955,3 +955,68 @@ func detailOf(err error) []string {
 	}
 	return nil
 }
+
+// TestKVMJailedGuestSnapshot runs wherever /dev/kvm opens (kvm-pvm hosts
+// too: the guest needs to run only for seconds): a real guest under each
+// jailer + firecracker pair, started, paused (firecracker's own GET /
+// says so through the socket in the chroot), snapshotted (written in the
+// chroot, moved into the store), and restored into two jailed clones with
+// the file backend, each running by firecracker's account as its own uid;
+// a SIGKILLed clone turns failed; Destroy leaves no jail, cgroup or
+// process.
+func TestKVMJailedGuestSnapshot(t *testing.T) {
+	guesttest.RequireKVMDevice(t)
+	for _, p := range jailPairs(t) {
+		t.Run(p.name, func(t *testing.T) {
+			ctx := kvmCtx(t)
+			state := t.TempDir()
+			rt := openJailed(t, state, p.fc, jailConfig(t, p.jailer), func(c *firecracker.Config) {
+				c.APITimeout = 30 * time.Second // see TestKVMGuestSnapshots
+			})
+			spec := guestSpec(guesttest.Kernel(t), guesttest.Image(t))
+			src, err := rt.Create(ctx, "src", spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := rt.Start(ctx, "src"); err != nil {
+				t.Fatalf("Start: %v", err)
+			}
+			if s := instanceState(t, rt, "src"); s != "Running" {
+				t.Fatalf("firecracker says %q after Start, want Running", s)
+			}
+			if _, err := rt.Pause(ctx, "src"); err != nil {
+				t.Fatalf("Pause: %v", err)
+			}
+			if s := instanceState(t, rt, "src"); s != "Paused" {
+				t.Fatalf("firecracker says %q after Pause, want Paused", s)
+			}
+			if _, err := rt.Snapshot(ctx, "src", "snap", nil); err != nil {
+				t.Fatalf("Snapshot: %v", err)
+			}
+			uids := map[int]string{src.Backend.Jail.UID: "src"}
+			for _, id := range []string{"c1", "c2"} {
+				c, err := rt.Restore(ctx, id, "snap", &microvm.RestoreOptions{MemoryBackend: microvm.MemoryBackendFile})
+				if err != nil {
+					t.Fatalf("Restore(%s): %v", id, err)
+				}
+				if c.Backend.Jail == nil || uids[c.Backend.Jail.UID] != "" {
+					t.Fatalf("clone %s: jail %+v, want a uid of its own (taken: %v)", id, c.Backend.Jail, uids)
+				}
+				uids[c.Backend.Jail.UID] = id
+				if !strings.HasPrefix(c.Backend.APISocket, c.Backend.Jail.Chroot+"/") {
+					t.Errorf("clone %s: API socket %s outside its chroot %s", id, c.Backend.APISocket, c.Backend.Jail.Chroot)
+				}
+				if s := instanceState(t, rt, id); s != "Running" {
+					t.Errorf("firecracker says %q for clone %s, want Running", s, id)
+				}
+			}
+			kill(t, rt, "c2")
+			if vm := waitStatus(t, rt, "c2", microvm.StatusFailed); !strings.Contains(vm.LastError, "SIGKILL") {
+				t.Errorf("killed clone: LastError %q", vm.LastError)
+			}
+			destroyAll(t, rt)
+			checkNoJailLeft(t, state)
+			assertNoJailProcs(t, state)
+		})
+	}
+}
