@@ -370,3 +370,75 @@ func TestImageCloneRealFirecracker(t *testing.T) {
 		checkUsers(t, s, "base")
 	})
 }
+
+// TestJailedImageClones: jailed (real jailer and firecracker v1.7), each
+// VM made from one image gets its clone linked into its chroot, owned by
+// its uid while it runs; Destroy releases the lease and leaves no jail.
+func TestJailedImageClones(t *testing.T) {
+	p := jailPairs(t)[1]
+	state := t.TempDir()
+	rt := openJailed(t, state, p.fc, jailConfig(t, p.jailer))
+	ctx := context.Background()
+	s := buildImage(t, state, "base", 8)
+	for _, id := range []string{"j1", "j2"} {
+		vm, err := rt.Create(ctx, id, imageSpec(t, "base"))
+		if err != nil {
+			t.Fatalf("jailed Create %s from an image: %v", id, err)
+		}
+		j := vm.Backend.Jail
+		if j == nil {
+			t.Fatalf("vm %s: not jailed", id)
+		}
+		fi, err := os.Stat(vm.Spec.RootDrive.Path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st := fi.Sys().(*syscall.Stat_t); int(st.Uid) != j.UID || st.Nlink != 2 {
+			t.Errorf("vm %s clone: owner %d links %d, want the jailed uid %d and a link in the chroot", id, st.Uid, st.Nlink, j.UID)
+		}
+	}
+	checkUsers(t, s, "base", "j1", "j2")
+	destroyAll(t, rt)
+	checkUsers(t, s, "base")
+	checkNoJailLeft(t, state)
+}
+
+// TestJailedImageSnapshotRestore: jailed (stand-in behind the real
+// jailer), a snapshot of a VM running from a clone restores into two VMs,
+// each with its own clone in its own chroot.
+func TestJailedImageSnapshotRestore(t *testing.T) {
+	p := jailPairs(t)[1]
+	bin, extra := jailedStandin(t)
+	state := t.TempDir()
+	jc := jailConfig(t, p.jailer)
+	jc.ExtraFiles, jc.SkipVersionCheck = extra, true
+	rt := openJailed(t, state, bin, jc)
+	ctx := context.Background()
+	buildImage(t, state, "base", 8)
+	if _, err := rt.Create(ctx, "js", imageSpec(t, "base")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rt.Start(ctx, "js"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rt.Snapshot(ctx, "js", "js-snap", nil); err != nil {
+		t.Fatal(err)
+	}
+	var inos []uint64
+	for _, id := range []string{"jr1", "jr2"} {
+		vm, err := rt.Restore(ctx, id, "js-snap", nil)
+		if err != nil {
+			t.Fatalf("jailed Restore %s: %v", id, err)
+		}
+		if filepath.Dir(vm.Spec.RootDrive.Path) != filepath.Join(state, "vms", id) {
+			t.Errorf("restored %s runs from %s", id, vm.Spec.RootDrive.Path)
+		}
+		ino, _ := inode(t, vm.Spec.RootDrive.Path)
+		inos = append(inos, ino)
+	}
+	if inos[0] == inos[1] {
+		t.Error("restored vms share a disk")
+	}
+	destroyAll(t, rt)
+	checkNoJailLeft(t, state)
+}
