@@ -211,3 +211,39 @@ func (r *Runtime) sweepLeases() {
 		}
 	}
 }
+
+// moveClonePaths points spec's image drives whose clones are in fromDir
+// to the same names in toDir.
+func moveClonePaths(spec *microvm.Spec, fromDir, toDir string) {
+	imageDrives(spec, func(_ string, d *microvm.Drive) error {
+		if filepath.Dir(d.Path) == fromDir {
+			d.Path = filepath.Join(toDir, filepath.Base(d.Path))
+		}
+		return nil
+	})
+}
+
+// leaseImages takes rec's leases (named in its record, written) under
+// its id; on error the leases taken are released.
+func (r *Runtime) leaseImages(rec *vmRecord) error {
+	for i, name := range rec.ImageLeases {
+		if _, err := r.images.Use(name, rec.ID); err != nil {
+			if errors.Is(err, store.ErrNotFound) {
+				continue // removed by force: the clone does not need it
+			}
+			r.releaseImages(rec.ImageLeases[:i], rec.ID)
+			return fmt.Errorf("lease image %q for vm %q: %w", name, rec.ID, err)
+		}
+	}
+	return nil
+}
+
+// releaseImages releases id's leases on names, logging failures (a lease
+// left is released at the next Open, its VM having no record).
+func (r *Runtime) releaseImages(names []string, id string) {
+	for _, name := range names {
+		if err := r.images.Release(name, id); err != nil {
+			r.log.Warn("release image lease", "image", name, "vm", id, "err", err)
+		}
+	}
+}

@@ -442,3 +442,52 @@ func TestJailedImageSnapshotRestore(t *testing.T) {
 	destroyAll(t, rt)
 	checkNoJailLeft(t, state)
 }
+
+// TestImageRename: renaming a VM made from an image moves its clone (with
+// its directory) and its lease to the new id.
+func TestImageRename(t *testing.T) {
+	rt, state := newRuntime(t)
+	ctx := context.Background()
+	s := buildImage(t, state, "base", 8)
+	if _, err := rt.Create(ctx, "old", imageSpec(t, "base")); err != nil {
+		t.Fatal(err)
+	}
+	vm, err := rt.Rename(ctx, "old", "new")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := vm.Spec.RootDrive.Path; p != filepath.Join(state, "vms", "new", "disk-rootfs.ext4") {
+		t.Errorf("renamed vm runs from %s", p)
+	} else if _, err := os.Stat(p); err != nil {
+		t.Errorf("renamed vm's clone: %v", err)
+	}
+	checkUsers(t, s, "base", "new")
+	if _, err := rt.Start(ctx, "new"); err != nil {
+		t.Fatalf("Start after rename: %v", err)
+	}
+	if _, err := rt.Destroy(ctx, "new"); err != nil {
+		t.Fatal(err)
+	}
+	checkUsers(t, s, "base")
+	assertClean(t, state, "new")
+}
+
+// TestImageOrphanLeases: Open releases leases whose VM has no record and
+// keeps those of VMs it has.
+func TestImageOrphanLeases(t *testing.T) {
+	state := t.TempDir()
+	bin := standin(t)
+	s := buildImage(t, state, "base", 8)
+	rt := open(t, state, bin)
+	if _, err := rt.Create(context.Background(), "kept", imageSpec(t, "base")); err != nil {
+		t.Fatal(err)
+	}
+	rt.Close()
+	if _, err := s.Use("base", "ghost"); err != nil {
+		t.Fatal(err)
+	}
+	checkUsers(t, s, "base", "ghost", "kept")
+	rt = open(t, state, bin)
+	defer func() { destroyAll(t, rt); rt.Close() }()
+	checkUsers(t, s, "base", "kept")
+}
