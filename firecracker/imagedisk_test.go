@@ -235,6 +235,19 @@ func TestImageSnapshotRestore(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(state, "vms", "r2")); err != nil {
 		t.Errorf("r2's directory after destroying r1: %v", err)
 	}
+	if _, err := rt.Destroy(ctx, "r2"); err != nil {
+		t.Fatal(err)
+	}
+	copyPath := filepath.Join(state, "snapshots", "snap", "disk-rootfs.ext4")
+	if _, err := os.Stat(copyPath); err != nil {
+		t.Fatalf("snapshot's disk copy: %v", err)
+	}
+	if err := rt.DeleteSnapshot(ctx, "snap", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(copyPath); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("snapshot's disk copy after DeleteSnapshot: %v", err)
+	}
 }
 
 func writeAt(t testing.TB, p string, b []byte, off int64) {
