@@ -9,11 +9,13 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/mvm-dev/microvm/image/store"
 )
 
 // Spec describes a microVM: what it boots, its drives, CPUs, memory,
 // network, vsock and metadata. The zero value is not valid: Kernel,
-// RootDrive.Path, VCPUs and MemoryMiB are required. Call [Spec.WithDefaults]
+// RootDrive.Path (or RootDrive.Image), VCPUs and MemoryMiB are required. Call [Spec.WithDefaults]
 // for the documented defaults and [Spec.Validate] to check it; every
 // runtime does both on Create.
 //
@@ -107,8 +109,20 @@ type Drive struct {
 	// [A-Za-z0-9_]. Defaults: "rootfs" for the root drive, "drive1",
 	// "drive2", ... for extra drives.
 	ID string `json:"id,omitempty"`
-	// Path is the host file backing the drive. Required.
+	// Path is the host file backing the drive. Exactly one of Path and
+	// Image is required. A VM made from an image reports here the path
+	// of its own clone of the image (set by the runtime; a spec given to
+	// Create must not set both).
 	Path string `json:"path"`
+	// Image names an image of the runtime's image store (see package
+	// image/store; the name follows store.ValidateName) instead of a
+	// Path: Create gives the VM its own copy-on-write clone of it, in
+	// the VM's directory, removed when the VM is destroyed.
+	Image string `json:"image,omitempty"`
+	// SizeBytes grows the clone of Image (file and ext4 file system) to
+	// this size before boot; 0 keeps the image's size. It must be a
+	// multiple of 4096, and is only valid with Image.
+	SizeBytes int64 `json:"size_bytes,omitempty"`
 	// ReadOnly attaches the drive read-only.
 	ReadOnly bool `json:"read_only,omitempty"`
 	// RateLimiter limits the drive's bandwidth and operations.
@@ -520,7 +534,18 @@ func (v *validator) drive(f string, d Drive, ids map[string]string) {
 		}
 		ids[d.ID] = f
 	}
-	v.path(f+".path", d.Path, true)
+	v.path(f+".path", d.Path, d.Image == "")
+	switch {
+	case d.Image != "":
+		if err := store.ValidateName(d.Image); err != nil {
+			v.add(f+".image", fmt.Sprintf("%q: must be 1-128 letters, digits, '.', '_', ':' or '-', starting with a letter or digit", truncate(d.Image, 40)))
+		}
+		if d.SizeBytes < 0 || d.SizeBytes%4096 != 0 {
+			v.add(f+".size_bytes", fmt.Sprintf("must be a multiple of 4096 and >= 0 (got %d)", d.SizeBytes))
+		}
+	case d.SizeBytes != 0:
+		v.add(f+".size_bytes", "is only valid with image (a path is used as it is)")
+	}
 	v.rateLimiter(f+".rate_limiter", d.RateLimiter)
 }
 

@@ -408,7 +408,7 @@ func (r *Runtime) configure(ctx context.Context, c *vmClient, rec *vmRecord) err
 	for i, d := range drives {
 		if err := c.PutDrive(ctx, fcapi.Drive{
 			DriveID:      d.ID,
-			PathOnHost:   p.fcFile(d.Path),
+			PathOnHost:   p.fcDrive(d),
 			IsRootDevice: i == 0,
 			IsReadOnly:   d.ReadOnly,
 			RateLimiter:  rateLimiter(d.RateLimiter),

@@ -32,8 +32,12 @@
 //	    metrics.state(.lock)     the VM's metrics totals (package metrics), read by Stats
 //	    vsock.sock               host side of the vsock device (when the spec has one without a path)
 //	    uffd.sock, uffd.sock.log page server of a VM restored with the uffd backend
+//	    disk-<drive id>.ext4     the VM's clone of the image a drive names (Drive.Image)
 //	  vms/.trash-*/              a VM directory being removed (swept by Open)
-//	  snapshots/                 the snapshot store (package snapshot)
+//	  snapshots/                 the snapshot store (package snapshot); a snapshot of a VM
+//	                             with image drives also keeps disk-<drive id>.ext4, a clone of each
+//	  images/                    the image store (package image/store, default Config.Images):
+//	                             images/<name>/users/<vm id> are the VMs' leases
 //	  jail/<binary>/<id>/root/   jailed mode (default JailerConfig.ChrootBase): the chroot of
 //	                             the VM's process, holding api.sock, vsock.sock, uffd.sock,
 //	                             metrics.json and links to (or bind mounts of) its images
@@ -163,6 +167,21 @@
 // process that is exiting); read-only sharing is allowed. Files are
 // compared by device and inode, not by path. Restore takes no lock: the
 // clones of one snapshot share its drives, as the snapshot recorded them.
+//
+// A drive that names an image of the store (Drive.Image) instead of a
+// path is the VM's own: Create records a lease on the image in the VM's
+// record, takes it (store.Use), clones the image into the VM directory
+// (image.Clone: a reflink, else a sparse copy, grown to Drive.SizeBytes)
+// and reports the clone as the drive's Path. Destroy, an undone Create and
+// recovery release the lease with the VM's other resources; Open releases
+// leases of VMs that have no record. Firecracker is given the clone by its
+// name relative to the VM directory (its working directory; in jailed
+// mode, the chroot's drive-<id>), so a snapshot records a name that each
+// restored VM resolves to its own clone: Snapshot keeps a clone of each
+// such disk (taken while the vCPUs are paused) in the snapshot, and
+// Restore clones that copy into the new VM's directory. Two VMs never
+// share a writable clone. (The snapshot's disk copies are not in its
+// manifest's file list, so Verify does not hash them.)
 //
 // # Output files
 //

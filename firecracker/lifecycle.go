@@ -49,6 +49,9 @@ func (r *Runtime) create(ctx context.Context, id string, spec microvm.Spec) (mic
 	if err := ctx.Err(); err != nil {
 		return microvm.VM{}, err
 	}
+	if err := checkImageDrives(spec); err != nil {
+		return microvm.VM{}, err
+	}
 	if err := checkFiles(spec); err != nil {
 		return microvm.VM{}, err
 	}
@@ -86,10 +89,11 @@ func (r *Runtime) create(ctx context.Context, id string, spec microvm.Spec) (mic
 	// spawned, is the mark that a process may exist (see strays.go), and
 	// the record is written once, when the VM is configured.
 	// A jailed launch writes the record first too: it names the uid,
-	// chroot and cgroups before they are made.
+	// chroot and cgroups before they are made, and so does a VM with an
+	// image drive: the record names the lease before it is taken.
 	how := recordNone
 	_, managed := managedInterface(spec)
-	if managed || r.jailed() {
+	if managed || r.jailed() || usesImages(spec) {
 		if err := r.reg.Create(kindVM, id, rec); err != nil {
 			if errors.Is(err, registry.ErrExists) {
 				return microvm.VM{}, microvm.ErrAlreadyExists
@@ -97,6 +101,9 @@ func (r *Runtime) create(ctx context.Context, id string, spec microvm.Spec) (mic
 			return microvm.VM{}, &microvm.OpError{Op: "create", ID: id, Err: err}
 		}
 		how = recordPID
+		if err := r.cloneImages(ctx, rec); err != nil {
+			return microvm.VM{}, r.undo("create", rec, nil, err)
+		}
 		if managed {
 			if err := r.attachNetwork(ctx, rec); err != nil {
 				return microvm.VM{}, r.undo("create", rec, nil, err)

@@ -99,6 +99,10 @@ type vmRecord struct {
 	// uid, chroot, mounts, cgroups), written before any of it is made;
 	// nil for a direct launch. See resources.go.
 	Jail *jailRecord `json:"jail,omitempty"`
+	// ImageLeases are the images of the store the VM holds a lease on
+	// (store.Use), each written here before the lease is taken. See
+	// imagedisk.go.
+	ImageLeases []string `json:"image_leases,omitempty"`
 }
 
 // vmPaths are the paths of one VM in two views: as the host sees them

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"slices"
 
 	microvm "github.com/mvm-dev/microvm"
 	"github.com/mvm-dev/microvm/registry"
@@ -114,6 +115,8 @@ func (r *Runtime) rename(ctx context.Context, oldID, newID string) (microvm.VM, 
 	if next.VsockPath == from.vsock {
 		next.VsockPath = to.vsock
 	}
+	next.Spec, next.ImageLeases = rec.Spec.Clone(), slices.Clone(rec.ImageLeases)
+	moveClonePaths(&next.Spec, from.dir, to.dir)
 	if err := r.reg.Create(kindVM, newID, &next); err != nil {
 		undoOld()
 		if errors.Is(err, registry.ErrExists) {
@@ -121,8 +124,19 @@ func (r *Runtime) rename(ctx context.Context, oldID, newID string) (microvm.VM, 
 		}
 		return microvm.VM{}, fmt.Errorf("vm %q: write record: %w", newID, err)
 	}
+	// Image leases are by id: the new id takes them before the commit,
+	// the old one drops them after (a lease left by a crash is released
+	// by the next Open, its record being gone).
+	if err := r.leaseImages(&next); err != nil {
+		if derr := r.reg.Delete(kindVM, newID); derr != nil {
+			r.log.Error("undo rename: remove new record", "vm", newID, "err", derr)
+		}
+		undoOld()
+		return microvm.VM{}, err
+	}
 	r.unwatch(oldID)
 	if err := os.Rename(from.dir, to.dir); err != nil {
+		r.releaseImages(next.ImageLeases, newID)
 		if derr := r.reg.Delete(kindVM, newID); derr != nil {
 			r.log.Error("undo rename: remove new record", "vm", newID, "err", derr)
 		}
@@ -130,6 +144,7 @@ func (r *Runtime) rename(ctx context.Context, oldID, newID string) (microvm.VM, 
 		return microvm.VM{}, fmt.Errorf("move vm directory: %w", err)
 	}
 	// Committed: what is left is bookkeeping that recovery would finish.
+	r.releaseImages(next.ImageLeases, oldID)
 	if err := r.reg.Delete(kindVM, oldID); err != nil {
 		r.log.Error("rename: remove old record (recovery finishes it)", "vm", oldID, "err", err)
 	}

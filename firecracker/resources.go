@@ -142,6 +142,9 @@ func (r *Runtime) held(rec *vmRecord, p *proc, s scope) []resource {
 			}
 			return nil
 		}})
+		for _, name := range rec.ImageLeases {
+			out = append(out, resource{what: "lease on image " + name, undo: func() error { return r.images.Release(name, rec.ID) }})
+		}
 	}
 	return out
 }

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	microvm "github.com/mvm-dev/microvm"
+	"github.com/mvm-dev/microvm/image/store"
 	"github.com/mvm-dev/microvm/registry"
 	"github.com/mvm-dev/microvm/snapshot"
 )
@@ -64,6 +65,10 @@ type Config struct {
 	// documentation for its layout). It is created (mode 0700) if missing.
 	// Several runtimes, in one or many processes, may share it.
 	StateDir string
+	// Images is the image store of drives that name an image
+	// (microvm.Drive.Image). Default: the store in <StateDir>/images
+	// (the one `mvm image` manages), opened (created if missing) by Open.
+	Images *store.Store
 	// FirecrackerBin is the firecracker binary: a path, or a name looked
 	// up in PATH. Default "firecracker". Open checks that it exists, is a
 	// regular file and is executable. It must exec the VMM in place (a
@@ -138,6 +143,7 @@ type Runtime struct {
 	vmsDir   string
 	reg      *registry.Registry
 	snaps    *snapshot.Store
+	images   *store.Store
 	log      *slog.Logger
 
 	ctx    context.Context // ends at Close; bounds background work
@@ -197,6 +203,11 @@ func Open(ctx context.Context, cfg Config) (*Runtime, error) {
 		reg.Close()
 		return nil, fmt.Errorf("firecracker: open: %w", err)
 	}
+	images, err := openImages(cfg, state)
+	if err != nil {
+		reg.Close()
+		return nil, fmt.Errorf("firecracker: open: %w", err)
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -204,7 +215,7 @@ func Open(ctx context.Context, cfg Config) (*Runtime, error) {
 	bgctx, cancel := context.WithCancel(context.Background())
 	r := &Runtime{
 		cfg: cfg, bin: bin, state: state, vmsDir: vmsDir,
-		reg: reg, snaps: snaps, log: log,
+		reg: reg, snaps: snaps, images: images, log: log,
 		ctx: bgctx, cancel: cancel,
 		watchers: make(map[string]*watcher),
 		exits:    make(map[procRecord]exitInfo),
@@ -221,6 +232,7 @@ func Open(ctx context.Context, cfg Config) (*Runtime, error) {
 	}
 	r.sweepVMDirs()
 	r.sweepJails()
+	r.sweepLeases()
 	if cfg.Network != nil {
 		r.cleanupNetwork(ctx)
 	}

@@ -94,6 +94,9 @@ func (r *Runtime) Snapshot(ctx context.Context, id, snapID string, opts *microvm
 			SnapshotType: fcType,
 		})
 	})
+	if err == nil {
+		err = r.snapshotDisks(ctx, rec, pending.Dir())
+	}
 	if err == nil && l.root != "" {
 		for _, f := range []string{memPath, statePath} {
 			if cerr := os.Chown(f, os.Geteuid(), os.Getegid()); cerr != nil {
@@ -192,6 +195,7 @@ func (r *Runtime) Restore(ctx context.Context, newID, snapID string, opts *micro
 		return microvm.VM{}, err
 	}
 	spec := m.Spec.Clone()
+	forgetClonePaths(&spec)
 	if opts.Labels != nil {
 		spec.Labels = maps.Clone(opts.Labels)
 	}
@@ -272,6 +276,9 @@ func (r *Runtime) loadSnapshot(ctx context.Context, rec *vmRecord, m snapshot.Ma
 	}
 	if err := r.removeVMDir(rec.ID); err != nil {
 		return nil, fmt.Errorf("remove leftover vm directory: %w", err)
+	}
+	if err := r.restoreDisks(ctx, rec, snapID); err != nil {
+		return nil, err
 	}
 	if err := r.attachNetwork(ctx, rec); err != nil {
 		return nil, err

@@ -20,6 +20,8 @@ func createCmd(g *globals) *cobra.Command {
 	var (
 		spec   microvm.Spec
 		rootfs string
+		img    string
+		disk   string
 		rootRO bool
 		drives []string
 		labels []string
@@ -30,11 +32,24 @@ func createCmd(g *globals) *cobra.Command {
 		deny   bool
 	)
 	cmd := &cobra.Command{
-		Use:   "create NAME --kernel PATH --rootfs PATH",
+		Use:   "create NAME --kernel PATH (--rootfs PATH | --image NAME [--disk-size SIZE])",
 		Short: "Create a VM (configured, not booted unless --start)",
 		Args:  exactArgs(1, "NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			spec.RootDrive = microvm.Drive{Path: rootfs, ReadOnly: rootRO}
+			if (rootfs == "") == (img == "") {
+				return usagef("give exactly one of --rootfs PATH and --image NAME")
+			}
+			spec.RootDrive = microvm.Drive{Path: rootfs, Image: img, ReadOnly: rootRO}
+			if disk != "" {
+				if img == "" {
+					return usagef("--disk-size needs --image (a --rootfs file is used as it is)")
+				}
+				mib, err := parseSizeMiB("--disk-size", disk)
+				if err != nil {
+					return err
+				}
+				spec.RootDrive.SizeBytes = int64(mib) << 20
+			}
 			for _, d := range drives {
 				drive, err := parseDrive(d)
 				if err != nil {
@@ -84,7 +99,9 @@ func createCmd(g *globals) *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&spec.Kernel, "kernel", "", "guest kernel image (required)")
-	f.StringVar(&rootfs, "rootfs", "", "root filesystem image (required)")
+	f.StringVar(&rootfs, "rootfs", "", "root filesystem image file (or --image)")
+	f.StringVar(&img, "image", "", "run from a private copy-on-write clone of this image of `mvm image` (or --rootfs)")
+	f.StringVar(&disk, "disk-size", "", "with --image: grow the clone to SIZE (K, M or G suffix; whole MiB)")
 	f.BoolVar(&rootRO, "rootfs-ro", false, "attach the root filesystem read-only")
 	f.IntVar(&spec.VCPUs, "vcpus", defaultVCPUs, "number of vCPUs (1-32)")
 	f.IntVar(&spec.MemoryMiB, "memory", defaultMemoryMiB, "guest memory in MiB")
@@ -98,7 +115,6 @@ func createCmd(g *globals) *cobra.Command {
 	f.StringArrayVar(&allow, "egress-allow", nil, "with --net: allow egress to CIDR[,tcp|udp|icmp|any[,PORT[-PORT]]] (repeatable)")
 	f.BoolVar(&deny, "egress-deny-all", false, "with --net: deny all egress except what --egress-allow lists")
 	_ = cmd.MarkFlagRequired("kernel")
-	_ = cmd.MarkFlagRequired("rootfs")
 	return cmd
 }
 

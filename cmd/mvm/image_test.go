@@ -197,3 +197,66 @@ func TestCLIImageBuildKilled(t *testing.T) {
 	os.WriteFile(small, tarOf(t, map[string]string{"x": "y"}), 0o644)
 	c.ok("image", "build", "big", "--from-tar", small)
 }
+
+// TestCLICreateFromImage: `mvm create --image NAME --disk-size SIZE` runs
+// the VM from its own grown clone of the image, which is then in use
+// (image rm refused) until `mvm rm` releases it.
+func TestCLICreateFromImage(t *testing.T) {
+	guesttest.RequireImageTools(t)
+	c := newCLI(t)
+	work := t.TempDir()
+	dir := filepath.Join(work, "tree")
+	os.MkdirAll(filepath.Join(dir, "etc"), 0o755)
+	os.WriteFile(filepath.Join(dir, "etc", "motd"), []byte("from dir\n"), 0o644)
+	kernel := filepath.Join(work, "vmlinux")
+	os.WriteFile(kernel, []byte("\x7fELF stand-in kernel"), 0o644)
+	c.ok("image", "build", "base", "--from-dir", dir, "--size", "16M")
+
+	c.ok("create", "cli-a", "--kernel", kernel, "--image", "base", "--disk-size", "32M", "--memory", "32")
+	var vm struct {
+		Spec struct {
+			RootDrive struct {
+				Path      string `json:"path"`
+				Image     string `json:"image"`
+				SizeBytes int64  `json:"size_bytes"`
+			} `json:"root_drive"`
+		} `json:"spec"`
+	}
+	if err := json.Unmarshal([]byte(c.ok("inspect", "cli-a", "-o", "json")), &vm); err != nil {
+		t.Fatal(err)
+	}
+	d := vm.Spec.RootDrive
+	if d.Image != "base" || d.SizeBytes != 32<<20 || !strings.HasPrefix(d.Path, filepath.Join(c.stateDir, "vms", "cli-a")+"/") {
+		t.Fatalf("root drive of a VM from an image: %+v", d)
+	}
+	if fi, err := os.Stat(d.Path); err != nil || fi.Size() != 32<<20 {
+		t.Errorf("clone: %v, %v; want %d bytes", fi, err, 32<<20)
+	}
+	got, err := exec.Command(guesttest.Tool("debugfs"), "-R", "cat /etc/motd", d.Path).Output()
+	if err != nil || string(got) != "from dir\n" {
+		t.Errorf("clone /etc/motd = %q, %v", got, err)
+	}
+	if code, _, errs := c.run("image", "rm", "base"); code != 1 || !strings.Contains(errs, "used by cli-a") {
+		t.Errorf("rm of an image in use: %d %s", code, errs)
+	}
+	c.ok("rm", "cli-a")
+	if _, err := os.Stat(d.Path); err == nil {
+		t.Error("clone left after mvm rm")
+	}
+	c.ok("image", "rm", "base")
+
+	if code, _, errs := c.run("create", "cli-b", "--kernel", kernel, "--image", "gone"); code != 1 || !strings.Contains(errs, `"gone"`) {
+		t.Errorf("create from a missing image: %d %s", code, errs)
+	}
+	for _, args := range [][]string{
+		{"create", "cli-b", "--kernel", kernel},
+		{"create", "cli-b", "--kernel", kernel, "--rootfs", kernel, "--image", "base"},
+		{"create", "cli-b", "--kernel", kernel, "--rootfs", kernel, "--disk-size", "32M"},
+		{"create", "cli-b", "--kernel", kernel, "--image", "base", "--disk-size", "1.5M"},
+		{"create", "cli-b", "--kernel", kernel, "--image", "../x"},
+	} {
+		if code, _, errs := c.run(args...); code != 2 {
+			t.Errorf("mvm %v: exit %d, want 2: %s", args, code, errs)
+		}
+	}
+}

@@ -70,6 +70,8 @@ var specFlags = []struct {
 	flag  string
 }{
 	{regexp.MustCompile(`^kernel$`), "--kernel"},
+	{regexp.MustCompile(`^root_drive\.image$`), "--image"},
+	{regexp.MustCompile(`^root_drive\.size_bytes$`), "--disk-size"},
 	{regexp.MustCompile(`^root_drive\.`), "--rootfs"},
 	{regexp.MustCompile(`^drives\[(\d+)\]\.`), "--drive"},
 	{regexp.MustCompile(`^vcpus$`), "--vcpus"},
