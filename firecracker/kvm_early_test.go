@@ -280,3 +280,59 @@ func BenchmarkKVMSnapshotRestore(b *testing.B) {
 		})
 	}
 }
+
+// TestKVMImageDiskSnapshot runs wherever /dev/kvm opens: a real guest
+// whose root drive is a per-VM clone of a stored image (given to
+// firecracker by a name relative to the VM directory) is started, paused
+// and snapshotted under each real firecracker that restores snapshots; two
+// VMs restored from it run (firecracker's GET /) on disks of their own,
+// each a copy of the snapshot's, with the image's content.
+func TestKVMImageDiskSnapshot(t *testing.T) {
+	guesttest.RequireKVMDevice(t)
+	kernel := guesttest.Kernel(t)
+	bins := guesttest.Firecrackers(t)
+	for _, v := range guesttest.Versions(bins) {
+		t.Run(v, func(t *testing.T) {
+			ctx := kvmCtx(t)
+			state := t.TempDir()
+			rt := open(t, state, bins[v], func(c *firecracker.Config) { c.APITimeout = 30 * time.Second })
+			t.Cleanup(func() { destroyAll(t, rt); rt.Close() })
+			buildImage(t, state, "base", 16)
+			spec := guestSpec(kernel, "")
+			spec.RootDrive = microvm.Drive{Image: "base"}
+			src, err := rt.Create(ctx, "src", spec)
+			if err != nil {
+				t.Fatalf("Create from an image: %v", err)
+			}
+			if _, err := rt.Start(ctx, "src"); err != nil {
+				t.Fatalf("Start: %v", err)
+			}
+			if _, err := rt.Pause(ctx, "src"); err != nil {
+				t.Fatalf("Pause: %v", err)
+			}
+			if _, err := rt.Snapshot(ctx, "src", "snap", nil); err != nil {
+				t.Fatalf("Snapshot: %v", err)
+			}
+			disks := map[uint64]string{}
+			ino, _ := inode(t, src.Spec.RootDrive.Path)
+			disks[ino] = "src"
+			for _, id := range []string{"r1", "r2"} {
+				vm, err := rt.Restore(ctx, id, "snap", &microvm.RestoreOptions{MemoryBackend: microvm.MemoryBackendFile})
+				if err != nil {
+					t.Fatalf("Restore(%s): %v", id, err)
+				}
+				if s := instanceState(t, rt, id); s != "Running" {
+					t.Errorf("firecracker says %q for %s, want Running", s, id)
+				}
+				ino, _ := inode(t, vm.Spec.RootDrive.Path)
+				if other, dup := disks[ino]; dup {
+					t.Errorf("%s shares its disk %s with %s", id, vm.Spec.RootDrive.Path, other)
+				}
+				disks[ino] = id
+				if !strings.HasPrefix(vm.Spec.RootDrive.Path, vm.Backend.Dir+"/") {
+					t.Errorf("%s: disk %s is not in its directory %s", id, vm.Spec.RootDrive.Path, vm.Backend.Dir)
+				}
+			}
+		})
+	}
+}
