@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"sync"
+	"syscall"
 
 	microvm "github.com/mvm-dev/microvm"
 	"github.com/mvm-dev/microvm/agent"
@@ -47,16 +49,27 @@ func (r *Runtime) guest(ctx context.Context, id string) (*agent.Guest, error) {
 	}
 	g, loaded := guests.LoadOrStore(k, agent.DialGuest(vm.Backend.VsockPath, agent.HTTPPort))
 	if !loaded {
-		// Clients of processes that are gone are dropped.
-		guests.Range(func(key, v any) bool {
-			if gk := key.(guestKey); gk.uds == k.uds && gk.pid != k.pid {
-				v.(*agent.Guest).Close()
-				guests.Delete(key)
-			}
-			return true
-		})
+		pruneGuests(k)
 	}
 	return g.(*agent.Guest), nil
+}
+
+// pruneGuests drops the cached clients of processes that are gone (another
+// process of keep's socket, a destroyed VM's: its socket removed or its
+// process ended), so the cache holds at most the live VMs' clients.
+func pruneGuests(keep guestKey) {
+	guests.Range(func(key, v any) bool {
+		gk := key.(guestKey)
+		if gk == keep {
+			return true
+		}
+		_, statErr := os.Lstat(gk.uds)
+		if gk.uds == keep.uds || statErr != nil || syscall.Kill(gk.pid, 0) == syscall.ESRCH {
+			v.(*agent.Guest).Close()
+			guests.Delete(key)
+		}
+		return true
+	})
 }
 
 // Ping implements [microvm.GuestAgent].
