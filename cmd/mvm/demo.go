@@ -124,17 +124,21 @@ func runDemo(ctx context.Context, g *globals, rt microvm.Runtime, spec microvm.S
 		{"destroy " + vm, func() (string, error) { v, err := rt.Destroy(ctx, vm); delete(created, vm); return desc(v), err }},
 		{"delete snapshot " + snap, func() (string, error) { return "deleted", rt.DeleteSnapshot(ctx, snap, nil) }},
 	}
+	width := 0 // the steps' names in one column
+	for _, s := range steps {
+		width = max(width, len(s.name))
+	}
 	total := time.Now()
 	for i, s := range steps {
 		start := time.Now()
 		detail, err := s.fn()
 		d := time.Since(start)
 		if err != nil {
-			fmt.Fprintf(g.stdout, "%2d. %-40s FAILED after %s\n", i+1, s.name, round(d))
+			fmt.Fprintf(g.stdout, "%2d. %-*s FAILED after %s\n", i+1, width, s.name, round(d))
 			cleanupDemo(rt, created)
 			return fmt.Errorf("demo step %q: %w", s.name, err)
 		}
-		fmt.Fprintf(g.stdout, "%2d. %-40s %10s  %s\n", i+1, s.name, round(d), detail)
+		fmt.Fprintf(g.stdout, "%2d. %-*s %10s  %s\n", i+1, width, s.name, round(d), detail)
 	}
 	fmt.Fprintf(g.stdout, "demo finished in %s\n", round(time.Since(total)))
 	return nil
