@@ -272,6 +272,14 @@ func TestRecoveryEndsUnrecordedPageServer(t *testing.T) {
 	born := runChild(t, childJob{State: state, Bin: bin, ID: "u", Spec: spec, Ops: []string{"create"}})
 	other := testSpec(t)
 	kept := runChild(t, childJob{State: state, Bin: bin, ID: "u2", Spec: other, Ops: []string{"create"}})
+	// Orphans of the children: whatever the test's outcome, none outlives it.
+	t.Cleanup(func() {
+		for _, pid := range []int{born.Backend.PID, kept.Backend.PID} {
+			if alive(pid) {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	})
 	// The restore as its driver left it: marked, the firecracker
 	// recorded, the page server not.
 	recPath := filepath.Join(state, "registry", "vm", "u.json")
