@@ -16,7 +16,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -248,28 +247,7 @@ func BenchmarkKVMSnapshotRestore(b *testing.B) {
 					if backend == microvm.MemoryBackendUffd && !uffdWorks(v) {
 						b.Skipf("firecracker %s cannot restore with uffd here", v)
 					}
-					var batch time.Duration
-					for i := 0; b.Loop(); i++ {
-						ids := make([]string, clones)
-						for j := range ids {
-							ids[j] = fmt.Sprintf("c%d-%d", i, j)
-						}
-						t0 := time.Now()
-						var wg sync.WaitGroup
-						for _, id := range ids {
-							wg.Go(func() {
-								opts := &microvm.RestoreOptions{MemoryBackend: backend, SkipVerify: true}
-								if _, err := rt.Restore(ctx, id, "seed-snap", opts); err != nil {
-									b.Error(err)
-								}
-							})
-						}
-						wg.Wait()
-						batch += time.Since(t0)
-						b.StopTimer()
-						destroyIDs(b, rt, ids)
-						b.StartTimer()
-					}
+					batch := restoreBatches(b, rt, "seed-snap", clones, backend)
 					b.ReportMetric(float64(snapTook.Microseconds())/1000, "ms/snapshot")
 					b.ReportMetric(float64(batch.Microseconds())/1000/float64(b.N), "ms/batch")
 					b.ReportMetric(float64(batch.Microseconds())/1000/float64(b.N*clones), "ms/clone")
