@@ -54,7 +54,7 @@ var settings = []setting{
 		key: "firecracker-bin", env: "MVM_FIRECRACKER_BIN", def: "firecracker (from PATH)",
 		get:  func(g *globals) string { return g.firecrackerBin },
 		set:  func(g *globals, v string) { g.firecrackerBin = v },
-		norm: normBinary,
+		norm: normBinaryOf("firecracker-bin"),
 		help: "firecracker binary of new VMs (each VM keeps the one it was created with)",
 	},
 	{
@@ -131,28 +131,24 @@ func settingOf(key string) (setting, bool) {
 	return settings[i], true
 }
 
-// normBinary resolves a binary named by path or looked up in PATH to its
-// absolute path (a name not found is kept: opening the runtime says so).
-func normBinary(v string) (string, error) { return normBinaryOf("firecracker-bin")(v) }
-
-// normBinaryOf is normBinary for setting key.
+// normBinaryOf returns the check of setting key, a binary: named by path
+// or looked up in PATH, it is saved as its absolute path (a name not found
+// is kept: opening the runtime says so).
 func normBinaryOf(key string) func(string) (string, error) {
-	return func(v string) (string, error) { return normBin(key, v) }
-}
-
-func normBin(key, v string) (string, error) {
-	if v == "" {
-		return "", usagef("%s must name a binary", key)
-	}
-	p := v
-	if !strings.ContainsRune(v, '/') {
-		lp, err := exec.LookPath(v)
-		if err != nil {
-			return v, nil
+	return func(v string) (string, error) {
+		if v == "" {
+			return "", usagef("%s must name a binary", key)
 		}
-		p = lp
+		p := v
+		if !strings.ContainsRune(v, '/') {
+			lp, err := exec.LookPath(v)
+			if err != nil {
+				return v, nil
+			}
+			p = lp
+		}
+		return filepath.Abs(p)
 	}
-	return filepath.Abs(p)
 }
 
 // savedSettings is the content of config.json: key -> value.
