@@ -253,19 +253,8 @@ func (g *globals) printStats(rs []statsRow, watch, term bool) error {
 	return tw.Flush()
 }
 
-// bytesStr formats a byte count in binary units: 0B, 512B, 1.5KiB, 3.0MiB.
-func bytesStr(v float64) string {
-	units := []string{"B", "KiB", "MiB", "GiB", "TiB"}
-	i := 0
-	for v >= 1024 && i < len(units)-1 {
-		v /= 1024
-		i++
-	}
-	if i == 0 {
-		return fmt.Sprintf("%.0f%s", v, units[i])
-	}
-	return fmt.Sprintf("%.1f%s", v, units[i])
-}
+// bytesStr is humanBytes of a figure that may be a rate (bytes per second).
+func bytesStr(v float64) string { return humanBytes(int64(v)) }
 
 func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
