@@ -166,7 +166,7 @@ func ValidEnvKey(key string) error {
 		ok = c == '_' || c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || i > 0 && c >= '0' && c <= '9'
 	}
 	if !ok {
-		return fmt.Errorf("%w: environment variable name %q must match [A-Za-z_][A-Za-z0-9_]*", ErrInvalidArgument, truncName(key))
+		return fmt.Errorf("%w: environment variable name %q must match [A-Za-z_][A-Za-z0-9_]*", ErrInvalidArgument, truncate(key, 64))
 	}
 	return nil
 }
@@ -196,7 +196,7 @@ func ValidSecretName(name string) error {
 		ok = c == '_' || c == '-' || c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9'
 	}
 	if !ok {
-		return fmt.Errorf("%w: secret name %q must match [A-Za-z0-9_-]+ (at most %d bytes)", ErrInvalidArgument, truncName(name), MaxSecretName)
+		return fmt.Errorf("%w: secret name %q must match [A-Za-z0-9_-]+ (at most %d bytes)", ErrInvalidArgument, truncate(name, 64), MaxSecretName)
 	}
 	return nil
 }
@@ -224,7 +224,7 @@ func (r *ExecRequest) Validate() error {
 		}
 	}
 	if r.Dir != "" && r.Dir[0] != '/' {
-		return fmt.Errorf("%w: exec dir %q must be an absolute path", ErrInvalidArgument, truncName(r.Dir))
+		return fmt.Errorf("%w: exec dir %q must be an absolute path", ErrInvalidArgument, truncate(r.Dir, 64))
 	}
 	if r.Timeout < 0 {
 		return fmt.Errorf("%w: exec timeout must not be negative (got %v)", ErrInvalidArgument, r.Timeout)
@@ -242,11 +242,4 @@ func SignalNumber(s os.Signal) (int, error) {
 		return int(n), nil
 	}
 	return 0, fmt.Errorf("%w: cannot forward signal %v", ErrInvalidArgument, s)
-}
-
-func truncName(s string) string {
-	if len(s) > 64 {
-		return s[:64] + "..."
-	}
-	return s
 }

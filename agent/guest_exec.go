@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"sync"
 
@@ -74,41 +75,17 @@ func (g *Guest) Exec(ctx context.Context, req microvm.ExecRequest) (microvm.Exec
 	defer close(done)
 	if req.Signals != nil {
 		side.Add(1)
-		go func() {
-			defer side.Done()
-			for {
-				select {
-				case <-done:
-					return
-				case sig, ok := <-req.Signals:
-					if !ok {
-						return
-					}
-					n, err := microvm.SignalNumber(sig)
-					if err != nil {
-						continue
-					}
-					g.call(ctx, "signal", http.MethodPost, "/v1/exec/"+id+"/signal", url.Values{"signal": {strconv.Itoa(n)}}, nil, -1, nil)
-				}
+		go forward(&side, done, req.Signals, func(sig os.Signal) {
+			if n, err := microvm.SignalNumber(sig); err == nil {
+				g.call(ctx, "signal", http.MethodPost, "/v1/exec/"+id+"/signal", url.Values{"signal": {strconv.Itoa(n)}}, nil, -1, nil)
 			}
-		}()
+		})
 	}
 	if req.Resize != nil {
 		side.Add(1)
-		go func() {
-			defer side.Done()
-			for {
-				select {
-				case <-done:
-					return
-				case sz, ok := <-req.Resize:
-					if !ok {
-						return
-					}
-					g.call(ctx, "resize", http.MethodPost, "/v1/exec/"+id+"/resize", url.Values{"rows": {strconv.Itoa(int(sz.Rows))}, "cols": {strconv.Itoa(int(sz.Cols))}}, nil, -1, nil)
-				}
-			}
-		}()
+		go forward(&side, done, req.Resize, func(sz microvm.TermSize) {
+			g.call(ctx, "resize", http.MethodPost, "/v1/exec/"+id+"/resize", url.Values{"rows": {strconv.Itoa(int(sz.Rows))}, "cols": {strconv.Itoa(int(sz.Cols))}}, nil, -1, nil)
+		})
 	}
 
 	stdout, stderr := req.Stdout, req.Stderr
@@ -159,6 +136,23 @@ func (g *Guest) Exec(ctx context.Context, req microvm.ExecRequest) (microvm.Exec
 			return microvm.ExecResult{ExitCode: x.ExitCode, Signal: x.Signal, TimedOut: x.TimedOut, PID: pid}, nil
 		default:
 			return microvm.ExecResult{PID: pid}, fmt.Errorf("agent: exec: unknown frame type %q", typ)
+		}
+	}
+}
+
+// forward calls f with each value received on ch until ch is closed or
+// done is, then marks wg done.
+func forward[T any](wg *sync.WaitGroup, done <-chan struct{}, ch <-chan T, f func(T)) {
+	defer wg.Done()
+	for {
+		select {
+		case <-done:
+			return
+		case v, ok := <-ch:
+			if !ok {
+				return
+			}
+			f(v)
 		}
 	}
 }

@@ -244,11 +244,8 @@ func (u *unpacker) injectAgent(agent string) error {
 	if err != nil {
 		return fmt.Errorf("image: install the agent: %w", err)
 	}
-	dst := u.host(path.Join(sbin, "init"))
-	if err := os.RemoveAll(dst); err != nil {
-		return fmt.Errorf("image: install the agent: %w", err)
-	}
-	if err := installFile(agent, dst, 0o755); err != nil {
+	// installFile replaces whatever the layers put there.
+	if err := installFile(agent, u.host(path.Join(sbin, "init")), 0o755); err != nil {
 		return err
 	}
 	delete(u.fixups, path.Join(sbin, "init"))

@@ -49,39 +49,19 @@ func mountAll(logf func(string, ...any)) {
 // agent runs to their waiters.
 var reaper *agent.Reaper
 
-// reapAll collects every exited child without blocking; it reports
-// whether no child is left.
-func reapAll() bool {
-	if reaper != nil {
-		return reaper.ReapAll()
-	}
-	for {
-		var ws unix.WaitStatus
-		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if errors.Is(err, unix.ECHILD) {
-			return true
-		}
-		if pid <= 0 || err != nil {
-			return false
-		}
-	}
-}
-
 // shutdownSystem ends the guest: every other process is sent SIGTERM, then
 // SIGKILL after up to 2 s; file systems are synced, what the agent mounted
 // is unmounted, / is remounted read-only, and the machine is reset. It
-// returns only if the reset fails.
+// returns only if the reset fails. Only PID 1 calls it, after run started
+// the reaper.
 func shutdownSystem(logf func(string, ...any)) error {
 	unix.Kill(-1, unix.SIGTERM)
 	deadline := time.Now().Add(2 * time.Second)
-	for !reapAll() && time.Now().Before(deadline) {
+	for !reaper.ReapAll() && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	unix.Kill(-1, unix.SIGKILL)
-	reapAll()
+	reaper.ReapAll()
 	unix.Sync()
 	for i := len(initMounts) - 1; i >= 0; i-- {
 		t := initMounts[i].target

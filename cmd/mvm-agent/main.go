@@ -106,7 +106,7 @@ func main() {
 		return
 	}
 	if *port > 1<<32-1 || *httpPort > 1<<32-1 {
-		fmt.Fprintln(os.Stderr, "mvm-agent: -port must fit in 32 bits")
+		fmt.Fprintln(os.Stderr, "mvm-agent: -port and -http-port must fit in 32 bits")
 		os.Exit(2)
 	}
 	cfg := config{port: uint32(*port), httpPort: uint32(*httpPort), secretsDir: *secretsDir, console: *console, version: agentVersion()}
