@@ -15,7 +15,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,69 +22,7 @@ import (
 	"github.com/mvm-dev/microvm/internal/guesttest"
 )
 
-// feed is an unbounded in-memory pipe: the console reader never blocks on
-// the client, and the client reads what the guest printed, in order.
-type feed struct {
-	mu     sync.Mutex
-	cond   *sync.Cond
-	buf    bytes.Buffer
-	closed bool
-}
-
-func newFeed() *feed {
-	f := &feed{}
-	f.cond = sync.NewCond(&f.mu)
-	return f
-}
-
-func (f *feed) Write(p []byte) (int, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.buf.Write(p)
-	f.cond.Broadcast()
-	return len(p), nil
-}
-
-func (f *feed) Read(p []byte) (int, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for f.buf.Len() == 0 && !f.closed {
-		f.cond.Wait()
-	}
-	if f.buf.Len() == 0 {
-		return 0, io.EOF
-	}
-	return f.buf.Read(p)
-}
-
-func (f *feed) Close() error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.closed = true
-	f.cond.Broadcast()
-	return nil
-}
-
-// console is the guest's serial line as the test sees it: everything the
-// guest printed (log) and a client speaking the agent protocol on it.
-type console struct {
-	mu  sync.Mutex
-	log strings.Builder
-}
-
-func (c *console) String() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.log.String()
-}
-
-func (c *console) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.log.Write(p)
-}
-
-// serialConn joins the feed of the guest's output and QEMU's stdin.
+// serialConn joins the guest's serial output and QEMU's stdin.
 type serialConn struct {
 	io.Reader
 	io.WriteCloser
@@ -172,12 +109,11 @@ func TestBootQEMU(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start qemu: %v", err)
 	}
-	var con console
-	out := newFeed()
+	con := guesttest.NewSerial()
 	copied := make(chan struct{})
 	go func() {
-		io.Copy(io.MultiWriter(&con, out), stdout)
-		out.Close()
+		io.Copy(con, stdout)
+		con.Close()
 		close(copied)
 	}()
 	exited := make(chan error, 1)
@@ -197,7 +133,7 @@ func TestBootQEMU(t *testing.T) {
 	if !strings.Contains(con.String(), agent.ReadyMarker+" "+guesttest.AgentVersion) {
 		t.Errorf("ready marker without the version %q", guesttest.AgentVersion)
 	}
-	c := agent.NewClient(serialConn{Reader: out, WriteCloser: stdin})
+	c := agent.NewClient(serialConn{Reader: con, WriteCloser: stdin})
 	for want := uint64(1); want <= 2; want++ {
 		v, err := c.Counter(ctx)
 		if err != nil || v != want {

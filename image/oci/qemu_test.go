@@ -3,14 +3,12 @@
 package oci_test
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,42 +20,7 @@ import (
 	"github.com/mvm-dev/microvm/internal/guesttest"
 )
 
-// guestOut collects what the guest prints and feeds it to the agent client.
-type guestOut struct {
-	mu   sync.Mutex
-	cond *sync.Cond
-	all  strings.Builder
-	buf  bytes.Buffer
-	eof  bool
-}
-
-func (g *guestOut) Write(p []byte) (int, error) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.all.Write(p)
-	g.buf.Write(p)
-	g.cond.Broadcast()
-	return len(p), nil
-}
-
-func (g *guestOut) Read(p []byte) (int, error) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	for g.buf.Len() == 0 && !g.eof {
-		g.cond.Wait()
-	}
-	if g.buf.Len() == 0 {
-		return 0, io.EOF
-	}
-	return g.buf.Read(p)
-}
-
-func (g *guestOut) String() string {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.all.String()
-}
-
+// serial joins the guest's serial output and QEMU's stdin.
 type serial struct {
 	io.Reader
 	io.WriteCloser
@@ -112,15 +75,11 @@ func TestBootOCIQEMU(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	out := &guestOut{}
-	out.cond = sync.NewCond(&out.mu)
+	out := guesttest.NewSerial()
 	exited := make(chan error, 1)
 	go func() {
 		io.Copy(out, stdout)
-		out.mu.Lock()
-		out.eof = true
-		out.cond.Broadcast()
-		out.mu.Unlock()
+		out.Close()
 		exited <- cmd.Wait()
 	}()
 	defer func() {
