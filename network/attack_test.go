@@ -201,14 +201,7 @@ func TestH2MidStreamSegmentCannotOpenFlow(t *testing.T) {
 	a := addrsOf(s.HostIP)
 	send := func(flags byte, marker string) {
 		pkt := nstest.TCPPacket(a.VethHost.String(), 5555, s.HostIP.String(), 22, 777, 888, flags, []byte(marker))
-		if err := netnsutil.DoPath(h.env.Host, func() error {
-			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
-			if err != nil {
-				return err
-			}
-			defer unix.Close(fd)
-			return unix.Sendto(fd, pkt, 0, &unix.SockaddrInet4{Addr: s.HostIP.As4()})
-		}); err != nil {
+		if err := nstest.SendRaw(h.env.Host, pkt); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -893,14 +886,7 @@ func TestHostAntiSpoofingPerSlot(t *testing.T) {
 	}
 	send := func(src netip.Addr, marker string) {
 		pkt := nstest.UDPPacket(src.String(), 40050, nstest.UpstreamIP, 7777, 64, []byte(marker))
-		if err := netnsutil.DoPath(a.NetNSPath, func() error {
-			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
-			if err != nil {
-				return err
-			}
-			defer unix.Close(fd)
-			return unix.Sendto(fd, pkt, 0, &unix.SockaddrInet4{Addr: netip.MustParseAddr(nstest.UpstreamIP).As4()})
-		}); err != nil {
+		if err := nstest.SendRaw(a.NetNSPath, pkt); err != nil {
 			t.Fatal(err)
 		}
 	}

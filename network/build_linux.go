@@ -250,10 +250,7 @@ func (m *Manager) destroy(name string) error {
 	// The slot's own entries go with its namespace, unless a process
 	// (Firecracker) still holds it: flush them now.
 	if ns, err := netnsutil.Open(m.nsPath(name)); err == nil {
-		if h, err := netlink.NewHandleAt(ns, unix.NETLINK_NETFILTER); err == nil {
-			h.ConntrackTableFlush(netlink.ConntrackTable)
-			h.Close()
-		}
+		flushSlotConntrack(ns) // best effort: the entries time out
 		ns.Close()
 	}
 	if err := netnsutil.Remove(m.nsPath(name)); err != nil {
@@ -293,6 +290,14 @@ func (m *Manager) flushHostConntrack(hostIP netip.Addr) error {
 // namespace and in the host namespace, so that no flow outlives a policy
 // change: the next packet of any flow is checked as new.
 func (m *Manager) flushConntrack(ns netns.NsHandle, hostIP netip.Addr) error {
+	if err := flushSlotConntrack(ns); err != nil {
+		return err
+	}
+	return m.flushHostConntrack(hostIP)
+}
+
+// flushSlotConntrack deletes every conntrack entry of the slot namespace ns.
+func flushSlotConntrack(ns netns.NsHandle) error {
 	h, err := netlink.NewHandleAt(ns, unix.NETLINK_NETFILTER)
 	if err != nil {
 		return fmt.Errorf("conntrack in slot: %w", err)
@@ -301,7 +306,7 @@ func (m *Manager) flushConntrack(ns netns.NsHandle, hostIP netip.Addr) error {
 	if err := h.ConntrackTableFlush(netlink.ConntrackTable); err != nil {
 		return fmt.Errorf("flush slot conntrack: %w", err)
 	}
-	return m.flushHostConntrack(hostIP)
+	return nil
 }
 
 // healthy is a quick check that a slot's namespace and host veth exist.

@@ -123,9 +123,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	m.stopWatch, m.watchDone = wcancel, make(chan struct{})
 	ready := make(chan error, 1)
 	go m.watchHost(wctx, ready)
-	if err := <-ready; err != nil {
-		wcancel()
-		<-m.watchDone
+	if err := <-ready; err != nil { // the deferred endWatch stops it
 		return nil, fmt.Errorf("network: watch host addresses: %w", err)
 	}
 	// Slots built by earlier processes get the host's addresses of now.
@@ -524,69 +522,59 @@ func (m *Manager) allocate(ctx context.Context, builtFor string) (*leaseRecord, 
 	m.mu.Lock()
 	start := m.cursor
 	m.mu.Unlock()
-	// Addresses that are neither leased nor resting first; if there are
-	// none, the one that has rested longest.
-	for pass := 0; pass < 2; pass++ {
-		var oldest time.Time
-		oldestIdx := -1
-		if pass == 1 {
-			for idx, at := range resting {
-				if !used[idx] && (oldestIdx < 0 || at.Before(oldest)) {
-					oldest, oldestIdx = at, int(idx)
-				}
-			}
-			if oldestIdx < 0 {
-				break
-			}
+	// Addresses that are neither leased nor resting first; then, if none
+	// of them could be leased, the one that has rested longest.
+	order := make([]uint32, 0, m.blocks)
+	for i := uint32(0); i < m.blocks; i++ {
+		idx := (start + i) % m.blocks
+		if _, ok := resting[idx]; !ok && !used[idx] {
+			order = append(order, idx)
 		}
-		for i := uint32(0); i < m.blocks; i++ {
-			idx := (start + i) % m.blocks
-			if pass == 1 {
-				if i > 0 {
-					break
-				}
-				idx = uint32(oldestIdx)
-			}
-			if used[idx] {
-				continue
-			}
-			if _, ok := resting[idx]; ok && pass == 0 {
-				continue
-			}
-			a := blockAddrs(m.pool, idx)
-			l := &leaseRecord{
-				Name:     slotName(m.prefix, a.HostIP),
-				HostIP:   a.HostIP.String(),
-				Token:    newToken(),
-				State:    stateBuilding,
-				Owner:    m.owner,
-				BuiltFor: builtFor,
-				Created:  time.Now().UTC(),
-			}
-			err := m.store.Create(kindLease, l.Name, l)
-			if isExists(err) { // written by someone not holding the lock
-				continue
-			}
-			if err != nil {
+	}
+	var oldest time.Time
+	oldestIdx := -1
+	for idx, at := range resting {
+		if !used[idx] && (oldestIdx < 0 || at.Before(oldest)) {
+			oldest, oldestIdx = at, int(idx)
+		}
+	}
+	if oldestIdx >= 0 {
+		order = append(order, uint32(oldestIdx))
+	}
+	for _, idx := range order {
+		a := blockAddrs(m.pool, idx)
+		l := &leaseRecord{
+			Name:     slotName(m.prefix, a.HostIP),
+			HostIP:   a.HostIP.String(),
+			Token:    newToken(),
+			State:    stateBuilding,
+			Owner:    m.owner,
+			BuiltFor: builtFor,
+			Created:  time.Now().UTC(),
+		}
+		err := m.store.Create(kindLease, l.Name, l)
+		if isExists(err) { // written by someone not holding the lock
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("network: lease %s: %w", l.Name, err)
+		}
+		m.mu.Lock()
+		m.cursor = (idx + 1) % m.blocks
+		m.mu.Unlock()
+		if _, ok := resting[idx]; ok {
+			// Reused before its rest is over: make sure no flow of the
+			// previous VM remains.
+			if err := m.flushHostConntrack(a.HostIP); err != nil {
+				m.store.Delete(kindLease, l.Name)
 				return nil, fmt.Errorf("network: lease %s: %w", l.Name, err)
 			}
-			m.mu.Lock()
-			m.cursor = (idx + 1) % m.blocks
-			m.mu.Unlock()
-			if pass == 1 {
-				// Reused before its rest is over: make sure no flow of the
-				// previous VM remains.
-				if err := m.flushHostConntrack(a.HostIP); err != nil {
-					m.store.Delete(kindLease, l.Name)
-					return nil, fmt.Errorf("network: lease %s: %w", l.Name, err)
-				}
-			}
-			if err := m.ensureHost(); err != nil {
-				m.store.Delete(kindLease, l.Name)
-				return nil, err
-			}
-			return l, nil
 		}
+		if err := m.ensureHost(); err != nil {
+			m.store.Delete(kindLease, l.Name)
+			return nil, err
+		}
+		return l, nil
 	}
 	return nil, fmt.Errorf("%w: all %d slots of %s are leased", ErrPoolExhausted, m.blocks, m.pool)
 }

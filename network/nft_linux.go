@@ -92,7 +92,6 @@ const (
 	chainEgress      = "egress"
 	chainInput       = "input"
 	chainGuestIn     = "guest_in"
-	chainInputHost   = "input"
 	setDeny          = "deny"
 	setAllow         = "allow"
 	setHost          = "host"
@@ -128,7 +127,7 @@ func (m *Manager) writeHostTable(c *nftables.Conn, egressGuard bool) {
 	fromVM := matchIfname(expr.MetaKeyIIFNAME, vmPrefix)
 	toVM := matchIfname(expr.MetaKeyOIFNAME, vmPrefix)
 
-	in := c.AddChain(&nftables.Chain{Name: chainInputHost, Table: t, Type: nftables.ChainTypeFilter,
+	in := c.AddChain(&nftables.Chain{Name: chainInput, Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter, Policy: &accept})
 	inRule := func(ex ...[]expr.Any) { c.AddRule(&nftables.Rule{Table: t, Chain: in, Exprs: concat(ex...)}) }
 	inRule(fromVM, matchCtState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED), verdict(expr.VerdictAccept))

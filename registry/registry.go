@@ -281,18 +281,9 @@ func (r *Registry) Delete(kind, id string) error {
 // record is still listed (Get reports it). A kind with no records gives an
 // empty slice.
 func (r *Registry) List(kind string) ([]string, error) {
-	if err := ValidateKind(kind); err != nil {
-		return nil, err
-	}
-	if err := r.usable(); err != nil {
-		return nil, err
-	}
-	ents, err := os.ReadDir(filepath.Join(r.dir, kind))
-	if errors.Is(err, fs.ErrNotExist) {
-		return []string{}, nil
-	}
+	ents, err := r.kindEntries(kind, "list")
 	if err != nil {
-		return nil, fmt.Errorf("registry: list %s: %w", kind, err)
+		return nil, err
 	}
 	ids := make([]string, 0, len(ents))
 	for _, e := range ents {
@@ -303,6 +294,25 @@ func (r *Registry) List(kind string) ([]string, error) {
 	}
 	slices.Sort(ids) // file-name order differs from id order ("a-b.json" < "a.json")
 	return ids, nil
+}
+
+// kindEntries validates kind and reads its directory; a kind with no
+// directory yet has no entries. what names the operation in the error.
+func (r *Registry) kindEntries(kind, what string) ([]os.DirEntry, error) {
+	if err := ValidateKind(kind); err != nil {
+		return nil, err
+	}
+	if err := r.usable(); err != nil {
+		return nil, err
+	}
+	ents, err := os.ReadDir(filepath.Join(r.dir, kind))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("registry: %s %s: %w", what, kind, err)
+	}
+	return ents, nil
 }
 
 // Close releases any locks still held through this Registry and makes

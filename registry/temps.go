@@ -16,18 +16,9 @@ import (
 // own records (under its own locks) remove the leftovers at once with
 // RemoveTemps, rather than waiting StaleTempAge for Open to do it.
 func (r *Registry) TempIDs(kind string) ([]string, error) {
-	if err := ValidateKind(kind); err != nil {
-		return nil, err
-	}
-	if err := r.usable(); err != nil {
-		return nil, err
-	}
-	ents, err := os.ReadDir(filepath.Join(r.dir, kind))
-	if errors.Is(err, fs.ErrNotExist) {
-		return []string{}, nil
-	}
+	ents, err := r.kindEntries(kind, "list temporary files of")
 	if err != nil {
-		return nil, fmt.Errorf("registry: list temporary files of %s: %w", kind, err)
+		return nil, err
 	}
 	ids := []string{}
 	for _, e := range ents {

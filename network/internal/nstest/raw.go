@@ -358,6 +358,19 @@ func checksum(b []byte, sum uint32) uint16 {
 }
 
 // Src, Dst and Proto read an IPv4 packet's header.
+// SendRaw sends the hand-made IPv4 packet ip (header included) from a raw
+// socket in the network namespace at nsPath, to the packet's destination.
+func SendRaw(nsPath string, ip []byte) error {
+	return netnsutil.DoPath(nsPath, func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		return unix.Sendto(fd, ip, 0, &unix.SockaddrInet4{Addr: [4]byte(ip[16:20])})
+	})
+}
+
 func Src(p []byte) string { return netip.AddrFrom4([4]byte(p[12:16])).String() }
 
 // Dst returns the destination address of an IPv4 packet.
