@@ -146,7 +146,10 @@ func validateRules(fe *fieldErrors, field string, rules []Rule) {
 	}
 }
 
-// equal reports whether p and q install the same rules.
+// equal reports whether p and q are the same policy as written: equal
+// policies install the same rules. Unequal ones may too (a zero flow limit
+// and its default spelled out), which costs a needless rewrite, not a
+// wrong firewall.
 func (p Policy) equal(q Policy) bool {
 	return p.DenyAll == q.DenyAll && slices.Equal(p.Allow, q.Allow) &&
 		p.NewFlowsPerSecond == q.NewFlowsPerSecond && p.MaxFlows == q.MaxFlows
