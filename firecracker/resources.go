@@ -15,8 +15,8 @@ import (
 // already gone. Create's and Restore's rollback, Stop, a crash, Destroy
 // and adoption (reconcile) all release a VM's resources by walking held.
 // What no record names (a crash before the record was written) is found
-// on the host instead, by sweepJails (uid leases, cgroups, chroots) and
-// sweepOrphan (processes, the VM directory).
+// on the host instead, by sweepJails (uid leases, cgroups, chroots),
+// sweepOrphan (processes, the VM directory) and sweepLeases (image leases).
 
 // scope says how long a resource lives.
 type scope int
