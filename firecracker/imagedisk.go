@@ -203,8 +203,8 @@ func (r *Runtime) sweepLeases() {
 				} else {
 					r.log.Info("released image lease of a vm without a record", "image", img.Name, "vm", id)
 				}
+				r.reg.RemoveLock("vm-" + id) // while held (see RemoveLock)
 				unlock()
-				r.reg.RemoveLock("vm-" + id)
 				continue
 			}
 			unlock()

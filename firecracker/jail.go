@@ -324,7 +324,7 @@ func (l *jailLauncher) cgroupArgs(spec microvm.Spec) []string {
 
 // prepare leases a uid and describes the chroot, its files and the
 // cgroups in rec.Jail.
-func (l *jailLauncher) prepare(ctx context.Context, rec *vmRecord) error {
+func (l *jailLauncher) prepare(ctx context.Context, rec *vmRecord) (err error) {
 	if rec.Jail != nil {
 		return fmt.Errorf("vm %q: the record still names a jail (%s): %w", rec.ID, rec.Jail.Dir, microvm.ErrInvalidArgument)
 	}
@@ -332,6 +332,13 @@ func (l *jailLauncher) prepare(ctx context.Context, rec *vmRecord) error {
 	if err != nil {
 		return err
 	}
+	defer func() {
+		if err != nil {
+			if rerr := l.r.releaseUID(uid, rec.ID); rerr != nil {
+				err = errors.Join(err, fmt.Errorf("release uid %d: %w", uid, rerr))
+			}
+		}
+	}()
 	dir := filepath.Join(l.base, l.execName, rec.ID)
 	j := &jailRecord{
 		Jailer: l.jailer, ExecName: l.execName,
@@ -342,7 +349,6 @@ func (l *jailLauncher) prepare(ctx context.Context, rec *vmRecord) error {
 	}
 	baseDev, err := devOf(l.base)
 	if err != nil {
-		l.r.releaseUID(uid, rec.ID)
 		return fmt.Errorf("chroot base %s: %w", l.base, err)
 	}
 	// What firecracker opens by path, and whether it writes it.
@@ -375,7 +381,6 @@ func (l *jailLauncher) prepare(ctx context.Context, rec *vmRecord) error {
 			}
 		}
 		if err != nil {
-			l.r.releaseUID(uid, rec.ID)
 			return err
 		}
 	}
@@ -397,7 +402,6 @@ func (l *jailLauncher) prepare(ctx context.Context, rec *vmRecord) error {
 			// directories only root may enter: readable by others, they
 			// are reachable only through the links in the chroots.
 			if err := os.Chmod(f.host, fi.Mode().Perm()|0o444); err != nil {
-				l.r.releaseUID(uid, rec.ID)
 				return fmt.Errorf("make snapshot file %s readable in the chroot: %w", f.host, err)
 			}
 			fi, _ = os.Stat(f.host)
@@ -418,7 +422,6 @@ func (l *jailLauncher) prepare(ctx context.Context, rec *vmRecord) error {
 		}
 	}
 	if len(problems) > 0 {
-		l.r.releaseUID(uid, rec.ID)
 		return &microvm.SpecError{Problems: problems}
 	}
 	rec.Jail = j

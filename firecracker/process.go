@@ -41,24 +41,34 @@ type procStat struct {
 // readProcStat reads /proc/<pid>/stat. The command name (field 2) may hold
 // spaces and parentheses, so fields are counted after the last ')'.
 func readProcStat(pid int) (procStat, error) {
-	raw, err := readProcFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	f, err := procStatFields(pid, 22)
 	if err != nil {
 		return procStat{}, err
-	}
-	i := bytes.LastIndexByte(raw, ')')
-	if i < 0 {
-		return procStat{}, fmt.Errorf("/proc/%d/stat: malformed", pid)
-	}
-	f := strings.Fields(string(raw[i+1:]))
-	// f[0] is field 3 (state), so field n is f[n-3].
-	if len(f) < 22-3+1 || len(f[0]) != 1 {
-		return procStat{}, fmt.Errorf("/proc/%d/stat: too few fields", pid)
 	}
 	st, err := strconv.ParseUint(f[22-3], 10, 64)
 	if err != nil {
 		return procStat{}, fmt.Errorf("/proc/%d/stat: start time: %w", pid, err)
 	}
 	return procStat{state: f[0][0], startTime: st}, nil
+}
+
+// procStatFields reads /proc/<pid>/stat and returns its fields after the
+// command name, at least up to field last: f[0] is field 3 (the state,
+// one character), so field n is f[n-3].
+func procStatFields(pid, last int) ([]string, error) {
+	raw, err := readProcFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return nil, err
+	}
+	i := bytes.LastIndexByte(raw, ')')
+	if i < 0 {
+		return nil, fmt.Errorf("/proc/%d/stat: malformed", pid)
+	}
+	f := strings.Fields(string(raw[i+1:]))
+	if len(f) < last-3+1 || len(f[0]) != 1 {
+		return nil, fmt.Errorf("/proc/%d/stat: too few fields", pid)
+	}
+	return f, nil
 }
 
 // readProcFile reads a small /proc file with plain system calls (one

@@ -141,6 +141,9 @@ func (r *Runtime) rename(ctx context.Context, oldID, newID string) (microvm.VM, 
 			r.log.Error("undo rename: remove new record", "vm", newID, "err", derr)
 		}
 		undoOld()
+		if rec.Process != nil { // unwatched above: its process still runs under the old id
+			r.adoptLive(ctx, rec, false)
+		}
 		return microvm.VM{}, fmt.Errorf("move vm directory: %w", err)
 	}
 	// Committed: what is left is bookkeeping that recovery would finish.
@@ -152,10 +155,8 @@ func (r *Runtime) rename(ctx context.Context, oldID, newID string) (microvm.VM, 
 	if err := r.save(&next); err != nil {
 		r.log.Error("rename: clear the mark of the new record (recovery finishes it)", "vm", newID, "err", err)
 	}
-	if pr := next.Process; pr != nil {
-		if p, err := attach(pr.PID, pr.StartTime, pr.BootID); err == nil {
-			r.watch(newID, p)
-		}
+	if next.Process != nil {
+		r.adoptLive(ctx, &next, false)
 	}
 	r.log.Info("vm renamed", "from", oldID, "to", newID)
 	return r.viewOf(&next), nil

@@ -12,9 +12,11 @@ import (
 // This file is the one list of what a VM holds on the host. Every
 // resource is described in the VM's record before it is made, and has
 // its own undo, which does nothing when the resource was never made or is
-// already gone. Create's and Restore's rollback, Stop, a crash, Destroy,
-// adoption (reconcile) and the sweep of leftovers all release a VM's
-// resources by walking held: no other code lists them.
+// already gone. Create's and Restore's rollback, Stop, a crash, Destroy
+// and adoption (reconcile) all release a VM's resources by walking held.
+// What no record names (a crash before the record was written) is found
+// on the host instead, by sweepJails (uid leases, cgroups, chroots),
+// sweepOrphan (processes, the VM directory) and sweepLeases (image leases).
 
 // scope says how long a resource lives.
 type scope int

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -178,18 +177,9 @@ func (r *Runtime) vmCgroup(rec *vmRecord) cgroupPaths {
 // readProcessStats reads /proc/<pid>/stat, checking that pid is still the
 // process started at startTime.
 func readProcessStats(pid int, startTime uint64) (microvm.ProcessStats, error) {
-	raw, err := readProcFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	f, err := procStatFields(pid, 24)
 	if err != nil {
 		return microvm.ProcessStats{}, err
-	}
-	i := bytes.LastIndexByte(raw, ')')
-	if i < 0 {
-		return microvm.ProcessStats{}, errors.New("/proc stat: malformed")
-	}
-	f := strings.Fields(string(raw[i+1:]))
-	// f[0] is field 3, so field n is f[n-3].
-	if len(f) < 24-3+1 {
-		return microvm.ProcessStats{}, errors.New("/proc stat: too few fields")
 	}
 	num := func(n int) uint64 { v, _ := strconv.ParseUint(f[n-3], 10, 64); return v }
 	if num(22) != startTime {

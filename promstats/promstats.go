@@ -53,7 +53,9 @@ type Collector struct {
 	vsRB, vsTB, vsRP, vsTP, vsConn              *prometheus.Desc
 	mmdsReq, mmdsBad, mmdsTB, mmdsTE, mmdsConn  *prometheus.Desc
 	latency                                     *prometheus.Desc
-	scrapeErrors                                atomic.Uint64
+	// all is every Desc above, filled as New makes them (for Describe).
+	all          []*prometheus.Desc
+	scrapeErrors atomic.Uint64
 }
 
 // New returns a collector of rt's VMs; rt must implement
@@ -75,7 +77,9 @@ func New(rt microvm.Runtime, opts *Options) (*Collector, error) {
 	}
 	vm := []string{"vm"}
 	d := func(name, help string, labels ...string) *prometheus.Desc {
-		return prometheus.NewDesc("mvm_"+name, help, labels, nil)
+		desc := prometheus.NewDesc("mvm_"+name, help, labels, nil)
+		c.all = append(c.all, desc)
+		return desc
 	}
 	c.up = d("stats_up", "1 if the last scrape listed the VMs, 0 if listing failed.")
 	c.errs = d("stats_errors_total", "VM reads that failed, over the collector's life.")
@@ -123,17 +127,9 @@ func New(rt microvm.Runtime, opts *Options) (*Collector, error) {
 	return c, nil
 }
 
-func (c *Collector) descs() []*prometheus.Desc {
-	return []*prometheus.Desc{c.up, c.errs, c.info, c.cpu, c.rss, c.threads, c.cgCPU, c.cgThrottled, c.cgMem,
-		c.reports, c.processes, c.missed, c.apiReq, c.apiFail,
-		c.blkRB, c.blkWB, c.blkRO, c.blkWO, c.blkFO, c.blkThr,
-		c.netRB, c.netTB, c.netRP, c.netTP, c.netRD, c.netTD, c.netRE, c.netTE, c.netRT, c.netTT,
-		c.vsRB, c.vsTB, c.vsRP, c.vsTP, c.vsConn, c.mmdsReq, c.mmdsBad, c.mmdsTB, c.mmdsTE, c.mmdsConn, c.latency}
-}
-
 // Describe sends every metric's description.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range c.descs() {
+	for _, d := range c.all {
 		ch <- d
 	}
 }
