@@ -9,7 +9,7 @@
 // # The firecracker binary
 //
 // $MVM_BENCH_FIRECRACKER names it; "standin" means the stand-in
-// (internal/fcstandin, built by the benchmark, which validates every
+// (internal/fcstandin/server, built by the benchmark, which validates every
 // request against the official spec and needs shared/reference). Unset:
 // the real Firecracker v1.0 (shared/firecracker/firecracker-v1.0.0, found
 // walking up from this directory) when present, else the stand-in. The
@@ -248,9 +248,10 @@ func buildEnv() (*benchEnv, error) {
 	}
 	e.bin = filepath.Join(scratch, "firecracker")
 	e.standin, e.canBoot = true, true
-	e.describe = "the stand-in (internal/fcstandin), not a real firecracker"
-	cmd := exec.Command("go", "build", "-o", e.bin, "github.com/mvm-dev/microvm/internal/fcstandin/cmd/fcstandin")
-	cmd.Dir = mainDir
+	e.describe = "the stand-in (internal/fcstandin/server), not a real firecracker"
+	// The stand-in is a module of its own (see internal/fcstandin).
+	cmd := exec.Command("go", "build", "-o", e.bin, "./cmd/fcstandin")
+	cmd.Dir = filepath.Join(mainDir, "internal", "fcstandin", "server")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("build stand-in firecracker: %v\n%s", err, out)
 	}

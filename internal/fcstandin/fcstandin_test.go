@@ -1,560 +1,164 @@
 package fcstandin
 
 import (
-	"bufio"
-	"encoding/json"
 	"errors"
-	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 )
 
-func TestHappyPathBoot(t *testing.T) {
-	p := startFC(t, startOpt{})
-	if b := p.ok("GET", "/", ""); !strings.Contains(b, `"state":"Not started"`) || !strings.Contains(b, `"app_name":"Firecracker"`) || !strings.Contains(b, `"id":"vm-1"`) {
-		t.Fatalf("GET / = %s", b)
-	}
-	if b := p.ok("GET", "/machine-config", ""); !strings.Contains(b, `"vcpu_count":1`) || !strings.Contains(b, `"mem_size_mib":128`) {
-		t.Fatalf("default machine config = %s", b)
-	}
-	logPath := file(t, p.dir, "fc.log", "")
-	metricsPath := file(t, p.dir, "fc.metrics", "")
-	p.ok("PUT", "/logger", `{"log_path":`+jsonStr(logPath)+`,"level":"debug","show_level":true}`)
-	p.ok("PUT", "/metrics", `{"metrics_path":`+jsonStr(metricsPath)+`,"emit_id":true}`)
-	p.ok("PUT", "/machine-config", `{"vcpu_count":2,"mem_size_mib":256,"smt":false}`)
-	vs := filepath.Join(p.dir, "v.sock")
-	p.ok("PUT", "/vsock", `{"guest_cid":3,"uds_path":`+jsonStr(vs)+`}`)
-	p.ok("PUT", "/mmds", `{"latest":{"meta-data":{"id":"x"}}}`)
-	p.ok("PATCH", "/mmds", `{"latest":{"meta-data":{"id":null,"k":"v"}}}`)
-	if b := p.ok("GET", "/mmds", ""); b != `{"latest":{"meta-data":{"k":"v"}}}` {
-		t.Fatalf("GET /mmds = %s", b)
-	}
-	bootMinimal(t, p)
-	if b := p.ok("GET", "/", ""); !strings.Contains(b, `"state":"Running"`) {
-		t.Fatalf("GET / after start = %s", b)
-	}
-	var cfg map[string]any
-	if err := json.Unmarshal([]byte(p.ok("GET", "/vm/config", "")), &cfg); err != nil {
-		t.Fatal(err)
-	}
-	if mc := cfg["machine-config"].(map[string]any); mc["vcpu_count"].(float64) != 2 || mc["mem_size_mib"].(float64) != 256 {
-		t.Fatalf("vm/config machine-config = %v", mc)
-	}
-	if d := cfg["drives"].([]any); len(d) != 1 || d[0].(map[string]any)["cache_type"] != "Unsafe" {
-		t.Fatalf("vm/config drives = %v", d)
-	}
-	waitFor(t, "login prompt", func() bool { return strings.Contains(p.stdout.String(), "vm-1 login:") })
-	if !strings.Contains(p.stdout.String(), "Linux version") {
-		t.Fatalf("stdout = %s", p.stdout)
-	}
-
-	p.ok("PUT", "/actions", `{"action_type":"FlushMetrics"}`)
-	mb, _ := os.ReadFile(metricsPath)
-	var line map[string]any
-	if err := json.Unmarshal(mb, &line); err != nil {
-		t.Fatalf("metrics line %q: %v", mb, err)
-	}
-	if !strings.HasPrefix(string(mb), `{"utc_timestamp_ms":`) || line["id"] != "vm-1" {
-		t.Fatalf("metrics line = %s", mb)
-	}
-	put := line["put_api_requests"].(map[string]any)
-	if put["actions_count"].(float64) < 1 || put["drive_count"].(float64) != 1 {
-		t.Fatalf("put_api_requests = %v", put)
-	}
-	if _, ok := line["block_rootfs"]; !ok {
-		t.Fatalf("no block_rootfs group: %s", mb)
-	}
-	lb, _ := os.ReadFile(logPath)
-	if !strings.Contains(string(lb), `[vm-1:fc_api:INFO] The API server received a Put request on "/actions"`) {
-		t.Fatalf("log = %s", lb)
-	}
-
-	p.ok("PATCH", "/vm", `{"state":"Paused"}`)
-	p.ok("PATCH", "/vm", `{"state":"Paused"}`) // idempotent
-	if b := p.ok("GET", "/", ""); !strings.Contains(b, `"state":"Paused"`) {
-		t.Fatalf("GET / paused = %s", b)
-	}
-	p.ok("PATCH", "/vm", `{"state":"Resumed"}`)
-	p.ok("PATCH", "/vm", `{"state":"Resumed"}`)
-	p.ok("PUT", "/actions", `{"action_type":"SendCtrlAltDel"}`)
-	st := p.wait(10 * time.Second)
-	if st.ExitCode() != 0 {
-		t.Fatalf("exit after SendCtrlAltDel: %v stderr %s", st, p.stderr)
-	}
-	if !strings.Contains(p.stdout.String(), "reboot: Restarting system") {
-		t.Fatalf("no shutdown line: %s", p.stdout)
-	}
-	if _, err := os.Stat(p.sock); err != nil {
-		t.Fatalf("Firecracker leaves its socket behind: %v", err)
-	}
+func TestMain(m *testing.M) {
+	code := m.Run()
+	RemoveBuild()
+	os.Exit(code)
 }
 
-func TestConsoleFollowsBootArgs(t *testing.T) {
-	p := startFC(t, startOpt{})
-	k := file(t, p.dir, "vmlinux", "k")
-	p.ok("PUT", "/boot-source", `{"kernel_image_path":`+jsonStr(k)+`}`) // default args: 8250.nr_uarts=0
-	p.ok("PUT", "/actions", `{"action_type":"InstanceStart"}`)
-	p.ok("GET", "/", "")
-	time.Sleep(20 * time.Millisecond)
-	if strings.Contains(p.stdout.String(), "login:") {
-		t.Fatalf("console printed with 8250.nr_uarts=0: %s", p.stdout)
-	}
-}
-
-func TestStrictRequests(t *testing.T) {
-	p := startFC(t, startOpt{})
-	dir := p.dir
-	k := file(t, dir, "vmlinux", "k")
-	r := file(t, dir, "rootfs", "r")
-	cases := []struct{ method, path, body, want string }{
-		{"PUT", "/machine-config", `{"vcpu_count":1,"mem_size_mib":128,"foo":1}`, "unknown field `foo`"},
-		{"PUT", "/machine-config", `{"vcpu_count":1}`, "missing field `mem_size_mib`"},
-		{"PUT", "/machine-config", `{"vcpu_count":0,"mem_size_mib":128}`, MsgVcpuCount},
-		{"PUT", "/machine-config", `{"vcpu_count":33,"mem_size_mib":128}`, MsgVcpuCount},
-		{"PUT", "/machine-config", `{"vcpu_count":3,"mem_size_mib":128,"smt":true}`, MsgVcpuCount},
-		{"PUT", "/machine-config", `{"vcpu_count":1,"mem_size_mib":129,"huge_pages":"2M"}`, MsgMemSize},
-		{"PUT", "/machine-config", `{"vcpu_count":1,"mem_size_mib":-1}`, "invalid value"},
-		{"PUT", "/machine-config", `{"vcpu_count":"1","mem_size_mib":128}`, "invalid type"},
-		{"PUT", "/machine-config", `{"vcpu_count":1,"mem_size_mib":128`, "An error occurred when deserializing the json body of a request:"},
-		{"PATCH", "/machine-config", `{}`, MsgEmptyPatch},
-		{"PATCH", "/machine-config", `{"bogus":true}`, "unknown field `bogus`"},
-		{"PUT", "/boot-source", `{"kernel_image_path":"/nonexistent/vmlinux"}`, "Boot source error: The kernel file cannot be opened: No such file or directory (os error 2)"},
-		{"PUT", "/boot-source", `{"kernel_image_path":` + jsonStr(k) + `,"extra":1}`, "unknown field `extra`"},
-		{"PUT", "/actions", `{"action_type":"Reboot"}`, "unknown variant `Reboot`"},
-		{"PUT", "/actions", `{"action_type":"InstanceStart","x":1}`, "unknown field `x`"},
-		{"PUT", "/actions", "", MsgEmptyPut},
-		{"PUT", "/nope", `{}`, "Invalid request method and/or path: PUT nope."},
-		{"GET", "/nope", "", "Invalid request method and/or path: GET nope."},
-		{"PATCH", "/actions", `{"a":1}`, "Invalid request method and/or path: PATCH actions."},
-		{"GET", "/machine-config", `{"x":1}`, MsgGetBody},
-		{"PATCH", "/vm", "", MsgEmptyPatch},
-		{"PUT", "/drives/bad-id", `{"drive_id":"bad-id","path_on_host":"x","is_root_device":true,"is_read_only":true}`, MsgInvalidID},
-		{"PUT", "/drives", `{"drive_id":"a"}`, MsgEmptyID},
-		{"PUT", "/drives/a", `{"drive_id":"b","path_on_host":` + jsonStr(r) + `,"is_root_device":true,"is_read_only":true}`, MsgIDMismatch},
-		{"PUT", "/drives/a", `{"drive_id":"a","path_on_host":"/nonexistent","is_root_device":true,"is_read_only":true}`, "No such file or directory (os error 2)"},
-		{"PUT", "/drives/a", `{"drive_id":"a","path_on_host":` + jsonStr(dir) + `,"is_root_device":true,"is_read_only":true}`, "Drive config error"},
-		{"PUT", "/drives/a", `{"drive_id":"a","path_on_host":` + jsonStr(r) + `,"is_root_device":true}`, "is_read_only"},
-		{"PUT", "/drives/a", `{"drive_id":"a","path_on_host":` + jsonStr(r) + `,"is_root_device":true,"is_read_only":true,"rate_limiter":{"bandwidth":{"size":1,"refill_time":1},"extra":1}}`, "unknown field `extra`"},
-		{"PUT", "/network-interfaces/eth0", `{"iface_id":"eth1","host_dev_name":"tap0"}`, "The id from the path [eth0] does not match the id from the body [eth1]!"},
-		{"PUT", "/network-interfaces/eth0", `{"iface_id":"eth0","host_dev_name":"tap0","guest_mac":"zz"}`, "invalid MAC address"},
-		{"PUT", "/mmds/config", `{"network_interfaces":["eth9"]}`, "does not correspond to any existing network interface"},
-		{"PUT", "/mmds/config", `{"network_interfaces":[]}`, "is empty"},
-		{"PATCH", "/vm", `{"state":"Paused"}`, MsgPreBoot},
-		{"PUT", "/actions", `{"action_type":"FlushMetrics"}`, MsgPreBoot},
-		{"PUT", "/actions", `{"action_type":"SendCtrlAltDel"}`, MsgPreBoot},
-		{"PATCH", "/balloon", `{"amount_mib":1}`, MsgPreBoot},
-		{"PATCH", "/balloon", `{"amount_mib":1,"stats_polling_interval_s":1}`, "unknown field `stats_polling_interval_s`"},
-		{"PATCH", "/drives/a", `{"drive_id":"a"}`, MsgPreBoot},
-		{"PUT", "/snapshot/create", `{"snapshot_path":"s","mem_file_path":"m"}`, MsgPreBoot},
-		{"PUT", "/snapshot", `{"snapshot_path":"s"}`, "Missing snapshot operation type."},
-		{"PUT", "/snapshot/load", `{"snapshot_path":"s"}`, "missing field: either `mem_backend` or `mem_file_path` is required"},
-		{"PUT", "/snapshot/load", `{"snapshot_path":"s","mem_file_path":"m","mem_backend":{"backend_type":"File","backend_path":"m"}}`, "too many fields"},
-		{"PUT", "/snapshot/load", `{"snapshot_path":"s","mem_backend":{"backend_type":"File","backend_path":"m","x":1}}`, "unknown field `x`"},
-		{"GET", "/balloon", "", "Balloon config error"},
-		{"PATCH", "/mmds", `{"a":1}`, MsgMmdsNotInit},
-		{"PUT", "/vsock", `{"guest_cid":2,"uds_path":"x"}`, "invalid value"},
-		{"PUT", "/logger", `{"level":"loud"}`, "Invalid LevelFilter"},
-		{"PUT", "/logger", `{"log_path":"/nonexistent/log"}`, "Logger error: Failed to open target file"},
-		{"PUT", "/cpu-config", `{"vcpu_features":[]}`, "unknown field `vcpu_features`"},
-	}
-	for _, c := range cases {
-		p.fails(c.method, c.path, c.body, c.want)
-	}
-	// Lenient bodies: Metrics, TokenBucket and NetworkOverride accept unknown fields.
-	m := file(t, dir, "m", "")
-	p.ok("PUT", "/metrics", `{"metrics_path":`+jsonStr(m)+`,"future_field":1}`)
-	p.fails("PUT", "/metrics", `{"metrics_path":`+jsonStr(m)+`}`, MsgMetricsTwice)
-	p.ok("PUT", "/logger", `{"level":"WARNING"}`)
-	p.fails("PUT", "/logger", `{"level":"Info"}`, MsgLoggerTwice)
-	p.ok("PUT", "/drives/a", `{"drive_id":"a","path_on_host":`+jsonStr(r)+`,"is_root_device":true,"is_read_only":true,"rate_limiter":{"bandwidth":{"size":1,"refill_time":1,"future":2}}}`)
-	p.fails("PUT", "/drives/b", `{"drive_id":"b","path_on_host":`+jsonStr(r)+`,"is_root_device":true,"is_read_only":true}`, "A root block device already exists!")
-	// A boot-path resource was configured: snapshot load is refused (and the process lives on).
-	p.fails("PUT", "/snapshot/load", `{"snapshot_path":"s","mem_backend":{"backend_type":"File","backend_path":"m"}}`, MsgLoadNotAllowed)
-	// vsock binds at PUT and fails when the path exists.
-	taken := file(t, dir, "taken.sock", "")
-	p.fails("PUT", "/vsock", `{"guest_cid":3,"uds_path":`+jsonStr(taken)+`}`, "Address in use (os error 98)")
-	// Deprecated fields succeed with a Deprecation header.
-	code, _, h := p.do("PUT", "/machine-config", `{"vcpu_count":1,"mem_size_mib":128,"cpu_template":"T2"}`)
-	if code != 204 || h.Get("Deprecation") != "true" {
-		t.Fatalf("cpu_template: %d %v", code, h)
-	}
-	p.ok("PUT", "/boot-source", `{"kernel_image_path":`+jsonStr(k)+`}`)
-	p.ok("PUT", "/actions", `{"action_type":"InstanceStart"}`)
-	post := []struct{ method, path, body string }{
-		{"PUT", "/machine-config", `{"vcpu_count":1,"mem_size_mib":128}`},
-		{"PATCH", "/machine-config", `{"vcpu_count":1}`},
-		{"PUT", "/boot-source", `{"kernel_image_path":` + jsonStr(k) + `}`},
-		{"PUT", "/drives/c", `{"drive_id":"c","path_on_host":` + jsonStr(r) + `,"is_root_device":false,"is_read_only":true}`},
-		{"PUT", "/logger", `{"level":"Info"}`},
-		{"PUT", "/vsock", `{"guest_cid":3,"uds_path":"x"}`},
-		{"PUT", "/balloon", `{"amount_mib":1,"deflate_on_oom":true}`},
-		{"PUT", "/entropy", `{}`},
-		{"PUT", "/actions", `{"action_type":"InstanceStart"}`},
-		{"PUT", "/snapshot/load", `{"snapshot_path":"s","mem_backend":{"backend_type":"File","backend_path":"m"}}`},
-	}
-	for _, c := range post {
-		p.fails(c.method, c.path, c.body, MsgPostBoot)
-	}
-	p.fails("PUT", "/snapshot/create", `{"snapshot_path":"s","mem_file_path":"m"}`, "not paused")
-	p.ok("PATCH", "/drives/a", `{"drive_id":"a","rate_limiter":{"ops":{"size":10,"refill_time":100}}}`)
-	p.fails("PATCH", "/drives/zz", `{"drive_id":"zz"}`, "Device not found")
-}
-
-// rawExchange writes req on a fresh connection and returns the response
-// status line, headers and body as text.
-func rawExchange(t *testing.T, sock, req string) string {
+// specFolder makes a folder holding both spec files (empty: only their
+// presence is checked).
+func specFolder(t *testing.T, dir string) string {
 	t.Helper()
-	got, err := tryExchange(sock, req)
-	if err != nil {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	return got
-}
-
-// tryExchange is rawExchange returning its error.
-func tryExchange(sock, req string) (string, error) {
-	c, err := net.Dial("unix", sock)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	if _, err := io.WriteString(c, req); err != nil {
-		return "", err
-	}
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.Status + "\n" + fmt.Sprint(resp.Header) + "\n" + string(b), nil
-}
-
-func TestChunkedBody(t *testing.T) {
-	body := `{"action_type":"InstanceStart"}`
-	req := fmt.Sprintf("PUT /actions HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n", len(body), body)
-	t.Run("latest", func(t *testing.T) {
-		p := startFC(t, startOpt{})
-		got := rawExchange(t, p.sock, req)
-		if !strings.Contains(got, "400 Bad Request") || !strings.Contains(got, `{"fault_message":"Empty PUT request."}`) {
-			t.Fatalf("chunked PUT on latest: %q", got)
-		}
-	})
-	t.Run("v1.0", func(t *testing.T) {
-		p := startFC(t, startOpt{env: []string{"FCSTANDIN_API=v1.0"}})
-		got := rawExchange(t, p.sock, req)
-		if !strings.Contains(got, "400 Bad Request") || strings.Contains(got, "fault_message") || !strings.Contains(got, `"error"`) {
-			t.Fatalf("chunked PUT on v1.0: %q", got)
-		}
-	})
-}
-
-func TestPayloadLimitAndConnections(t *testing.T) {
-	p := startFC(t, startOpt{})
-	var conns []net.Conn
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
-	p.client.CloseIdleConnections()
-	for i := 0; i < maxConnections; i++ {
-		c, err := net.Dial("unix", p.sock)
-		if err != nil {
+	for _, f := range []string{SpecFileLatest, SpecFileV10} {
+		if err := os.WriteFile(filepath.Join(dir, f), nil, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		conns = append(conns, c)
-		// Make sure the server has accepted it.
-		io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-		br := bufio.NewReader(c)
-		if line, err := br.ReadString('\n'); err != nil || !strings.Contains(line, "200") {
-			t.Fatalf("conn %d: %q %v", i, line, err)
-		}
 	}
-	c, err := net.Dial("unix", p.sock)
-	if err != nil {
+	return dir
+}
+
+func TestFindSpecDir(t *testing.T) {
+	root := t.TempDir()
+	shared := specFolder(t, filepath.Join(root, "shared", "reference"))
+	other := specFolder(t, filepath.Join(root, "other"))
+	deep := filepath.Join(root, "repo", "pkg", "sub")
+	if err := os.MkdirAll(deep, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	c.SetReadDeadline(time.Now().Add(3 * time.Second))
-	all, _ := io.ReadAll(c)
-	if !strings.HasPrefix(string(all), "HTTP/1.1 503") || !strings.Contains(string(all), "Too many open connections") {
-		t.Fatalf("11th connection got %q", all)
+	env := func(m map[string]string) func(string) string {
+		return func(k string) string { return m[k] }
 	}
-	conns[0].Close()
-	conns = conns[1:]
-	waitFor(t, "a free connection slot", func() bool {
-		c, err := net.Dial("unix", p.sock)
-		if err != nil {
-			return false
-		}
-		defer c.Close()
-		io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-		c.SetReadDeadline(time.Now().Add(time.Second))
-		line, _ := bufio.NewReader(c).ReadString('\n')
-		return strings.Contains(line, "200")
-	})
-	for _, c := range conns {
-		c.Close()
+	none := env(nil)
+
+	// Walking up from a start folder finds shared/reference.
+	if got, err := FindSpecDir(none, deep); err != nil || got != shared {
+		t.Fatalf("walk up from %s: %q, %v; want %q", deep, got, err, shared)
 	}
-	conns = nil
-	big := `{"x":"` + strings.Repeat("a", DefaultMaxPayload) + `"}`
-	// The server frees the slots of the closed connections when it sees
-	// them close: until then a new connection may still get the 503.
-	var got string
-	waitFor(t, "the answer to a big payload", func() bool {
-		var err error
-		got, err = tryExchange(p.sock, fmt.Sprintf("PUT /mmds HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s", len(big), big))
-		return err == nil && !strings.HasPrefix(got, "503")
-	})
-	if !strings.Contains(got, "400") || !strings.Contains(got, "is larger than the limit of 51200") {
-		t.Fatalf("big payload: %q", got)
+	// Empty start folders are skipped; the first that finds one wins.
+	if got, err := FindSpecDir(none, "", t.TempDir(), deep); err != nil || got != shared {
+		t.Fatalf("several starts: %q, %v; want %q", got, err, shared)
+	}
+	// FCSTANDIN_SPEC_DIR wins over MVM_REFERENCE_DIR, which wins over the walk.
+	both := env(map[string]string{"FCSTANDIN_SPEC_DIR": other, "MVM_REFERENCE_DIR": shared})
+	if got, err := FindSpecDir(both, deep); err != nil || got != other {
+		t.Fatalf("FCSTANDIN_SPEC_DIR: %q, %v; want %q", got, err, other)
+	}
+	if got, err := FindSpecDir(env(map[string]string{"MVM_REFERENCE_DIR": other}), deep); err != nil || got != other {
+		t.Fatalf("MVM_REFERENCE_DIR: %q, %v; want %q", got, err, other)
+	}
+
+	// A variable naming a folder without the specs is an error naming the
+	// variable, not a fall-back to the walk.
+	empty := t.TempDir()
+	_, err := FindSpecDir(env(map[string]string{"MVM_REFERENCE_DIR": empty}), deep)
+	if !errors.Is(err, ErrSpecNotFound) || !strings.Contains(err.Error(), "MVM_REFERENCE_DIR="+empty) {
+		t.Fatalf("MVM_REFERENCE_DIR without specs: %v", err)
+	}
+	// A spec "file" that is a folder does not count.
+	odd := t.TempDir()
+	specFolder(t, odd)
+	if err := os.Remove(filepath.Join(odd, SpecFileV10)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(odd, SpecFileV10), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	_, err = FindSpecDir(env(map[string]string{"FCSTANDIN_SPEC_DIR": odd}))
+	if !errors.Is(err, ErrSpecNotFound) || !strings.Contains(err.Error(), "not a regular file") {
+		t.Fatalf("spec file is a folder: %v", err)
+	}
+	// Nothing found: the error says which variable to set and where it looked.
+	lone := t.TempDir()
+	_, err = FindSpecDir(none, lone)
+	if !errors.Is(err, ErrSpecNotFound) || !strings.Contains(err.Error(), "FCSTANDIN_SPEC_DIR") || !strings.Contains(err.Error(), lone) {
+		t.Fatalf("nothing found: %v", err)
 	}
 }
 
-func TestCommandLine(t *testing.T) {
+// TestBuild builds the stand-in from its own module and runs it: it reports
+// the version of each API flavour's spec, so the binary is the stand-in and
+// it reads the flavour names defined here.
+func TestBuild(t *testing.T) {
 	bin := Build(t)
+	if again := Build(t); again != bin {
+		t.Fatalf("second Build: %s, want the cached %s", again, bin)
+	}
 	spec := SpecDir(t)
-	run := func(env []string, args ...string) (int, string, string) {
-		cmd := exec.Command(bin, args...)
-		cmd.Env = append(append(os.Environ(), "FCSTANDIN_SPEC_DIR="+spec), env...)
-		var out, errb syncBuf
-		cmd.Stdout, cmd.Stderr = &out, &errb
-		cmd.Run()
-		return cmd.ProcessState.ExitCode(), out.String(), errb.String()
-	}
-	if code, out, _ := run(nil, "--version"); code != 0 || !strings.HasPrefix(out, "Firecracker v1.17.0-dev") {
-		t.Fatalf("--version: %d %q", code, out)
-	}
-	if code, out, _ := run([]string{"FCSTANDIN_API=v1.0"}, "--version"); code != 0 || !strings.HasPrefix(out, "Firecracker v1.0.0") {
-		t.Fatalf("--version v1.0: %d %q", code, out)
-	}
-	dir := shortDir(t)
-	sock := filepath.Join(dir, "s")
-	for _, bad := range [][]string{
-		{"--api-sock", sock, "--id", "bad_id"},
-		{"--api-sock", sock, "--id", strings.Repeat("a", 65)},
-		{"--api-sock", sock, "--frobnicate"},
-		{"--api-sock"},
-		{"--api-sock", sock, "--config-file", "x"},
-	} {
-		if code, _, errs := run(nil, bad...); code != 1 || errs == "" {
-			t.Fatalf("%v: exit %d stderr %q", bad, code, errs)
+	for api, want := range map[string]string{APILatest: "Firecracker v1.17.0-dev", APIv10: "Firecracker v1.0.0"} {
+		cmd := exec.Command(bin, "--version")
+		cmd.Env = append(os.Environ(), "FCSTANDIN_SPEC_DIR="+spec, "FCSTANDIN_API="+api, "FCSTANDIN_SPEC_CACHE=off")
+		out, err := cmd.CombinedOutput()
+		if err != nil || strings.TrimSpace(string(out)) != want {
+			t.Fatalf("FCSTANDIN_API=%s %s --version: %v, %q; want %q", api, bin, err, out, want)
 		}
-	}
-	if code, _, errs := run([]string{"FCSTANDIN_API=v9"}, "--api-sock", sock); code != 1 || !strings.Contains(errs, "FCSTANDIN_API") {
-		t.Fatalf("bad FCSTANDIN_API: %d %q", code, errs)
-	}
-	if code, _, errs := run([]string{"FCSTANDIN_SPEC_DIR=" + dir}, "--api-sock", sock); code != 1 || !strings.Contains(errs, "spec") {
-		t.Fatalf("missing spec: %d %q", code, errs)
-	}
-	file(t, dir, "s", "")
-	code, _, errs := run(nil, "--api-sock", sock, "--no-seccomp", "--level", "Debug", "--enable-pci")
-	if code != 1 || !strings.Contains(errs, "Failed to open the API socket at: "+sock+". Check that it is not already used.") {
-		t.Fatalf("existing socket: %d %q", code, errs)
 	}
 }
 
-func TestSignalsAndStartDelay(t *testing.T) {
-	p := startFC(t, startOpt{env: []string{"FCSTANDIN_START_DELAY=30ms"}, args: []string{"--no-seccomp", "--boot-timer"}})
-	p.ok("GET", "/machine-config", "")
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	st := p.wait(10 * time.Second)
-	if sig, ok := signaled(st); !ok || sig != syscall.SIGTERM {
-		t.Fatalf("SIGTERM: %v", st)
+// standinOnly are the modules the stand-in needs to check requests against
+// the API specification (directly or through kin-openapi) and the library
+// does not: they must stay out of the library's module graph, where every
+// program depending on mvm would inherit them.
+var standinOnly = []string{
+	"github.com/getkin/kin-openapi",
+	"sigs.k8s.io/yaml",
+	"github.com/gorilla/mux",
+	"github.com/santhosh-tekuri/jsonschema/v6",
+	"github.com/go-openapi/jsonpointer",
+	"github.com/go-openapi/swag/jsonname",
+	"go.yaml.in/yaml/v4",
+}
+
+// TestLibraryModuleGraph checks that the stand-in's dependencies are
+// required by the stand-in's module and appear nowhere in the library's
+// module graph (go mod graph: every requirement of every module, whether
+// or not a package is built from it).
+func TestLibraryModuleGraph(t *testing.T) {
+	gobin := goCommand()
+	serverMod, err := os.ReadFile(filepath.Join(serverDir, "go.mod"))
+	if err != nil {
+		t.Fatal(err)
 	}
-}
-
-func TestCrashOnDemand(t *testing.T) {
-	t.Run("InstanceStart", func(t *testing.T) {
-		p := startFC(t, startOpt{env: []string{"FCSTANDIN_CRASH=InstanceStart"}})
-		k := file(t, p.dir, "k", "k")
-		p.ok("PUT", "/boot-source", `{"kernel_image_path":`+jsonStr(k)+`}`)
-		req, _ := newReq("PUT", "/actions", `{"action_type":"InstanceStart"}`)
-		if resp, err := p.client.Do(req); err == nil {
-			resp.Body.Close()
-			t.Fatalf("request survived the crash: %d", resp.StatusCode)
+	for _, m := range standinOnly {
+		if !strings.Contains(string(serverMod), "\t"+m+" ") {
+			t.Errorf("%s/go.mod does not require %s: update standinOnly to what the stand-in uses", serverDir, m)
 		}
-		st := p.wait(10 * time.Second)
-		if sig, ok := signaled(st); !ok || sig != syscall.SIGABRT {
-			t.Fatalf("crash status: %v", st)
-		}
-		if !strings.Contains(p.stderr.String(), "panicked") {
-			t.Fatalf("stderr: %s", p.stderr)
-		}
-	})
-	t.Run("path", func(t *testing.T) {
-		p := startFC(t, startOpt{env: []string{"FCSTANDIN_CRASH=PUT /snapshot/create"}})
-		bootMinimal(t, p)
-		p.ok("PATCH", "/vm", `{"state":"Paused"}`)
-		req, _ := newReq("PUT", "/snapshot/create", `{"snapshot_path":"s","mem_file_path":"m"}`)
-		if resp, err := p.client.Do(req); err == nil {
-			resp.Body.Close()
-			t.Fatal("request survived the crash")
-		}
-		if sig, ok := signaled(p.wait(10 * time.Second)); !ok || sig != syscall.SIGABRT {
-			t.Fatal("not killed by SIGABRT")
-		}
-	})
-	t.Run("after-start", func(t *testing.T) {
-		p := startFC(t, startOpt{env: []string{"FCSTANDIN_CRASH=after-start:20ms"}})
-		bootMinimal(t, p)
-		st := p.wait(10 * time.Second)
-		if sig, ok := signaled(st); !ok || sig != syscall.SIGSEGV {
-			t.Fatalf("after-start: %v", st)
-		}
-	})
-}
-
-// TestExitOnDemand: FCSTANDIN_EXIT ends the process by itself after the
-// start, with status 0 (the guest reset itself, also when it was paused
-// at the time and resumed later) or the status asked for.
-func TestExitOnDemand(t *testing.T) {
-	t.Run("reset", func(t *testing.T) {
-		p := startFC(t, startOpt{env: []string{"FCSTANDIN_EXIT=after-start:20ms"}})
-		bootMinimal(t, p)
-		st := p.wait(10 * time.Second)
-		if !st.Exited() || st.ExitCode() != 0 {
-			t.Fatalf("exit: %v, stderr %s", st, p.stderr)
-		}
-		if !strings.Contains(p.stdout.String(), "reboot: Restarting system") {
-			t.Fatalf("no reset line on the console: %s", p.stdout)
-		}
-	})
-	t.Run("reset-deferred-while-paused", func(t *testing.T) {
-		p := startFC(t, startOpt{env: []string{"FCSTANDIN_EXIT=after-start:50ms"}})
-		bootMinimal(t, p)
-		p.ok("PATCH", "/vm", `{"state":"Paused"}`)
-		time.Sleep(300 * time.Millisecond)
-		if b := p.ok("GET", "/", ""); !strings.Contains(b, `"state":"Paused"`) {
-			t.Fatalf("a paused guest reset itself: GET / = %s", b)
-		}
-		p.ok("PATCH", "/vm", `{"state":"Resumed"}`)
-		if st := p.wait(10 * time.Second); !st.Exited() || st.ExitCode() != 0 {
-			t.Fatalf("exit after resume: %v", st)
-		}
-	})
-	t.Run("status", func(t *testing.T) {
-		p := startFC(t, startOpt{env: []string{"FCSTANDIN_EXIT=after-start:20ms:3"}})
-		bootMinimal(t, p)
-		if st := p.wait(10 * time.Second); !st.Exited() || st.ExitCode() != 3 {
-			t.Fatalf("exit: %v, want status 3", st)
-		}
-	})
-	for _, bad := range []string{"20ms", "after-start:x", "after-start:20ms:256", "after-start:20ms:-1", "after-start:1s:a"} {
-		if _, err := ParseArgs(nil, func(k string) string {
-			if k == "FCSTANDIN_EXIT" {
-				return bad
+	}
+	graph, err := goOutput(gobin, "", "mod", "graph")
+	if err != nil {
+		t.Fatal(err)
+	}
+	main, err := goOutput(gobin, "", "list", "-m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.TrimSpace(main); got != "github.com/mvm-dev/microvm" {
+		t.Fatalf("main module %q: the test must run in the library's module", got)
+	}
+	lines := strings.Split(strings.TrimSpace(graph), "\n")
+	if len(lines) < 10 {
+		t.Fatalf("go mod graph: %d lines, expected the library's whole graph:\n%s", len(lines), graph)
+	}
+	for _, line := range lines {
+		for _, node := range strings.Fields(line) {
+			path, _, _ := strings.Cut(node, "@")
+			for _, m := range standinOnly {
+				if path == m {
+					t.Errorf("library module graph has %s (%q); it belongs to the stand-in's module only", m, line)
+				}
 			}
-			return ""
-		}); !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), "FCSTANDIN_EXIT") {
-			t.Errorf("FCSTANDIN_EXIT=%q: %v; want a usage error naming it", bad, err)
-		}
-	}
-}
-
-func TestVsockProtocol(t *testing.T) {
-	p := startFC(t, startOpt{})
-	vs := filepath.Join(p.dir, "v.sock")
-	p.ok("PUT", "/vsock", `{"guest_cid":3,"uds_path":`+jsonStr(vs)+`}`)
-	// Pre-boot: the connection waits in the backlog until the device runs.
-	early, err := net.Dial("unix", vs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer early.Close()
-	io.WriteString(early, "CONNECT 52\n")
-	bootMinimal(t, p)
-	early.SetReadDeadline(time.Now().Add(5 * time.Second))
-	br := bufio.NewReader(early)
-	line, err := br.ReadString('\n')
-	if err != nil || !strings.HasPrefix(line, "OK 1073741824") {
-		t.Fatalf("early CONNECT: %q %v", line, err)
-	}
-	io.WriteString(early, "ping\n")
-	if echo, err := br.ReadString('\n'); err != nil || echo != "ping\n" {
-		t.Fatalf("echo: %q %v", echo, err)
-	}
-	// Case-insensitive keyword; host ports increase.
-	c2, err := net.Dial("unix", vs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c2.Close()
-	io.WriteString(c2, "connect 1024\n")
-	c2.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if l, _ := bufio.NewReader(c2).ReadString('\n'); l != "OK 1073741825\n" {
-		t.Fatalf("second CONNECT: %q", l)
-	}
-	// A bad command is answered by closing the connection.
-	c3, err := net.Dial("unix", vs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c3.Close()
-	io.WriteString(c3, "HELLO 52\n")
-	c3.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if b, err := io.ReadAll(c3); len(b) != 0 || err != nil {
-		t.Fatalf("bad command got %q %v", b, err)
-	}
-}
-
-func TestHotplugNeedsPCI(t *testing.T) {
-	p := startFC(t, startOpt{})
-	p.fails("DELETE", "/drives/rootfs", "", MsgPreBoot)
-	bootMinimal(t, p)
-	p.fails("DELETE", "/drives/rootfs", "", "--enable-pci")
-	q := startFC(t, startOpt{args: []string{"--enable-pci"}})
-	bootMinimal(t, q)
-	r := file(t, q.dir, "data", "d")
-	q.ok("PUT", "/drives/data", `{"drive_id":"data","path_on_host":`+jsonStr(r)+`,"is_root_device":false,"is_read_only":true}`)
-	q.ok("DELETE", "/drives/data", "")
-	q.fails("DELETE", "/drives/data", "", "Device not found")
-	v := startFC(t, startOpt{env: []string{"FCSTANDIN_API=v1.0"}})
-	if got := rawExchange(t, v.sock, "DELETE /drives/x HTTP/1.1\r\nHost: x\r\n\r\n"); !strings.Contains(got, "Unsupported HTTP method") {
-		t.Fatalf("DELETE on v1.0: %q", got)
-	}
-}
-
-// TestIgnoreStop: with FCSTANDIN_IGNORE_STOP=1 neither SIGTERM nor
-// Ctrl-Alt-Del ends the process (a hung guest, a VMM that does not act on
-// SIGTERM); SIGKILL does.
-func TestIgnoreStop(t *testing.T) {
-	p := startFC(t, startOpt{env: []string{"FCSTANDIN_IGNORE_STOP=1", "FCSTANDIN_STOP_DELAY=1ms"}})
-	bootMinimal(t, p)
-	p.ok("PUT", "/actions", `{"action_type":"SendCtrlAltDel"}`)
-	// An ignored signal is discarded when sent: once kill returns, it
-	// can no longer end the process.
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	if b := p.ok("GET", "/", ""); !strings.Contains(b, `"state":"Running"`) {
-		t.Fatalf("after SIGTERM and Ctrl-Alt-Del: GET / = %s", b)
-	}
-	p.cmd.Process.Kill()
-	if sig, ok := signaled(p.wait(10 * time.Second)); !ok || sig != syscall.SIGKILL {
-		t.Fatalf("after SIGKILL: %v", p.state)
-	}
-	if strings.Contains(p.stdout.String(), "reboot: Restarting system") {
-		t.Errorf("the guest reacted to Ctrl-Alt-Del: %s", p.stdout)
-	}
-	for env, bad := range map[string]string{"FCSTANDIN_IGNORE_STOP": "yes", "FCSTANDIN_SNAPSHOT_DELAY": "soon", "FCSTANDIN_ANSWER_DELAY": "PATCH vm=1s"} {
-		if _, err := ParseArgs(nil, func(k string) string {
-			if k == env {
-				return bad
-			}
-			return ""
-		}); !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), env) {
-			t.Errorf("%s=%q: %v; want a usage error naming it", env, bad, err)
 		}
 	}
 }

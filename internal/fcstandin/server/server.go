@@ -1,4 +1,4 @@
-package fcstandin
+package server
 
 import (
 	"errors"
@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/mvm-dev/microvm/internal/fcstandin"
 )
 
 // maxConnections is micro-http's connection limit.
@@ -80,7 +82,7 @@ func (h *apiHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch r.Method {
 	case http.MethodGet, http.MethodPut, http.MethodPatch:
 	case http.MethodDelete:
-		if h.vm.api == APIv10 { // micro-http learnt DELETE after v1.0
+		if h.vm.api == fcstandin.APIv10 { // micro-http learnt DELETE after v1.0
 			h.parseError(w, "Invalid HTTP Method: Unsupported HTTP method.")
 			return
 		}
@@ -91,7 +93,7 @@ func (h *apiHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var body []byte
 	if len(r.TransferEncoding) > 0 {
 		// micro-http reads bodies only via Content-Length.
-		if h.vm.api == APIv10 {
+		if h.vm.api == fcstandin.APIv10 {
 			h.parseError(w, "Invalid request.")
 			return
 		}

@@ -1,4 +1,4 @@
-package fcstandin
+package server
 
 import (
 	"bytes"
@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mvm-dev/microvm/internal/fcstandin"
 	"golang.org/x/sys/unix"
 )
 
@@ -250,36 +251,25 @@ func metricsPeriod() time.Duration {
 	return 60 * time.Second
 }
 
-// Guest I/O the stand-in reports for each flush of a booted VM (it runs no
-// guest): every drive read GuestReadBytes in one request (and a writable
-// one wrote GuestWriteBytes), every interface moved one packet each way.
-// Deterministic, so tests can check totals: n flushes, n times these.
-const (
-	GuestReadBytes  = 4096
-	GuestWriteBytes = 512
-	GuestRxBytes    = 98
-	GuestTxBytes    = 42
-)
-
 // simulateGuestIO counts one flush period of guest I/O, in the aggregate
 // group and the per-device one, as Firecracker does. The caller holds v.
 func (v *vmm) simulateGuestIO() {
 	for _, d := range v.cfg.Drives {
 		for _, g := range []string{"block", "block_" + d.DriveID} {
 			v.metrics.inc(g, "read_count", 1)
-			v.metrics.inc(g, "read_bytes", GuestReadBytes)
+			v.metrics.inc(g, "read_bytes", fcstandin.GuestReadBytes)
 			if d.IsReadOnly == nil || !*d.IsReadOnly {
 				v.metrics.inc(g, "write_count", 1)
-				v.metrics.inc(g, "write_bytes", GuestWriteBytes)
+				v.metrics.inc(g, "write_bytes", fcstandin.GuestWriteBytes)
 			}
 		}
 	}
 	for _, n := range v.cfg.Nets {
 		for _, g := range []string{"net", "net_" + n.IfaceID} {
 			v.metrics.inc(g, "rx_packets_count", 1)
-			v.metrics.inc(g, "rx_bytes_count", GuestRxBytes)
+			v.metrics.inc(g, "rx_bytes_count", fcstandin.GuestRxBytes)
 			v.metrics.inc(g, "tx_packets_count", 1)
-			v.metrics.inc(g, "tx_bytes_count", GuestTxBytes)
+			v.metrics.inc(g, "tx_bytes_count", fcstandin.GuestTxBytes)
 		}
 	}
 }

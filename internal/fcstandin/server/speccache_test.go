@@ -1,4 +1,4 @@
-package fcstandin
+package server
 
 import (
 	"bytes"
@@ -13,15 +13,16 @@ import (
 
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/getkin/kin-openapi/routers/gorillamux"
+	"github.com/mvm-dev/microvm/internal/fcstandin"
 )
 
 // referenceSpec is the validator as it was before the cache: the prepared
 // document used as is (with descriptions, responses and every schema).
 func referenceSpec(t testing.TB, dir, api string) *apiSpec {
 	t.Helper()
-	file := specFileLatest
-	if api == APIv10 {
-		file = specFileV10
+	file := fcstandin.SpecFileLatest
+	if api == fcstandin.APIv10 {
+		file = fcstandin.SpecFileV10
 	}
 	path := filepath.Join(dir, file)
 	raw, err := os.ReadFile(path)
@@ -205,8 +206,8 @@ func variants(s *openapi3.Schema, depth int) []any {
 // prepared document (the stand-in's validator before the cache), with the
 // same messages, and routes the same requests.
 func TestSpecCacheEquivalent(t *testing.T) {
-	dir := SpecDir(t)
-	for _, api := range []string{APILatest, APIv10} {
+	dir := fcstandin.SpecDir(t)
+	for _, api := range []string{fcstandin.APILatest, fcstandin.APIv10} {
 		t.Run(api, func(t *testing.T) {
 			ref := referenceSpec(t, dir, api)
 			cache := specCache{dir: t.TempDir(), buildID: "test"}
@@ -288,8 +289,8 @@ func TestSpecCacheEquivalent(t *testing.T) {
 // TestValidatorDocumentDecoding checks that the piecewise decoding of a
 // validator document gives the document kin-openapi's decoder gives.
 func TestValidatorDocumentDecoding(t *testing.T) {
-	dir := SpecDir(t)
-	for _, api := range []string{APILatest, APIv10} {
+	dir := fcstandin.SpecDir(t)
+	for _, api := range []string{fcstandin.APILatest, fcstandin.APIv10} {
 		ref := referenceSpec(t, dir, api)
 		full, err := json.Marshal(ref.doc)
 		if err != nil {
@@ -335,9 +336,9 @@ func TestValidatorDocumentDecoding(t *testing.T) {
 // TestSpecCacheEntries covers the cache's life: miss and write, hit,
 // damaged entries, other spec bytes or build, and a missing spec.
 func TestSpecCacheEntries(t *testing.T) {
-	ref := SpecDir(t)
+	ref := fcstandin.SpecDir(t)
 	dir := t.TempDir()
-	for _, f := range []string{specFileLatest, specFileV10} {
+	for _, f := range []string{fcstandin.SpecFileLatest, fcstandin.SpecFileV10} {
 		b, err := os.ReadFile(filepath.Join(ref, f))
 		if err != nil {
 			t.Fatal(err)
@@ -356,7 +357,7 @@ func TestSpecCacheEntries(t *testing.T) {
 	}
 	load := func(c specCache) *apiSpec {
 		t.Helper()
-		s, err := loadSpec(dir, APILatest, c)
+		s, err := loadSpec(dir, fcstandin.APILatest, c)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -366,7 +367,7 @@ func TestSpecCacheEntries(t *testing.T) {
 		t.Fatal("first load came from the cache")
 	}
 	es := entries()
-	if len(es) != 1 || !strings.HasPrefix(filepath.Base(es[0]), APILatest+"-") {
+	if len(es) != 1 || !strings.HasPrefix(filepath.Base(es[0]), fcstandin.APILatest+"-") {
 		t.Fatalf("entries after a miss: %v", es)
 	}
 	entry := es[0]
@@ -416,7 +417,7 @@ func TestSpecCacheEntries(t *testing.T) {
 	}
 
 	// Other spec bytes or another build: another entry.
-	latest := filepath.Join(dir, specFileLatest)
+	latest := filepath.Join(dir, fcstandin.SpecFileLatest)
 	orig, _ := os.ReadFile(latest)
 	edited := bytes.Replace(orig, []byte("description:"), []byte("description: edited"), 1)
 	if bytes.Equal(edited, orig) {
@@ -439,7 +440,7 @@ func TestSpecCacheEntries(t *testing.T) {
 
 	// The spec stays a hard requirement.
 	os.Remove(latest)
-	if _, err := loadSpec(dir, APILatest, cache); err == nil || !strings.Contains(err.Error(), "read spec") {
+	if _, err := loadSpec(dir, fcstandin.APILatest, cache); err == nil || !strings.Contains(err.Error(), "read spec") {
 		t.Fatalf("missing spec with a cache entry: %v", err)
 	}
 
@@ -464,18 +465,18 @@ func TestSpecCacheEntries(t *testing.T) {
 func TestSpecCacheBackgroundFailure(t *testing.T) {
 	dir := t.TempDir()
 	broken := []byte("swagger: '2.0'\ninfo: [not, a, map\n")
-	for _, f := range []string{specFileLatest, specFileV10} {
+	for _, f := range []string{fcstandin.SpecFileLatest, fcstandin.SpecFileV10} {
 		os.WriteFile(filepath.Join(dir, f), broken, 0o644)
 	}
-	if _, err := loadSpec(dir, APILatest, specCache{}); err == nil {
+	if _, err := loadSpec(dir, fcstandin.APILatest, specCache{}); err == nil {
 		t.Fatal("broken spec loaded")
 	}
 	cache := specCache{dir: t.TempDir(), buildID: "b"}
-	if err := cache.write(cache.entryPath(APILatest, broken), "1.17.0-dev", []byte(`{"openapi": 3}`)); err != nil {
+	if err := cache.write(cache.entryPath(fcstandin.APILatest, broken), "1.17.0-dev", []byte(`{"openapi": 3}`)); err != nil {
 		t.Fatal(err)
 	}
 	failed := make(chan error, 1)
-	s, err := openSpec(dir, APILatest, cache, func(err error) { failed <- err })
+	s, err := openSpec(dir, fcstandin.APILatest, cache, func(err error) { failed <- err })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -488,7 +489,7 @@ func TestSpecCacheBackgroundFailure(t *testing.T) {
 	if s.hasRoute("GET", "/machine-config") {
 		t.Fatal("route found with no validator")
 	}
-	if err := <-failed; err == nil || !strings.Contains(err.Error(), specFileLatest) {
+	if err := <-failed; err == nil || !strings.Contains(err.Error(), fcstandin.SpecFileLatest) {
 		t.Fatalf("failure report: %v", err)
 	}
 }
@@ -504,7 +505,7 @@ func TestSpecCacheProcess(t *testing.T) {
 		_, body, _ := p.do("PUT", "/machine-config", `{"vcpu_count":1,"mem_size_mib":128,"foo":1}`)
 		msgs = append(msgs, body)
 		p.ok("PUT", "/machine-config", `{"vcpu_count":1,"mem_size_mib":128}`)
-		if m, _ := filepath.Glob(filepath.Join(cacheDir, APILatest+"-*.json")); len(m) != 1 {
+		if m, _ := filepath.Glob(filepath.Join(cacheDir, fcstandin.APILatest+"-*.json")); len(m) != 1 {
 			t.Fatalf("start %d: cache entries %v", i, m)
 		}
 	}
@@ -518,8 +519,8 @@ func TestSpecCacheProcess(t *testing.T) {
 	if m, _ := filepath.Glob(filepath.Join(offDir, "*")); len(m) != 0 {
 		t.Fatalf("FCSTANDIN_SPEC_CACHE=off wrote %v", m)
 	}
-	cmd := exec.Command(Build(t), "--api-sock", filepath.Join(shortDir(t), "s"))
-	cmd.Env = append(os.Environ(), "FCSTANDIN_SPEC_DIR="+SpecDir(t), "FCSTANDIN_SPEC_CACHE=rel/dir")
+	cmd := exec.Command(fcstandin.Build(t), "--api-sock", filepath.Join(shortDir(t), "s"))
+	cmd.Env = append(os.Environ(), "FCSTANDIN_SPEC_DIR="+fcstandin.SpecDir(t), "FCSTANDIN_SPEC_CACHE=rel/dir")
 	out, err := cmd.CombinedOutput()
 	if cmd.ProcessState.ExitCode() != 1 || !strings.Contains(string(out), "FCSTANDIN_SPEC_CACHE") {
 		t.Fatalf("relative cache folder: %v %s", err, out)
@@ -527,7 +528,7 @@ func TestSpecCacheProcess(t *testing.T) {
 }
 
 func TestGoBuildID(t *testing.T) {
-	bin := Build(t)
+	bin := fcstandin.Build(t)
 	id, err := goBuildID(bin)
 	if err != nil {
 		t.Fatal(err)
@@ -539,7 +540,7 @@ func TestGoBuildID(t *testing.T) {
 	if want := strings.TrimSpace(string(out)); id != want {
 		t.Fatalf("build ID %q, go tool buildid says %q", id, want)
 	}
-	if _, err := goBuildID(filepath.Join(SpecDir(t), specFileLatest)); err == nil {
+	if _, err := goBuildID(filepath.Join(fcstandin.SpecDir(t), fcstandin.SpecFileLatest)); err == nil {
 		t.Fatal("build ID of a YAML file")
 	}
 	if executableBuildID() == "" {

@@ -1,4 +1,4 @@
-package fcstandin
+package server
 
 import (
 	"bytes"
@@ -13,29 +13,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mvm-dev/microvm/internal/fcstandin"
 	"golang.org/x/sys/unix"
 )
 
-// Fault messages shared by many endpoints (Firecracker's wording).
-const (
-	MsgPreBoot        = "The requested operation is not supported before starting the microVM."
-	MsgPostBoot       = "The requested operation is not supported after starting the microVM."
-	MsgLoadNotAllowed = "Load snapshot error: Loading a microVM snapshot not allowed after configuring boot-specific resources."
-	MsgEmptyPut       = "Empty PUT request."
-	MsgEmptyPatch     = "Empty PATCH request."
-	MsgGetBody        = "GET request cannot have a body."
-	MsgIDMismatch     = "The id from the path does not match the id from the body!"
-	MsgInvalidID      = "API Resource IDs can only contain alphanumeric characters and underscores."
-	MsgEmptyID        = "The ID cannot be empty."
-	MsgNoKernel       = "Start microvm error: Cannot start microvm without kernel configuration."
-	MsgLoggerTwice    = "Logger error: Reinitialization of logger not allowed."
-	MsgMetricsTwice   = "Metrics error: Reinitialization of metrics not allowed."
-	MsgVcpuCount      = "Machine config error: The number of vCPUs must be greater than 0, less than 32 and must be 1 or an even number if SMT is enabled."
-	MsgMemSize        = "Machine config error: The memory size (MiB) is either 0, or not a multiple of the configured page size."
-	MsgMmdsNotInit    = "MMDS error: The MMDS data store is not initialized."
-	MsgMmdsTooBig     = "MMDS limit exceeded error: The MMDS patch request doesn't fit."
-	msgSerdePrefix    = "An error occurred when deserializing the json body of a request: "
-)
+// msgSerdePrefix starts every body-deserialization fault (serde's wording).
+const msgSerdePrefix = "An error occurred when deserializing the json body of a request: "
 
 type vmState int
 
@@ -206,7 +189,7 @@ func newVMM(o Options, spec *apiSpec, stdout, stderr io.Writer, exit func(int)) 
 
 func defaultMachine(api string) machineConfig {
 	m := machineConfig{VcpuCount: 1, MemSizeMib: 128}
-	if api == APILatest {
+	if api == fcstandin.APILatest {
 		m.HugePages = "None"
 	}
 	return m
@@ -304,11 +287,11 @@ func (v *vmm) started() bool { return v.state != stateNotStarted }
 // checkID applies Firecracker's path-id rule.
 func checkID(id string) string {
 	if id == "" {
-		return MsgEmptyID
+		return fcstandin.MsgEmptyID
 	}
 	for _, c := range id {
 		if !(c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9') {
-			return MsgInvalidID
+			return fcstandin.MsgInvalidID
 		}
 	}
 	return ""
@@ -375,7 +358,7 @@ func (v *vmm) handle(method, path string, body []byte) response {
 	switch method {
 	case http.MethodGet:
 		if hasBody {
-			return v.fault(MsgGetBody)
+			return v.fault(fcstandin.MsgGetBody)
 		}
 		switch first {
 		case "":
@@ -423,7 +406,7 @@ func (v *vmm) handle(method, path string, body []byte) response {
 
 	case http.MethodPut:
 		if !hasBody {
-			return v.fault(MsgEmptyPut)
+			return v.fault(fcstandin.MsgEmptyPut)
 		}
 		switch first {
 		case "actions":
@@ -492,7 +475,7 @@ func (v *vmm) handle(method, path string, body []byte) response {
 			return v.patchBalloon(body, tokens[1:])
 		}
 		if !hasBody {
-			return v.fault(MsgEmptyPatch)
+			return v.fault(fcstandin.MsgEmptyPatch)
 		}
 		switch first {
 		case "machine-config":
@@ -526,13 +509,13 @@ func (v *vmm) handle(method, path string, body []byte) response {
 // in swagger): post-boot hot-unplug, which needs --enable-pci.
 func (v *vmm) hotUnplug(kind, id string, hasID bool) response {
 	if !hasID {
-		return v.fault(MsgEmptyID)
+		return v.fault(fcstandin.MsgEmptyID)
 	}
 	if msg := checkID(id); msg != "" {
 		return v.fault(msg)
 	}
 	if !v.started() {
-		return v.fault(MsgPreBoot)
+		return v.fault(fcstandin.MsgPreBoot)
 	}
 	if !v.opts.EnablePCI {
 		return v.fault("The requested operation is not supported: device hot-unplug needs the PCI transport (--enable-pci).")
@@ -611,7 +594,7 @@ func (v *vmm) fullConfig() any {
 		"logger": nil, "machine-config": machine, "metrics": nil, "mmds-config": mmds,
 		"network-interfaces": nets, "vsock": nilIfNil(v.cfg.Vsock),
 	}
-	if v.api == APILatest {
+	if v.api == fcstandin.APILatest {
 		out["cpu-config"] = rawOrNil(v.cfg.CPUConfig)
 		out["entropy"] = rawOrNil(v.cfg.Entropy)
 		pm := v.cfg.Pmem
@@ -665,12 +648,12 @@ func (v *vmm) putActions(body []byte) response {
 	switch a.ActionType {
 	case "InstanceStart":
 		if v.started() {
-			return v.fault(MsgPostBoot)
+			return v.fault(fcstandin.MsgPostBoot)
 		}
 		return v.instanceStart()
 	case "FlushMetrics":
 		if !v.started() {
-			return v.fault(MsgPreBoot)
+			return v.fault(fcstandin.MsgPreBoot)
 		}
 		if _, err := v.flushMetrics(); err != nil {
 			return v.fault("Internal VMM error: Metrics error: " + err.Error())
@@ -678,7 +661,7 @@ func (v *vmm) putActions(body []byte) response {
 		return v.noContent()
 	case "SendCtrlAltDel":
 		if !v.started() {
-			return v.fault(MsgPreBoot)
+			return v.fault(fcstandin.MsgPreBoot)
 		}
 		v.metrics.inc("i8042", "write_count", 1)
 		if v.opts.IgnoreStop {
@@ -696,7 +679,7 @@ func (v *vmm) putActions(body []byte) response {
 
 func (v *vmm) instanceStart() response {
 	if v.cfg.Boot == nil {
-		return v.fault(MsgNoKernel)
+		return v.fault(fcstandin.MsgNoKernel)
 	}
 	if err := checkReadable(v.cfg.Boot.KernelImagePath); err != nil {
 		return v.fault("Start microvm error: Cannot load kernel due to invalid memory configuration or invalid kernel image: Failed to read the kernel image: " + err.Error())
@@ -823,7 +806,7 @@ func (v *vmm) putBootSource(body []byte) response {
 		return v.fault(msg)
 	}
 	if v.started() {
-		return v.fault(MsgPostBoot)
+		return v.fault(fcstandin.MsgPostBoot)
 	}
 	v.bootPath = true
 	if err := checkReadable(b.KernelImagePath); err != nil {
@@ -839,7 +822,7 @@ func (v *vmm) putBootSource(body []byte) response {
 	}
 	// Releases from v1.7 (checked against v1.7.0 and v1.14.2) keep the
 	// command line in a 2048-byte buffer with its NUL; v1.0 takes more.
-	if b.BootArgs != nil && len(*b.BootArgs) >= 2048 && v.api == APILatest {
+	if b.BootArgs != nil && len(*b.BootArgs) >= 2048 && v.api == fcstandin.APILatest {
 		v.metrics.inc("put_api_requests", "boot_source_fails", 1)
 		return v.fault("Boot source error: The kernel command line is invalid: Invalid cmdline capacity provided.")
 	}
@@ -855,7 +838,7 @@ func (v *vmm) putMachineConfig(body []byte) response {
 		return v.fault(msg)
 	}
 	if v.started() {
-		return v.fault(MsgPostBoot)
+		return v.fault(fcstandin.MsgPostBoot)
 	}
 	v.bootPath = true
 	// PUT semantics: omitted optional fields reset to their defaults.
@@ -871,10 +854,10 @@ func (v *vmm) patchMachineConfig(body []byte) response {
 		return v.fault(msg)
 	}
 	if u == (machineConfigUpdate{}) {
-		return v.fault(MsgEmptyPatch)
+		return v.fault(fcstandin.MsgEmptyPatch)
 	}
 	if v.started() {
-		return v.fault(MsgPostBoot)
+		return v.fault(fcstandin.MsgPostBoot)
 	}
 	v.bootPath = true
 	return v.applyMachine(v.cfg.Machine, u, body)
@@ -905,10 +888,10 @@ func (v *vmm) applyMachine(m machineConfig, u machineConfigUpdate, body []byte) 
 		}
 	}
 	if m.VcpuCount < 1 || m.VcpuCount > 32 || (m.Smt && m.VcpuCount > 1 && m.VcpuCount%2 == 1) {
-		return v.fault(MsgVcpuCount)
+		return v.fault(fcstandin.MsgVcpuCount)
 	}
 	if m.MemSizeMib == 0 || (m.HugePages == "2M" || m.HugePages == "Transparent") && m.MemSizeMib%2 != 0 {
-		return v.fault(MsgMemSize)
+		return v.fault(fcstandin.MsgMemSize)
 	}
 	// v1.7 refused huge pages with a balloon (and with an initrd); the
 	// newest real binary (v1.14.2) takes both, and so does the stand-in.
@@ -917,7 +900,7 @@ func (v *vmm) applyMachine(m machineConfig, u machineConfigUpdate, body []byte) 
 	}
 	v.cfg.Machine = m
 	r := v.noContent()
-	if u.CPUTemplate != nil && v.api == APILatest {
+	if u.CPUTemplate != nil && v.api == fcstandin.APILatest {
 		r = v.deprecated(r, "PUT /machine-config: cpu_template field is deprecated.")
 	}
 	return r
@@ -927,7 +910,7 @@ func (v *vmm) putDrive(body []byte, id string, hasID bool) response {
 	v.metrics.inc("put_api_requests", "drive_count", 1)
 	fail := func(msg string) response { v.metrics.inc("put_api_requests", "drive_fails", 1); return v.fault(msg) }
 	if !hasID {
-		return fail(MsgEmptyID)
+		return fail(fcstandin.MsgEmptyID)
 	}
 	if msg := checkID(id); msg != "" {
 		return fail(msg)
@@ -937,10 +920,10 @@ func (v *vmm) putDrive(body []byte, id string, hasID bool) response {
 		return fail(msg)
 	}
 	if d.DriveID != id {
-		return fail(MsgIDMismatch)
+		return fail(fcstandin.MsgIDMismatch)
 	}
 	if v.started() && !v.opts.EnablePCI {
-		return v.fault(MsgPostBoot)
+		return v.fault(fcstandin.MsgPostBoot)
 	}
 	v.bootPath = true
 	if d.Socket != nil {
@@ -1001,7 +984,7 @@ func (v *vmm) patchDrive(body []byte, id string, hasID bool) response {
 	v.metrics.inc("patch_api_requests", "drive_count", 1)
 	fail := func(msg string) response { v.metrics.inc("patch_api_requests", "drive_fails", 1); return v.fault(msg) }
 	if !hasID {
-		return fail(MsgEmptyID)
+		return fail(fcstandin.MsgEmptyID)
 	}
 	if msg := checkID(id); msg != "" {
 		return fail(msg)
@@ -1015,10 +998,10 @@ func (v *vmm) patchDrive(body []byte, id string, hasID bool) response {
 		return fail(msg)
 	}
 	if p.DriveID != id {
-		return fail(MsgIDMismatch)
+		return fail(fcstandin.MsgIDMismatch)
 	}
 	if !v.started() {
-		return v.fault(MsgPreBoot)
+		return v.fault(fcstandin.MsgPreBoot)
 	}
 	idx := -1
 	for i, d := range v.cfg.Drives {
@@ -1071,7 +1054,7 @@ func (v *vmm) putNet(body []byte, id string, hasID bool) response {
 	v.metrics.inc("put_api_requests", "network_count", 1)
 	fail := func(msg string) response { v.metrics.inc("put_api_requests", "network_fails", 1); return v.fault(msg) }
 	if !hasID {
-		return fail(MsgEmptyID)
+		return fail(fcstandin.MsgEmptyID)
 	}
 	if msg := checkID(id); msg != "" {
 		return fail(msg)
@@ -1087,13 +1070,13 @@ func (v *vmm) putNet(body []byte, id string, hasID bool) response {
 		return fail(fmt.Sprintf("The id from the path [%s] does not match the id from the body [%s]!", id, n.IfaceID))
 	}
 	if v.started() && !v.opts.EnablePCI {
-		return v.fault(MsgPostBoot)
+		return v.fault(fcstandin.MsgPostBoot)
 	}
 	v.bootPath = true
 	if n.GuestMac != nil {
 		for _, o := range v.cfg.Nets {
 			if o.IfaceID != id && o.GuestMac != nil && strings.EqualFold(*o.GuestMac, *n.GuestMac) {
-				if v.api == APIv10 {
+				if v.api == fcstandin.APIv10 {
 					return fail(fmt.Sprintf("The guest MAC address %s is already in use.", strings.ToLower(*n.GuestMac)))
 				}
 				return fail("Network config error: The MAC address is already in use: " + strings.ToLower(*n.GuestMac))
@@ -1111,9 +1094,9 @@ func (v *vmm) putNet(body []byte, id string, hasID bool) response {
 			}
 		}
 	}
-	tap, msg := openTap(n.HostDevName, v.api == APIv10)
+	tap, msg := openTap(n.HostDevName, v.api == fcstandin.APIv10)
 	if msg != "" {
-		if v.api == APIv10 {
+		if v.api == fcstandin.APIv10 {
 			return fail(msg)
 		}
 		return fail("Network config error: " + msg)
@@ -1130,7 +1113,7 @@ func (v *vmm) patchNet(body []byte, id string, hasID bool) response {
 		return v.fault(msg)
 	}
 	if !hasID {
-		return fail(MsgEmptyID)
+		return fail(fcstandin.MsgEmptyID)
 	}
 	if msg := checkID(id); msg != "" {
 		return fail(msg)
@@ -1147,7 +1130,7 @@ func (v *vmm) patchNet(body []byte, id string, hasID bool) response {
 		return fail(fmt.Sprintf("The id from the path [%s] does not match the id from the body [%s]!", id, p.IfaceID))
 	}
 	if !v.started() {
-		return v.fault(MsgPreBoot)
+		return v.fault(fcstandin.MsgPreBoot)
 	}
 	for i, n := range v.cfg.Nets {
 		if n.IfaceID == id {
@@ -1177,7 +1160,7 @@ func (v *vmm) putLogger(body []byte) response {
 		return fail(msg)
 	}
 	level := lvlInfo
-	if v.api == APIv10 {
+	if v.api == fcstandin.APIv10 {
 		level = lvlWarn
 	}
 	if l.Level != nil {
@@ -1188,10 +1171,10 @@ func (v *vmm) putLogger(body []byte) response {
 		level = lv
 	}
 	if v.started() {
-		return v.fault(MsgPostBoot)
+		return v.fault(fcstandin.MsgPostBoot)
 	}
 	if v.loggerSet {
-		return fail(MsgLoggerTwice)
+		return fail(fcstandin.MsgLoggerTwice)
 	}
 	var target *os.File
 	if l.LogPath != nil {
@@ -1232,10 +1215,10 @@ func (v *vmm) putMetrics(body []byte) response {
 		return fail(msg)
 	}
 	if v.started() {
-		return v.fault(MsgPostBoot)
+		return v.fault(fcstandin.MsgPostBoot)
 	}
 	if v.metricsSet {
-		return fail(MsgMetricsTwice)
+		return fail(fcstandin.MsgMetricsTwice)
 	}
 	f, err := openNonblockExisting(m.MetricsPath)
 	if err != nil {
@@ -1244,7 +1227,7 @@ func (v *vmm) putMetrics(body []byte) response {
 	v.metricsSet = true
 	v.metrics.mu.Lock()
 	v.metrics.file = f
-	if v.api == APILatest { // emit_id and properties are 1.17-dev fields
+	if v.api == fcstandin.APILatest { // emit_id and properties are 1.17-dev fields
 		v.metrics.emitID = m.EmitID
 		v.metrics.properties = m.Properties
 	}
@@ -1260,7 +1243,7 @@ func (v *vmm) putVsock(body []byte) response {
 		return fail(msg)
 	}
 	if v.started() {
-		return v.fault(MsgPostBoot)
+		return v.fault(fcstandin.MsgPostBoot)
 	}
 	v.bootPath = true
 	if v.vsock != nil && v.vsock.path == c.UdsPath {
@@ -1269,7 +1252,7 @@ func (v *vmm) putVsock(body []byte) response {
 	}
 	dev, err := bindVsock(c.UdsPath, v.gate)
 	if err != nil {
-		if v.api == APIv10 {
+		if v.api == fcstandin.APIv10 {
 			return fail("Cannot create backend for vsock device: UnixBind(" + rustOsDebug(err) + ")")
 		}
 		return fail("Vsock config error: Cannot create backend for vsock device: Error binding to the host-side Unix socket: " + osErr(err))
@@ -1281,7 +1264,7 @@ func (v *vmm) putVsock(body []byte) response {
 	v.vsock = dev
 	v.cfg.Vsock = &c
 	r := v.noContent()
-	if c.VsockID != nil && v.api == APILatest {
+	if c.VsockID != nil && v.api == fcstandin.APILatest {
 		r = v.deprecated(r, "PUT /vsock: vsock_id field is deprecated.")
 	}
 	return r
@@ -1293,7 +1276,7 @@ func (v *vmm) putBalloon(body []byte) response {
 		return v.fault(msg)
 	}
 	if v.started() {
-		return v.fault(MsgPostBoot)
+		return v.fault(fcstandin.MsgPostBoot)
 	}
 	v.bootPath = true
 	if b.AmountMib > v.cfg.Machine.MemSizeMib {
@@ -1308,7 +1291,7 @@ func (v *vmm) getBalloon() response {
 		if v.started() {
 			return v.fault("Internal VMM error: Balloon: Device not found.")
 		}
-		if v.api == APIv10 {
+		if v.api == fcstandin.APIv10 {
 			return v.fault("No balloon device found.")
 		}
 		return v.fault("Balloon config error: No balloon device found.")
@@ -1318,7 +1301,7 @@ func (v *vmm) getBalloon() response {
 
 func (v *vmm) getBalloonStats() response {
 	if !v.started() {
-		return v.fault(MsgPreBoot)
+		return v.fault(fcstandin.MsgPreBoot)
 	}
 	if v.cfg.Balloon == nil {
 		return v.fault("Internal VMM error: Balloon: Device not found.")
@@ -1343,7 +1326,7 @@ func (v *vmm) patchBalloon(body []byte, rest []string) response {
 	switch sub {
 	case "":
 		if len(body) == 0 {
-			return v.fault(MsgEmptyPatch)
+			return v.fault(fcstandin.MsgEmptyPatch)
 		}
 		var u struct {
 			AmountMib int `json:"amount_mib"`
@@ -1352,7 +1335,7 @@ func (v *vmm) patchBalloon(body []byte, rest []string) response {
 			return v.fault(msg)
 		}
 		if !v.started() {
-			return v.fault(MsgPreBoot)
+			return v.fault(fcstandin.MsgPreBoot)
 		}
 		if v.cfg.Balloon == nil {
 			return v.fault("Balloon update error: Balloon: Device not found.")
@@ -1364,7 +1347,7 @@ func (v *vmm) patchBalloon(body []byte, rest []string) response {
 		return v.noContent()
 	case "statistics":
 		if len(body) == 0 {
-			return v.fault(MsgEmptyPatch)
+			return v.fault(fcstandin.MsgEmptyPatch)
 		}
 		var u struct {
 			Interval int `json:"stats_polling_interval_s"`
@@ -1373,7 +1356,7 @@ func (v *vmm) patchBalloon(body []byte, rest []string) response {
 			return v.fault(msg)
 		}
 		if !v.started() {
-			return v.fault(MsgPreBoot)
+			return v.fault(fcstandin.MsgPreBoot)
 		}
 		if v.cfg.Balloon == nil {
 			return v.fault("Balloon update error: Balloon: Device not found.")
@@ -1395,14 +1378,14 @@ func (v *vmm) patchBalloon(body []byte, rest []string) response {
 		return v.balloonHinting(strings.TrimPrefix(sub, "hinting/"), body)
 	}
 	if len(body) == 0 {
-		return v.fault(MsgEmptyPatch)
+		return v.fault(fcstandin.MsgEmptyPatch)
 	}
 	return v.fault(fmt.Sprintf("Unrecognized PATCH request path `%s`.", sub))
 }
 
 func (v *vmm) balloonHinting(op string, _ []byte) response {
 	if !v.started() {
-		return v.fault(MsgPreBoot)
+		return v.fault(fcstandin.MsgPreBoot)
 	}
 	if v.cfg.Balloon == nil {
 		return v.fault("Balloon update error: Balloon: Device not found.")
@@ -1431,8 +1414,8 @@ func (v *vmm) putMmds(body []byte) response {
 }
 
 func (v *vmm) tooLarge() response {
-	v.log(lvlError, "fc_api", "src/firecracker/src/api_server/parsed_request.rs:1", "Received Error. Status code: 413 Payload too large. Message: "+MsgMmdsTooBig)
-	b, _ := json.Marshal(map[string]string{"fault_message": MsgMmdsTooBig})
+	v.log(lvlError, "fc_api", "src/firecracker/src/api_server/parsed_request.rs:1", "Received Error. Status code: 413 Payload too large. Message: "+fcstandin.MsgMmdsTooBig)
+	b, _ := json.Marshal(map[string]string{"fault_message": fcstandin.MsgMmdsTooBig})
 	return response{status: http.StatusRequestEntityTooLarge, body: b}
 }
 
@@ -1444,7 +1427,7 @@ func (v *vmm) patchMmds(body []byte) response {
 		return v.fault(msg)
 	}
 	if !v.mmdsInit {
-		return v.fault(MsgMmdsNotInit)
+		return v.fault(fcstandin.MsgMmdsNotInit)
 	}
 	merged := mergePatch(deepCopyAny(v.mmdsData), patch)
 	if b, _ := json.Marshal(merged); int64(len(b)) > v.opts.MMDSSizeLimit {
@@ -1492,7 +1475,7 @@ func (v *vmm) putMmdsConfig(body []byte) response {
 		return v.fault(msg)
 	}
 	if v.started() {
-		return v.fault(MsgPostBoot)
+		return v.fault(fcstandin.MsgPostBoot)
 	}
 	v.bootPath = true
 	if len(c.NetworkInterfaces) == 0 {
@@ -1515,7 +1498,7 @@ func (v *vmm) putMmdsConfig(body []byte) response {
 		}
 		// Like Firecracker (every release): 169.254.1.0-169.254.254.255.
 		if !ip.IsLinkLocalUnicast() || ip[2] == 0 || ip[2] == 255 {
-			if v.api == APIv10 {
+			if v.api == fcstandin.APIv10 {
 				return v.fault("The MMDS IPv4 address is not link local.")
 			}
 			return v.fault("MMMDS config error: The MMDS IPv4 address is not link local.")
@@ -1528,7 +1511,7 @@ func (v *vmm) putMmdsConfig(body []byte) response {
 	}
 	v.cfg.Mmds = cfg
 	r := v.noContent()
-	if cfg.Version == "V1" && v.api == APILatest {
+	if cfg.Version == "V1" && v.api == fcstandin.APILatest {
 		r = v.deprecated(r, "PUT /mmds/config: V1 is deprecated. Use V2 instead.")
 	}
 	return r
@@ -1546,7 +1529,7 @@ func (v *vmm) putSimple(body []byte, path string, dst *json.RawMessage, group, n
 		return v.fault(msg)
 	}
 	if v.started() {
-		return v.fault(MsgPostBoot)
+		return v.fault(fcstandin.MsgPostBoot)
 	}
 	if path == "/entropy" {
 		v.bootPath = true
@@ -1572,7 +1555,7 @@ func (v *vmm) putPmem(body []byte, id string, hasID bool) response {
 	v.metrics.inc("put_api_requests", "pmem_count", 1)
 	fail := func(msg string) response { v.metrics.inc("put_api_requests", "pmem_fails", 1); return v.fault(msg) }
 	if !hasID {
-		return fail(MsgEmptyID)
+		return fail(fcstandin.MsgEmptyID)
 	}
 	if msg := checkID(id); msg != "" {
 		return fail(msg)
@@ -1582,10 +1565,10 @@ func (v *vmm) putPmem(body []byte, id string, hasID bool) response {
 		return fail(msg)
 	}
 	if p.ID != id {
-		return fail(MsgIDMismatch)
+		return fail(fcstandin.MsgIDMismatch)
 	}
 	if v.started() && !v.opts.EnablePCI {
-		return v.fault(MsgPostBoot)
+		return v.fault(fcstandin.MsgPostBoot)
 	}
 	v.bootPath = true
 	for _, o := range v.cfg.Pmem {
@@ -1613,7 +1596,7 @@ func (v *vmm) putPmem(body []byte, id string, hasID bool) response {
 
 func (v *vmm) patchPmem(body []byte, id string, hasID bool) response {
 	if !hasID {
-		return v.fault(MsgEmptyID)
+		return v.fault(fcstandin.MsgEmptyID)
 	}
 	if msg := checkID(id); msg != "" {
 		return v.fault(msg)
@@ -1626,10 +1609,10 @@ func (v *vmm) patchPmem(body []byte, id string, hasID bool) response {
 		return v.fault(msg)
 	}
 	if p.ID != id {
-		return v.fault(MsgIDMismatch)
+		return v.fault(fcstandin.MsgIDMismatch)
 	}
 	if !v.started() {
-		return v.fault(MsgPreBoot)
+		return v.fault(fcstandin.MsgPreBoot)
 	}
 	for i, o := range v.cfg.Pmem {
 		if o.ID == id {
@@ -1650,7 +1633,7 @@ func (v *vmm) putHotplug(body []byte) response {
 		return v.fault(msg)
 	}
 	if v.started() {
-		return v.fault(MsgPostBoot)
+		return v.fault(fcstandin.MsgPostBoot)
 	}
 	v.bootPath = true
 	if h.BlockSizeMib&(h.BlockSizeMib-1) != 0 {
@@ -1665,7 +1648,7 @@ func (v *vmm) putHotplug(body []byte) response {
 
 func (v *vmm) getHotplug() response {
 	if !v.started() {
-		return v.fault(MsgPreBoot)
+		return v.fault(fcstandin.MsgPreBoot)
 	}
 	if v.cfg.Hotplug == nil {
 		return v.fault("Internal VMM error: Memory hotplug device not found.")
@@ -1684,7 +1667,7 @@ func (v *vmm) patchHotplug(body []byte) response {
 		return v.fault(msg)
 	}
 	if !v.started() {
-		return v.fault(MsgPreBoot)
+		return v.fault(fcstandin.MsgPreBoot)
 	}
 	if v.cfg.Hotplug == nil {
 		return v.fault("Memory hotplug update error: Memory hotplug device not found.")
@@ -1704,7 +1687,7 @@ func (v *vmm) patchVM(body []byte) response {
 		return v.fault(msg)
 	}
 	if !v.started() {
-		return v.fault(MsgPreBoot)
+		return v.fault(fcstandin.MsgPreBoot)
 	}
 	t0 := time.Now()
 	if s.State == "Paused" {

@@ -1,4 +1,4 @@
-package fcstandin
+package server
 
 import (
 	"encoding/binary"
@@ -13,6 +13,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/mvm-dev/microvm/internal/fcstandin"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -36,7 +37,7 @@ func startInNetnsWith(t *testing.T, setup func() error) *proc {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to create a network namespace and a TAP")
 	}
-	Build(t) // build outside the namespace-locked section
+	fcstandin.Build(t) // build outside the namespace-locked section
 	var p *proc
 	errc := make(chan error, 1)
 	go func() {
@@ -86,7 +87,7 @@ func TestTapOpenedForReal(t *testing.T) {
 	p.fails("PUT", "/mmds/config", `{"network_interfaces":["eth0"],"ipv4_address":"10.0.0.1"}`, "not link local")
 	bootMinimal(t, p)
 	p.ok("PATCH", "/network-interfaces/eth0", `{"iface_id":"eth0","rx_rate_limiter":{"bandwidth":{"size":0,"refill_time":0}}}`)
-	p.fails("PUT", "/network-interfaces/eth2", `{"iface_id":"eth2","host_dev_name":"fcstap0"}`, MsgPostBoot)
+	p.fails("PUT", "/network-interfaces/eth2", `{"iface_id":"eth2","host_dev_name":"fcstap0"}`, fcstandin.MsgPostBoot)
 }
 
 func TestTapOverrideOnLoad(t *testing.T) {

@@ -1,4 +1,4 @@
-package fcstandin
+package server
 
 import (
 	"errors"
@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/mvm-dev/microvm/internal/fcstandin"
 )
 
 // ErrUsage marks command-line and environment errors (exit status 1).
@@ -45,7 +47,7 @@ type Options struct {
 	MaxPayload    int64  // --http-api-max-payload-size
 	MMDSSizeLimit int64  // --mmds-size-limit
 
-	API        string        // FCSTANDIN_API: APIv10 or APILatest
+	API        string        // FCSTANDIN_API: fcstandin.APIv10 or fcstandin.APILatest
 	SpecDir    string        // FCSTANDIN_SPEC_DIR (resolved later when empty)
 	SpecCache  string        // FCSTANDIN_SPEC_CACHE: "" (default folder), "off" or an absolute folder
 	Crash      []crashSpec   // FCSTANDIN_CRASH
@@ -182,12 +184,12 @@ func ParseArgs(args []string, getenv func(string) string) (Options, error) {
 	}
 
 	switch api := getenv("FCSTANDIN_API"); api {
-	case "", APILatest:
-		o.API = APILatest
-	case APIv10:
-		o.API = APIv10
+	case "", fcstandin.APILatest:
+		o.API = fcstandin.APILatest
+	case fcstandin.APIv10:
+		o.API = fcstandin.APIv10
 	default:
-		return o, fmt.Errorf("%w: FCSTANDIN_API=%q: want %q or %q", ErrUsage, api, APIv10, APILatest)
+		return o, fmt.Errorf("%w: FCSTANDIN_API=%q: want %q or %q", ErrUsage, api, fcstandin.APIv10, fcstandin.APILatest)
 	}
 	o.SpecDir = getenv("FCSTANDIN_SPEC_DIR")
 	o.SpecCache = getenv("FCSTANDIN_SPEC_CACHE")

@@ -1,4 +1,4 @@
-package fcstandin
+package server
 
 import (
 	"bytes"
@@ -15,11 +15,13 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mvm-dev/microvm/internal/fcstandin"
 )
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	RemoveBuild()
+	fcstandin.RemoveBuild()
 	os.Exit(code)
 }
 
@@ -78,8 +80,8 @@ type startOpt struct {
 
 func startFC(t *testing.T, o startOpt) *proc {
 	t.Helper()
-	bin := Build(t)
-	spec := SpecDir(t)
+	bin := fcstandin.Build(t)
+	spec := fcstandin.SpecDir(t)
 	dir := o.dir
 	if dir == "" {
 		dir = shortDir(t)

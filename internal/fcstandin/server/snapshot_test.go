@@ -1,4 +1,4 @@
-package fcstandin
+package server
 
 import (
 	"bufio"
@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mvm-dev/microvm/internal/fcstandin"
 )
 
 // snapshotOf boots a VM with id, pauses it and snapshots it into dir.
@@ -36,7 +38,7 @@ func readState(t *testing.T, path string) *snapshotState {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := decodeState(b, snapshotFormat[APILatest])
+	st, err := decodeState(b, snapshotFormat[fcstandin.APILatest])
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package fcstandin
+package server
 
 import (
 	"errors"
@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mvm-dev/microvm/internal/fcstandin"
 	"golang.org/x/sys/unix"
 )
 
@@ -45,7 +46,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	if o.SpecDir == "" {
 		exe, _ := os.Executable()
 		wd, _ := os.Getwd()
-		o.SpecDir, err = FindSpecDir(os.Getenv, wd, filepath.Dir(exe))
+		o.SpecDir, err = fcstandin.FindSpecDir(os.Getenv, wd, filepath.Dir(exe))
 		if err != nil {
 			fmt.Fprintln(stderr, err)
 			return 1

@@ -1,4 +1,4 @@
-package fcstandin
+package server
 
 import (
 	"fmt"
@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mvm-dev/microvm/internal/fcstandin"
 )
 
 // BenchmarkStartup measures what every VM-creating test pays for its
@@ -19,10 +21,10 @@ import (
 // process's user+sys CPU time to that point ("cpu-ms"). "cached" starts
 // with a warm spec cache, "uncached" with FCSTANDIN_SPEC_CACHE=off.
 //
-//	go test -run XXX -bench Startup ./internal/fcstandin
+//	go -C internal/fcstandin/server test -run XXX -bench Startup .
 func BenchmarkStartup(b *testing.B) {
-	bin := Build(b)
-	spec := SpecDir(b)
+	bin := fcstandin.Build(b)
+	spec := fcstandin.SpecDir(b)
 	for _, bc := range []struct{ name, cache string }{
 		{"cached", b.TempDir()},
 		{"uncached", specCacheOff},
@@ -96,9 +98,9 @@ func startOnce(b *testing.B, bin, dir string, env []string) (accept, ready, cpu 
 // BenchmarkLoadSpec measures preparing the validator in process: from a
 // cache entry ("hit", as most starts do) and from the spec ("prepare").
 func BenchmarkLoadSpec(b *testing.B) {
-	dir := SpecDir(b)
+	dir := fcstandin.SpecDir(b)
 	cache := specCache{dir: b.TempDir(), buildID: "bench"}
-	if _, err := loadSpec(dir, APILatest, cache); err != nil {
+	if _, err := loadSpec(dir, fcstandin.APILatest, cache); err != nil {
 		b.Fatal(err)
 	}
 	for _, bc := range []struct {
@@ -108,7 +110,7 @@ func BenchmarkLoadSpec(b *testing.B) {
 		b.Run(bc.name, func(b *testing.B) {
 			b.ReportAllocs()
 			for i := 0; i < b.N; i++ {
-				s, err := loadSpec(dir, APILatest, bc.cache)
+				s, err := loadSpec(dir, fcstandin.APILatest, bc.cache)
 				if err != nil {
 					b.Fatal(err)
 				}

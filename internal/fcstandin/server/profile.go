@@ -1,4 +1,4 @@
-package fcstandin
+package server
 
 import (
 	"os"

@@ -1,4 +1,4 @@
-package fcstandin
+package server
 
 import (
 	"bytes"
@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mvm-dev/microvm/internal/fcstandin"
 	"github.com/mvm-dev/microvm/internal/uffdguest"
 	"golang.org/x/sys/unix"
 )
@@ -30,7 +31,7 @@ const snapshotMagic uint64 = 0x07101984866400FC
 
 // snapshotFormat is the state-file format version each flavour writes and
 // accepts (same MAJOR only, like Firecracker).
-var snapshotFormat = map[string]string{APIv10: "1.0.0", APILatest: "8.0.0"}
+var snapshotFormat = map[string]string{fcstandin.APIv10: "1.0.0", fcstandin.APILatest: "8.0.0"}
 
 // guestMemory models guest RAM sparsely: only non-zero 4 KiB pages exist.
 //
@@ -186,7 +187,7 @@ func (v *vmm) snapshotCreate(body []byte) response {
 		return v.fault(msg)
 	}
 	if !v.started() {
-		return v.fault(MsgPreBoot)
+		return v.fault(fcstandin.MsgPreBoot)
 	}
 	if v.state != statePaused {
 		return v.fault("Create snapshot error: Cannot create a snapshot: the microVM is not paused (PATCH /vm {\"state\": \"Paused\"} first).")
@@ -374,11 +375,11 @@ func (v *vmm) snapshotLoad(body []byte) response {
 		return v.fault(msgSerdePrefix + "missing field: either `mem_backend` or `mem_file_path` is required.")
 	}
 	if v.started() {
-		return v.fault(MsgPostBoot)
+		return v.fault(fcstandin.MsgPostBoot)
 	}
 	if v.bootPath {
 		v.log(lvlInfo, "main", "src/vmm/src/rpc_interface.rs:1", "Loading a microVM snapshot not allowed after configuring boot-specific resources.")
-		return v.fault(MsgLoadNotAllowed)
+		return v.fault(fcstandin.MsgLoadNotAllowed)
 	}
 	t0 := time.Now()
 	if err := v.restore(&p); err != nil {
@@ -394,7 +395,7 @@ func (v *vmm) snapshotLoad(body []byte) response {
 	v.metrics.store("latencies_us", "load_snapshot", us)
 	v.log(lvlInfo, "main", "src/vmm/src/rpc_interface.rs:1", fmt.Sprintf("'load snapshot' VMM action took %d us.", us))
 	r := v.noContent()
-	if v.api == APILatest {
+	if v.api == fcstandin.APILatest {
 		var dep []string
 		if p.MemFilePath != nil {
 			dep = append(dep, "PUT /snapshot/load: mem_file_path field is deprecated.")
@@ -513,7 +514,7 @@ func (v *vmm) restore(p *loadParams) error {
 	}
 	// Track dirty pages comes from the load request, not the snapshot.
 	cfg.Machine.TrackDirtyPages = (p.TrackDirtyPages != nil && *p.TrackDirtyPages) || (p.EnableDiffSnapshots != nil && *p.EnableDiffSnapshots)
-	if v.api == APILatest {
+	if v.api == fcstandin.APILatest {
 		cfg.Machine.Smt = false
 		cfg.Machine.CPUTemplate = nil
 	}

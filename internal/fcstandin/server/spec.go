@@ -1,4 +1,4 @@
-package fcstandin
+package server
 
 import (
 	"bytes"
@@ -20,25 +20,9 @@ import (
 	"github.com/getkin/kin-openapi/openapi3filter"
 	"github.com/getkin/kin-openapi/routers"
 	"github.com/getkin/kin-openapi/routers/gorillamux"
+	"github.com/mvm-dev/microvm/internal/fcstandin"
 	"sigs.k8s.io/yaml"
 )
-
-// API flavours the stand-in emulates (FCSTANDIN_API).
-const (
-	// APIv10 emulates Firecracker v1.0.0 (spec firecracker-api-v1.0.yaml).
-	APIv10 = "v1.0"
-	// APILatest emulates Firecracker 1.17.0-dev (spec firecracker-api.yaml).
-	APILatest = "latest"
-)
-
-// Spec file names inside the spec directory.
-const (
-	specFileLatest = "firecracker-api.yaml"
-	specFileV10    = "firecracker-api-v1.0.yaml"
-)
-
-// ErrSpecNotFound is returned when the reference specs cannot be located.
-var ErrSpecNotFound = errors.New("fcstandin: Firecracker API spec directory not found")
 
 // strictDefinitions are the body types whose Rust structs use
 // #[serde(deny_unknown_fields)] (notes §2 "Bodies that reject unknown
@@ -75,55 +59,6 @@ func (s *apiSpec) wait() error {
 	return s.err
 }
 
-// FindSpecDir locates the directory that holds both reference specs: env
-// FCSTANDIN_SPEC_DIR, then MVM_REFERENCE_DIR, then a "shared/reference"
-// folder found by walking up from each of the start directories.
-func FindSpecDir(getenv func(string) string, starts ...string) (string, error) {
-	for _, env := range []string{"FCSTANDIN_SPEC_DIR", "MVM_REFERENCE_DIR"} {
-		if d := getenv(env); d != "" {
-			if err := checkSpecDir(d); err != nil {
-				return "", fmt.Errorf("%s=%s: %w", env, d, err)
-			}
-			return d, nil
-		}
-	}
-	for _, start := range starts {
-		if start == "" {
-			continue
-		}
-		d, err := filepath.Abs(start)
-		if err != nil {
-			continue
-		}
-		for {
-			cand := filepath.Join(d, "shared", "reference")
-			if checkSpecDir(cand) == nil {
-				return cand, nil
-			}
-			parent := filepath.Dir(d)
-			if parent == d {
-				break
-			}
-			d = parent
-		}
-	}
-	return "", fmt.Errorf("%w: set FCSTANDIN_SPEC_DIR to the folder holding %s and %s (searched for shared/reference above %s)",
-		ErrSpecNotFound, specFileLatest, specFileV10, strings.Join(starts, ", "))
-}
-
-func checkSpecDir(d string) error {
-	for _, f := range []string{specFileLatest, specFileV10} {
-		st, err := os.Stat(filepath.Join(d, f))
-		if err != nil {
-			return fmt.Errorf("%w: %v", ErrSpecNotFound, err)
-		}
-		if !st.Mode().IsRegular() {
-			return fmt.Errorf("%w: %s is not a regular file", ErrSpecNotFound, filepath.Join(d, f))
-		}
-	}
-	return nil
-}
-
 // loadSpec reads the spec for api from dir and returns the loaded
 // validator for it (see openSpec).
 func loadSpec(dir, api string, cache specCache) (*apiSpec, error) {
@@ -149,9 +84,9 @@ func loadSpec(dir, api string, cache specCache) (*apiSpec, error) {
 // error after every waiter has been released. Otherwise the document is
 // prepared, stored in cache, and loaded before openSpec returns.
 func openSpec(dir, api string, cache specCache, failed func(error)) (*apiSpec, error) {
-	file := specFileLatest
-	if api == APIv10 {
-		file = specFileV10
+	file := fcstandin.SpecFileLatest
+	if api == fcstandin.APIv10 {
+		file = fcstandin.SpecFileV10
 	}
 	path := filepath.Join(dir, file)
 	raw, err := os.ReadFile(path)
@@ -292,7 +227,7 @@ func tightenSpec(m map[string]any, api string) error {
 	// parses the level case-insensitively; the handler checks it instead.
 	if p := props(def("Logger")); p != nil {
 		if lvl, ok := p["level"].(map[string]any); ok {
-			if api == APILatest {
+			if api == fcstandin.APILatest {
 				delete(lvl, "enum")
 			} else if enum, ok := lvl["enum"].([]any); ok {
 				for i, v := range enum {
