@@ -48,7 +48,11 @@ func TestFindSpecDir(t *testing.T) {
 		t.Fatalf("walk up from %s: %q, %v; want %q", deep, got, err, shared)
 	}
 	// Empty start folders are skipped; the first that finds one wins.
-	if got, err := FindSpecDir(none, "", t.TempDir(), deep); err != nil || got != shared {
+	nearer := specFolder(t, filepath.Join(root, "repo", "shared", "reference"))
+	if got, err := FindSpecDir(none, "", deep, root); err != nil || got != nearer {
+		t.Fatalf("several starts: %q, %v; want %q", got, err, nearer)
+	}
+	if got, err := FindSpecDir(none, "", root, deep); err != nil || got != shared {
 		t.Fatalf("several starts: %q, %v; want %q", got, err, shared)
 	}
 	// FCSTANDIN_SPEC_DIR wins over MVM_REFERENCE_DIR, which wins over the walk.
@@ -80,10 +84,11 @@ func TestFindSpecDir(t *testing.T) {
 	if !errors.Is(err, ErrSpecNotFound) || !strings.Contains(err.Error(), "not a regular file") {
 		t.Fatalf("spec file is a folder: %v", err)
 	}
-	// Nothing found: the error says which variable to set and where it looked.
-	lone := t.TempDir()
-	_, err = FindSpecDir(none, lone)
-	if !errors.Is(err, ErrSpecNotFound) || !strings.Contains(err.Error(), "FCSTANDIN_SPEC_DIR") || !strings.Contains(err.Error(), lone) {
+	// Nothing found (no variable, no start folder; a walk from any folder
+	// could meet a shared/reference of this machine): the error says which
+	// variable to set.
+	_, err = FindSpecDir(none, "")
+	if !errors.Is(err, ErrSpecNotFound) || !strings.Contains(err.Error(), "set FCSTANDIN_SPEC_DIR") {
 		t.Fatalf("nothing found: %v", err)
 	}
 }
