@@ -57,7 +57,7 @@
 //
 // # Persistence
 //
-// Records go to the Store (*registry.Registry satisfies it):
+// Records go to the Store (OpenStore gives mvm's, a directory of files):
 //
 //	netlease/<name>   {name, host_ip, token, state: building|built, owner{pid,start,instance}, built_for, created}
 //	netvm/<vm id>     {slot, token, policy, tap_uid, tap_gid}

@@ -6,7 +6,7 @@
 // its own: a network namespace that firecracker runs in, holding the TAP
 // device, NAT to a unique host address and the egress firewall.
 //
-//	store, err := registry.Open("/var/lib/mvm/network")
+//	store, err := network.OpenStore("/var/lib/mvm/network")
 //	...
 //	m, err := network.New(ctx, network.Config{Store: store, EgressInterface: "eth0"})
 //	...
