@@ -1,5 +1,7 @@
 // Package firecracker is the [microvm.Runtime] that runs each VM in a
-// firecracker process of its own.
+// firecracker process of its own. It is for embedders that run real VMs
+// on a Linux host: they [Open] it once per state directory and use it as a
+// microvm.Runtime and through the root package's optional capabilities.
 //
 //	rt, err := firecracker.Open(ctx, firecracker.Config{StateDir: "/var/lib/mvm"})
 //	vm, err := rt.Create(ctx, "web-1", spec) // spawned and configured
