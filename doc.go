@@ -1,7 +1,9 @@
 // Package microvm is the contract of mvm, a Go runtime for Firecracker
 // microVMs: the [Spec] of a VM, its lifecycle [Status], the read view [VM],
 // the [Runtime] interface every backend implements, and the errors callers
-// test with [errors.Is] and [errors.As].
+// test with [errors.Is] and [errors.As]. It is for every embedder: code
+// written against it runs on any backend (package firecracker for real
+// VMs, package memory in tests).
 //
 // The package holds no Firecracker code. Backends live in their own
 // packages:

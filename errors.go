@@ -76,6 +76,7 @@ type FieldError struct {
 	Rule  string // what the value must satisfy
 }
 
+// Error returns "<field>: <rule>".
 func (e FieldError) Error() string { return e.Field + ": " + e.Rule }
 
 // SpecError reports every problem found in a [Spec] at once. It matches
@@ -84,6 +85,7 @@ type SpecError struct {
 	Problems []FieldError
 }
 
+// Error returns "invalid spec: " and every problem, joined by "; ".
 func (e *SpecError) Error() string {
 	parts := make([]string, len(e.Problems))
 	for i, p := range e.Problems {
@@ -119,6 +121,8 @@ type BackendError struct {
 	Err        error  // the underlying cause, if any
 }
 
+// Error returns one line: the operation, the request, the status,
+// Firecracker's fault message trimmed to a sentence and the cause.
 func (e *BackendError) Error() string {
 	var b strings.Builder
 	b.WriteString(e.Op)
@@ -157,6 +161,7 @@ type ExitError struct {
 	Console []string // the last lines of the guest console
 }
 
+// Error names the VM, its process and how the process ended.
 func (e *ExitError) Error() string {
 	how := fmt.Sprintf("exit status %d", e.ExitCode)
 	if e.Signal != "" {

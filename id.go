@@ -48,6 +48,7 @@ type IDError struct {
 	Rule  string // the rule it breaks
 }
 
+// Error names the field, the id (cut to 80 bytes) and the rule it breaks.
 func (e *IDError) Error() string {
 	return fmt.Sprintf("invalid %s %q: %s", e.Field, truncate(e.ID, 80), e.Rule)
 }

@@ -1,5 +1,9 @@
 // Package agent is the protocol of mvm-agent, the project's guest program
 // (cmd/mvm-agent), with a host-side [Client] and the guest-side [Server].
+// It is for programs that talk to mvm-agent themselves (the firecracker
+// runtime's [microvm.GuestAgent] is one) and for guest programs that serve
+// its protocol (cmd/mvm-agent is one); embedders of the runtime use
+// [microvm.GuestAgent] instead.
 //
 // mvm-agent runs inside a microVM, as PID 1 of a minimal image or as a
 // service under another init. It listens on vsock port [DefaultPort] and

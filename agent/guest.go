@@ -176,6 +176,7 @@ type APIError struct {
 	Code, Message string
 }
 
+// Error returns "agent: <op>: <message> (<code>)".
 func (e *APIError) Error() string {
 	return fmt.Sprintf("agent: %s: %s (%s)", e.Op, e.Message, e.Code)
 }

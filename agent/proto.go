@@ -75,6 +75,7 @@ type Error struct {
 	Message string `json:"message"`
 }
 
+// Error returns "agent: [<op>: ]<message> (<code>)".
 func (e *Error) Error() string {
 	if e.Op != "" {
 		return fmt.Sprintf("agent: %s: %s (%s)", e.Op, e.Message, e.Code)

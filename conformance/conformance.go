@@ -1,6 +1,7 @@
 // Package conformance checks that a [microvm.Runtime] obeys the contract of
-// package microvm, in the spirit of testing/fstest.TestFS. A backend's
-// tests call [Run] with a [Harness]:
+// package microvm, in the spirit of testing/fstest.TestFS. It is for
+// authors of a runtime, or of a wrapper around one (the firecracker and
+// memory runtimes run it). A backend's tests call [Run] with a [Harness]:
 //
 //	func TestConformance(t *testing.T) {
 //		conformance.Run(t, conformance.Harness{

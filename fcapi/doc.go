@@ -1,8 +1,8 @@
 // Package fcapi is a typed client of the Firecracker REST API, which a
-// firecracker process serves over a unix socket (--api-sock).
-//
-// Who it is for: programs that drive a firecracker process themselves (the
-// firecracker runtime is one); it depends on nothing else of mvm.
+// firecracker process serves over a unix socket (--api-sock). It is for
+// programs that drive a firecracker process themselves (the firecracker
+// runtime is one); it depends on nothing else of mvm. Embedders of the
+// runtime do not need it.
 //
 // One [Client] talks to one socket: [New] takes the socket path and
 // [Options]; there is one method per endpoint the runtime uses (PUT,

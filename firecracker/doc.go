@@ -1,5 +1,7 @@
 // Package firecracker is the [microvm.Runtime] that runs each VM in a
-// firecracker process of its own.
+// firecracker process of its own. It is for embedders that run real VMs
+// on a Linux host: they [Open] it once per state directory and use it as a
+// microvm.Runtime and through the root package's optional capabilities.
 //
 //	rt, err := firecracker.Open(ctx, firecracker.Config{StateDir: "/var/lib/mvm"})
 //	vm, err := rt.Create(ctx, "web-1", spec) // spawned and configured
@@ -22,7 +24,7 @@
 // # State directory
 //
 //	<StateDir>/                  0700
-//	  registry/                  VM records (package registry): vm/<id>.json, locks/table
+//	  registry/                  VM records (internal/registry): vm/<id>.json, locks/table
 //	  vms/<id>/                  0700, one per VM
 //	    api.sock                 firecracker's API socket
 //	    console.log              guest serial console + firecracker stdout/stderr, which
@@ -34,7 +36,7 @@
 //	    uffd.sock, uffd.sock.log page server of a VM restored with the uffd backend
 //	    disk-<drive id>.ext4     the VM's clone of the image a drive names (Drive.Image)
 //	  vms/.trash-*/              a VM directory being removed (swept by Open)
-//	  snapshots/                 the snapshot store (package snapshot); a snapshot of a VM
+//	  snapshots/                 the snapshot store (internal/snapshot); a snapshot of a VM
 //	                             with image drives also keeps disk-<drive id>.ext4, a clone of each
 //	  images/                    the image store (package image/store, default Config.Images):
 //	                             images/<name>/users/<vm id> are the VMs' leases

@@ -12,7 +12,7 @@ import (
 	microvm "github.com/mvm-dev/microvm"
 	"github.com/mvm-dev/microvm/image"
 	"github.com/mvm-dev/microvm/image/store"
-	"github.com/mvm-dev/microvm/registry"
+	"github.com/mvm-dev/microvm/internal/registry"
 )
 
 // This file gives each VM whose drives name an image (Drive.Image) its own

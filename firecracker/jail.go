@@ -20,7 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	microvm "github.com/mvm-dev/microvm"
-	"github.com/mvm-dev/microvm/registry"
+	"github.com/mvm-dev/microvm/internal/registry"
 )
 
 // ErrUIDRangeExhausted reports that every uid of JailerConfig's range is

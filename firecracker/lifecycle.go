@@ -11,7 +11,7 @@ import (
 
 	microvm "github.com/mvm-dev/microvm"
 	"github.com/mvm-dev/microvm/fcapi"
-	"github.com/mvm-dev/microvm/registry"
+	"github.com/mvm-dev/microvm/internal/registry"
 )
 
 // Create makes a VM from spec: it checks the spec's files, spawns a

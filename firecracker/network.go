@@ -12,7 +12,7 @@ import (
 
 	microvm "github.com/mvm-dev/microvm"
 	"github.com/mvm-dev/microvm/fcapi"
-	"github.com/mvm-dev/microvm/registry"
+	"github.com/mvm-dev/microvm/internal/registry"
 )
 
 // Network sets up the host side of managed network interfaces (a

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	microvm "github.com/mvm-dev/microvm"
-	"github.com/mvm-dev/microvm/registry"
+	"github.com/mvm-dev/microvm/internal/registry"
 )
 
 // kindVM is the registry kind of VM records.

@@ -9,7 +9,7 @@ import (
 	"slices"
 
 	microvm "github.com/mvm-dev/microvm"
-	"github.com/mvm-dev/microvm/registry"
+	"github.com/mvm-dev/microvm/internal/registry"
 )
 
 var _ microvm.Renamer = (*Runtime)(nil)

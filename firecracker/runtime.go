@@ -22,8 +22,8 @@ import (
 
 	microvm "github.com/mvm-dev/microvm"
 	"github.com/mvm-dev/microvm/image/store"
-	"github.com/mvm-dev/microvm/registry"
-	"github.com/mvm-dev/microvm/snapshot"
+	"github.com/mvm-dev/microvm/internal/registry"
+	"github.com/mvm-dev/microvm/internal/snapshot"
 )
 
 // Defaults of Config.

@@ -11,8 +11,8 @@ import (
 
 	microvm "github.com/mvm-dev/microvm"
 	"github.com/mvm-dev/microvm/fcapi"
-	"github.com/mvm-dev/microvm/registry"
-	"github.com/mvm-dev/microvm/snapshot"
+	"github.com/mvm-dev/microvm/internal/registry"
+	"github.com/mvm-dev/microvm/internal/snapshot"
 	"github.com/mvm-dev/microvm/uffd"
 )
 

@@ -12,7 +12,7 @@ import (
 	"strings"
 
 	microvm "github.com/mvm-dev/microvm"
-	"github.com/mvm-dev/microvm/registry"
+	"github.com/mvm-dev/microvm/internal/registry"
 )
 
 // A Create without a managed network writes no record until the VM is

@@ -1,5 +1,8 @@
 // Package image builds bootable guest root file systems without root
-// privileges, loop devices or mounts.
+// privileges, loop devices or mounts. It is for programs that make guest
+// images (`mvm image build` is one; package image/store keeps them) and
+// for the firecracker runtime, which gives each VM its own clone of an
+// image ([Clone]).
 //
 // [BuildExt4] turns a directory into an ext4 image with e2fsprogs'
 // `mke2fs -d` (Debian package e2fsprogs), run as a plain process with an

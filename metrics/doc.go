@@ -1,6 +1,9 @@
 // Package metrics reads Firecracker's metrics reports into totals that
 // survive many flushes, restarts of the reader and restarts of the
-// firecracker process of the same VM.
+// firecracker process of the same VM. It is for programs that run
+// firecracker with a metrics file themselves (the firecracker runtime is
+// one); embedders of the runtime get the figures from
+// [microvm.StatsReader] instead.
 //
 // Firecracker writes one JSON object per line (per flush: every 60 s, on the
 // FlushMetrics action and on fatal signals). Most fields are

@@ -13,7 +13,7 @@ import (
 )
 
 // BenchmarkSetup measures Setup and Teardown of one VM network, with and
-// without the warm pool, with the on-disk registry (fsync per write) and
+// without the warm pool, with the on-disk FileStore ("registry": fsync per write) and
 // with an in-memory Store. "setup" reports Setup alone (ns/op), with the
 // timer stopped while the pool refills and during Teardown; "teardown" the
 // opposite.

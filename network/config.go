@@ -7,10 +7,10 @@ import (
 	"time"
 )
 
-// Store persists leases and provides cross-process locks.
-// *registry.Registry satisfies it. Create fails with an error wrapping
-// registry.ErrExists when the record exists, Get with one wrapping
-// registry.ErrNotFound when it does not, and Delete of a missing record
+// Store persists leases and provides cross-process locks. [OpenStore]
+// gives the one mvm uses, [*FileStore]. Create fails with an error
+// wrapping [ErrRecordExists] when the record exists, Get with one wrapping
+// [ErrRecordNotFound] when it does not, and Delete of a missing record
 // returns nil.
 type Store interface {
 	Create(kind, id string, v any) error

@@ -4,6 +4,10 @@
 // persisted leases so that no two VMs share an address or a device name.
 // It talks to the kernel only through netlink (vishvananda/netlink) and
 // nftables netlink (google/nftables); it never runs ip, iptables or nft.
+// It is for embedders that give the firecracker runtime managed
+// networking (a [Manager] over [OpenStore], through package
+// network/fcnet) and for programs that run firecracker processes
+// themselves in such networks.
 //
 // # Topology
 //
@@ -57,7 +61,7 @@
 //
 // # Persistence
 //
-// Records go to the Store (*registry.Registry satisfies it):
+// Records go to the Store (OpenStore gives mvm's, a directory of files):
 //
 //	netlease/<name>   {name, host_ip, token, state: building|built, owner{pid,start,instance}, built_for, created}
 //	netvm/<vm id>     {slot, token, policy, tap_uid, tap_gid}

@@ -3,6 +3,8 @@ package network
 import (
 	"errors"
 	"strings"
+
+	"github.com/mvm-dev/microvm/internal/registry"
 )
 
 // Sentinel errors. Test for them with errors.Is; the returned errors add the
@@ -24,6 +26,12 @@ var (
 	ErrNotFound = errors.New("vm network not found")
 	// ErrClosed reports use of a Manager after Close.
 	ErrClosed = errors.New("network manager closed")
+	// ErrRecordExists is what a Store's Create wraps when the record
+	// already exists (the FileStore's errors match it).
+	ErrRecordExists = registry.ErrExists
+	// ErrRecordNotFound is what a Store's Get wraps when there is no
+	// such record (the FileStore's errors match it).
+	ErrRecordNotFound = registry.ErrNotFound
 )
 
 // FieldError is one broken rule of a Config, Policy or argument. It matches

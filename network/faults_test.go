@@ -17,7 +17,6 @@ import (
 	"github.com/google/nftables"
 	"github.com/mvm-dev/microvm/network/internal/netnsutil"
 	"github.com/mvm-dev/microvm/network/internal/nstest"
-	"github.com/mvm-dev/microvm/registry"
 	"github.com/vishvananda/netlink"
 )
 
@@ -201,7 +200,7 @@ func TestPoolExhausted(t *testing.T) {
 	if _, err := h.m.Setup(ctxT(t), "vm-c", Options{}); !errors.Is(err, ErrPoolExhausted) {
 		t.Fatalf("third Setup: %v; want ErrPoolExhausted", err)
 	}
-	if err := h.store.Get(kindVM, "vm-c", nil); !errors.Is(err, registry.ErrNotFound) {
+	if err := h.store.Get(kindVM, "vm-c", nil); !errors.Is(err, ErrRecordNotFound) {
 		t.Fatalf("failed Setup left a record: %v", err)
 	}
 	h.teardown("vm-a")

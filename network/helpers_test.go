@@ -17,7 +17,6 @@ import (
 
 	"github.com/mvm-dev/microvm/network/internal/netnsutil"
 	"github.com/mvm-dev/microvm/network/internal/nstest"
-	"github.com/mvm-dev/microvm/registry"
 )
 
 const testPrefix = "mvmt"
@@ -75,7 +74,7 @@ func ctxT(t testing.TB) context.Context {
 func newHarness(t testing.TB, mutate func(*Config)) *harness {
 	t.Helper()
 	env := nstest.NewEnv(t)
-	reg, err := registry.Open(filepath.Join(env.Dir, "state"))
+	reg, err := OpenStore(filepath.Join(env.Dir, "state"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -205,13 +205,13 @@ func (m *Manager) putLease(ctx context.Context, l *leaseRecord) error {
 	return m.store.Put(kindLease, l.Name, l)
 }
 
-// TempSweeper is an optional Store capability (*registry.Registry has
-// it): listing and removing the temporary files of a kind's records, as
-// left by a process killed in the middle of a write. New and Cleanup use
-// it to remove the package's own leftovers (netlease, netvm, nethost,
-// netrest) at once, each while holding the lock under which every write
-// of that record is made, so that a live process's write in progress is
-// never touched.
+// TempSweeper is an optional Store capability ([*FileStore] has it):
+// listing and removing the temporary files of a kind's records, as left
+// by a process killed in the middle of a write. New and Cleanup use it to
+// remove the package's own leftovers (netlease, netvm, nethost, netrest)
+// at once, each while holding the lock under which every write of that
+// record is made, so that a live process's write in progress is never
+// touched.
 type TempSweeper interface {
 	TempIDs(kind string) ([]string, error)
 	RemoveTemps(kind, id string) (int, error)

@@ -15,8 +15,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/mvm-dev/microvm/registry"
 )
 
 // Store kinds and lock names (see the package documentation).
@@ -264,5 +262,5 @@ func (m *Manager) lookup(vmID string) (vmRecord, leaseRecord, int, error) {
 	return vr, l, assigned, nil
 }
 
-func isNotFound(err error) bool { return errors.Is(err, registry.ErrNotFound) }
-func isExists(err error) bool   { return errors.Is(err, registry.ErrExists) }
+func isNotFound(err error) bool { return errors.Is(err, ErrRecordNotFound) }
+func isExists(err error) bool   { return errors.Is(err, ErrRecordExists) }

@@ -6,12 +6,10 @@ import (
 	"fmt"
 	"slices"
 	"sync"
-
-	"github.com/mvm-dev/microvm/registry"
 )
 
 // memStore is an in-memory Store, for tests and benchmarks that leave the
-// registry's fsyncs out.
+// FileStore's fsyncs out.
 type memStore struct {
 	mu    sync.Mutex
 	data  map[string][]byte
@@ -31,7 +29,7 @@ func (s *memStore) put(kind, id string, v any, excl bool) error {
 	defer s.mu.Unlock()
 	k := kind + "/" + id
 	if _, ok := s.data[k]; ok && excl {
-		return fmt.Errorf("%w: %s", registry.ErrExists, k)
+		return fmt.Errorf("%w: %s", ErrRecordExists, k)
 	}
 	s.data[k] = b
 	return nil
@@ -45,7 +43,7 @@ func (s *memStore) Get(kind, id string, v any) error {
 	b, ok := s.data[kind+"/"+id]
 	s.mu.Unlock()
 	if !ok {
-		return fmt.Errorf("%w: %s/%s", registry.ErrNotFound, kind, id)
+		return fmt.Errorf("%w: %s/%s", ErrRecordNotFound, kind, id)
 	}
 	if v == nil {
 		return nil

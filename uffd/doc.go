@@ -1,11 +1,13 @@
 // Package uffd is the userfaultfd page server for restoring Firecracker
 // snapshots with a Uffd memory backend (PUT /snapshot/load with
-// "mem_backend": {"backend_type": "Uffd", "backend_path": <socket>}).
-//
-// Who it is for: the firecracker runtime (restores with
-// MemoryBackendUffd, through cmd/mvm-uffd), and programs that restore
-// Firecracker snapshots themselves and want a page server; it depends on
-// nothing else of mvm.
+// "mem_backend": {"backend_type": "Uffd", "backend_path": <socket>}). It is
+// for programs that restore Firecracker snapshots themselves and want a
+// page server, and for the firecracker runtime (restores with
+// MemoryBackendUffd); it depends on nothing else of mvm. [Listen] and
+// [Server] serve in the caller's process; [Spawn] runs the server as its
+// own detached process (cmd/mvm-uffd, found by [FindBinary]), which is what
+// a VM that must outlive its driver needs (see Lifetime below), so it is
+// public too.
 //
 // # Protocol
 //

@@ -1,4 +1,7 @@
-// Package vsock connects the host and a Firecracker guest over virtio-vsock.
+// Package vsock connects the host and a Firecracker guest over
+// virtio-vsock. It is for host programs that talk to a guest's own
+// services (package agent's client uses it) and for guest programs that
+// listen on a vsock port (cmd/mvm-agent is one).
 //
 // Firecracker exposes a guest's vsock device on the host as a unix socket
 // (the VM's Spec.Vsock path, VM.Backend.VsockPath). A host program reaches

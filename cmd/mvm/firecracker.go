@@ -12,11 +12,10 @@ import (
 	"github.com/mvm-dev/microvm/firecracker"
 	"github.com/mvm-dev/microvm/network"
 	"github.com/mvm-dev/microvm/network/fcnet"
-	"github.com/mvm-dev/microvm/registry"
 )
 
 // netStateDir is where, under the state directory, the network keeps its
-// leases (a registry of its own).
+// leases (a network.FileStore of its own).
 const netStateDir = "network"
 
 // openFirecracker opens the Firecracker runtime over the state directory;
@@ -56,11 +55,11 @@ func openFirecrackerRuntime(ctx context.Context, g *globals) (microvm.Runtime, e
 		return nil, err
 	}
 	// The state directory is private (firecracker.Open makes it so when it
-	// creates it); create it first so the registry below does not.
+	// creates it); create it first so the network store below does not.
 	if err := os.MkdirAll(g.stateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("state dir: %w", err)
 	}
-	reg, err := registry.Open(filepath.Join(g.stateDir, netStateDir))
+	reg, err := network.OpenStore(filepath.Join(g.stateDir, netStateDir))
 	if err != nil {
 		return nil, err
 	}
@@ -87,10 +86,10 @@ func openFirecrackerRuntime(ctx context.Context, g *globals) (microvm.Runtime, e
 type netRuntime struct {
 	*firecracker.Runtime
 	m   *network.Manager
-	reg *registry.Registry
+	reg *network.FileStore
 }
 
-// Close closes the runtime, then the network manager and its registry.
+// Close closes the runtime, then the network manager and its store.
 func (r *netRuntime) Close() error {
 	return errors.Join(r.Runtime.Close(), r.m.Close(), r.reg.Close())
 }

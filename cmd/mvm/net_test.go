@@ -23,7 +23,6 @@ import (
 	microvm "github.com/mvm-dev/microvm"
 	"github.com/mvm-dev/microvm/internal/fcstandin"
 	"github.com/mvm-dev/microvm/network"
-	"github.com/mvm-dev/microvm/registry"
 )
 
 func TestParseEgressRule(t *testing.T) {
@@ -198,7 +197,7 @@ func TestNetworkCLI(t *testing.T) {
 	if e := vm.Spec.Network[0].Egress; e == nil || !e.DenyAll || len(e.Allow) != 1 || e.Allow[0].ToPort != 444 {
 		t.Errorf("egress: spec egress = %+v", e)
 	}
-	reg, err := registry.Open(filepath.Join(state, "network"))
+	reg, err := network.OpenStore(filepath.Join(state, "network"))
 	if err != nil {
 		t.Fatal(err)
 	}

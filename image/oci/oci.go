@@ -4,7 +4,9 @@
 // mvm's import graph) and applies the layers with package image
 // ([image.BuildFromLayers]): in order, whiteouts honoured, modes,
 // ownership, symbolic and hard links and xattrs kept, hostile entries
-// refused. Pulling from a registry is not done here.
+// refused. Pulling from a registry is not done here. It is for programs
+// that turn container images into guest images (`mvm image build
+// --from-oci` is one).
 package oci
 
 import (

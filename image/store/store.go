@@ -1,5 +1,7 @@
 // Package store keeps named, immutable root file system templates (ext4
-// images) in a directory, usually <state dir>/images.
+// images) in a directory, usually <state dir>/images. It is for embedders
+// that keep images the firecracker runtime runs VMs from (Drive.Image;
+// firecracker.Config.Images) and for `mvm image`.
 //
 // Each image is a directory <dir>/<name> holding the image file
 // (rootfs.ext4) and its manifest (manifest.json: format version, source,

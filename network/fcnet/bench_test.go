@@ -12,7 +12,7 @@ import (
 )
 
 // BenchmarkAttach measures the network step of a Create: Attach through
-// the adapter (network.Manager.Setup with the on-disk registry, plus the
+// the adapter (network.Manager.Setup with the on-disk FileStore, plus the
 // attachment), with a cold Manager (pool=0: the slot is built) and with a
 // warm pool (pool=4: a pre-built slot is claimed). The timer is stopped
 // while the pool refills and during Detach. Run with -benchtime=30x or so:

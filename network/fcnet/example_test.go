@@ -10,7 +10,6 @@ import (
 	"github.com/mvm-dev/microvm/firecracker"
 	"github.com/mvm-dev/microvm/network"
 	"github.com/mvm-dev/microvm/network/fcnet"
-	"github.com/mvm-dev/microvm/registry"
 )
 
 // Example wires managed networking into the Firecracker runtime: every VM
@@ -20,7 +19,7 @@ import (
 // guest images, so it is compiled but not run by go test.)
 func Example() {
 	ctx := context.Background()
-	leases, err := registry.Open("/var/lib/mvm/network")
+	leases, err := network.OpenStore("/var/lib/mvm/network")
 	if err != nil {
 		log.Fatal(err)
 	}

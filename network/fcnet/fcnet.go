@@ -4,10 +4,12 @@
 // adapts a [*network.Manager] to [firecracker.Network], so that a VM whose
 // spec has a managed network interface (empty HostDevName) gets a slot of
 // its own: a network namespace that firecracker runs in, holding the TAP
-// device, NAT to a unique host address and the egress firewall.
+// device, NAT to a unique host address and the egress firewall. It is for
+// embedders that run the firecracker runtime with managed networking.
 //
-//	store, err := registry.Open("/var/lib/mvm/network")
+//	store, err := network.OpenStore("/var/lib/mvm/network")
 //	...
+//	defer store.Close()
 //	m, err := network.New(ctx, network.Config{Store: store, EgressInterface: "eth0"})
 //	...
 //	defer m.Close() // runs after rt.Close; VM networks stay with their VMs

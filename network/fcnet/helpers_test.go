@@ -21,7 +21,6 @@ import (
 	"github.com/mvm-dev/microvm/network"
 	"github.com/mvm-dev/microvm/network/fcnet"
 	"github.com/mvm-dev/microvm/network/internal/nstest"
-	"github.com/mvm-dev/microvm/registry"
 )
 
 // The tests' pool and prefix: the pool must not overlap the topology's
@@ -92,7 +91,7 @@ func testSpec(t testing.TB) microvm.Spec {
 type world struct {
 	t     testing.TB
 	env   *nstest.Env
-	reg   *registry.Registry
+	reg   *network.FileStore
 	m     *network.Manager
 	cfg   network.Config
 	state string
@@ -116,7 +115,7 @@ func newWorldAPI(t testing.TB, poolSize int, api string) *world {
 func newWorldBin(t testing.TB, poolSize int, bin string) *world {
 	t.Helper()
 	env := nstest.NewEnv(t)
-	reg, err := registry.Open(filepath.Join(env.Dir, "netstate"))
+	reg, err := network.OpenStore(filepath.Join(env.Dir, "netstate"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -227,7 +226,7 @@ func sameNetNS(t testing.TB, pid int, path string) {
 
 // warmSlots counts the built slots no VM holds (the warm pool), from the
 // Store's records.
-func warmSlots(t testing.TB, reg *registry.Registry) int {
+func warmSlots(t testing.TB, reg *network.FileStore) int {
 	t.Helper()
 	held := map[string]bool{}
 	vms, _ := reg.List("netvm")

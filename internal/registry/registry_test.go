@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mvm-dev/microvm/registry"
+	"github.com/mvm-dev/microvm/internal/registry"
 	"golang.org/x/sys/unix"
 )
 

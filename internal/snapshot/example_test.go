@@ -8,7 +8,7 @@ import (
 	"path/filepath"
 
 	microvm "github.com/mvm-dev/microvm"
-	"github.com/mvm-dev/microvm/snapshot"
+	"github.com/mvm-dev/microvm/internal/snapshot"
 )
 
 // The flow of a runtime: Begin, let Firecracker write the files, Commit;

@@ -20,7 +20,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mvm-dev/microvm/registry"
+	"github.com/mvm-dev/microvm/internal/registry"
 )
 
 // Environment of the helper process.

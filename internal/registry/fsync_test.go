@@ -9,7 +9,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/mvm-dev/microvm/registry"
+	"github.com/mvm-dev/microvm/internal/registry"
 )
 
 // syncLog records the fsyncs the registry makes: each file or directory

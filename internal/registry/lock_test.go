@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mvm-dev/microvm/registry"
+	"github.com/mvm-dev/microvm/internal/registry"
 )
 
 func TestLockGoroutines(t *testing.T) {

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/mvm-dev/microvm/registry"
+	"github.com/mvm-dev/microvm/internal/registry"
 )
 
 // FuzzNames checks that name validation never panics and that every

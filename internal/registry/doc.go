@@ -4,11 +4,12 @@
 // paths, pids, start times), never liveness: a record says a VM was started,
 // not that it still runs.
 //
-// Who it is for: the firecracker runtime and package network, which keep
-// their records in it. An embedder needs it only to read or repair a state
-// directory by hand; its API may change with the runtime's needs (it is a
-// candidate for internal/, kept public while other branches still build on
-// it).
+// Who it is for: the firecracker runtime, which keeps its VM records and
+// locks in it, and package network, whose FileStore (the network.Store
+// embedders get from network.OpenStore) is a Registry. It is internal
+// because its API follows the runtime's needs (Prepare, PutUnsynced,
+// RemoveLock exist for them); embedders see records only through those
+// packages.
 //
 // # Layout
 //

@@ -3,10 +3,10 @@
 // from, and many VMs can be restored from one snapshot.
 //
 // Who it is for: the firecracker runtime, which keeps its snapshots here.
-// Embedders use snapshots through microvm.Runtime (Snapshot, Restore,
-// Snapshots, DeleteSnapshot) and need this package only to inspect or
-// verify a store offline; its API may change with the runtime's needs (a
-// candidate for internal/).
+// It is internal because its API follows the runtime's needs; embedders
+// use snapshots through microvm.Runtime (Snapshot, Restore, Snapshots,
+// DeleteSnapshot), which describes one with microvm.Snapshot, not with
+// this package's Manifest.
 //
 // # Layout
 //
