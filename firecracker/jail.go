@@ -316,27 +316,27 @@ func (l *jailLauncher) versionOf(bin, prefix string) (string, error) {
 func (l *jailLauncher) binaries(rec *vmRecord) (jailer, bin string, err error) {
 	bin = l.r.binOf(rec)
 	if err := checkExecName(bin); err != nil {
-		return "", "", fmt.Errorf("%w: vm %q: %v: %w", ErrJailer, rec.ID, err, microvm.ErrInvalidArgument)
+		return "", "", fmt.Errorf("%w: %v: %w", ErrJailer, err, microvm.ErrInvalidArgument)
 	}
 	jb := rec.Jailer
 	if jb == nil {
 		fv := l.fv
 		if bin != l.bin {
 			if fv, err = l.versionOf(bin, "Firecracker v"); err != nil && !l.cfg.SkipVersionCheck {
-				return "", "", fmt.Errorf("%w: vm %q: firecracker %s: --version: %w", ErrJailer, rec.ID, bin, err)
+				return "", "", fmt.Errorf("%w: firecracker %s --version did not report a version (%w)", ErrJailer, bin, err)
 			}
 		}
 		if err := l.checkPair(l.jailer, l.jv, bin, fv); err != nil {
-			return "", "", fmt.Errorf("vm %q: %w", rec.ID, err)
+			return "", "", err
 		}
 		rec.Jailer = &jailerBinary{Path: l.jailer, Version: l.jv, FirecrackerVersion: fv}
 		return l.jailer, bin, nil
 	}
-	jv, err := l.checkRecorded(rec.ID, "jailer", jb.Path, "Jailer v", jb.Version)
+	jv, err := l.checkRecorded("jailer", jb.Path, "Jailer v", jb.Version)
 	if err != nil {
 		return "", "", err
 	}
-	fv, err := l.checkRecorded(rec.ID, "firecracker", bin, "Firecracker v", jb.FirecrackerVersion)
+	fv, err := l.checkRecorded("firecracker", bin, "Firecracker v", jb.FirecrackerVersion)
 	if err != nil {
 		return "", "", err
 	}
@@ -352,22 +352,25 @@ func (l *jailLauncher) binaries(rec *vmRecord) (jailer, bin string, err error) {
 // "firecracker") a VM recorded at version want still exists and reports
 // want, and returns the version it reports. An unknown want ("") is not
 // checked; a changed one is accepted with SkipVersionCheck.
-func (l *jailLauncher) checkRecorded(id, what, path, prefix, want string) (string, error) {
+//
+// The errors name the file and the version recorded, and say what to do:
+// the VM's jailer and firecracker are a pair of one release, and another
+// release of either may not run with the other.
+func (l *jailLauncher) checkRecorded(what, path, prefix, want string) (string, error) {
 	shown := "v" + want
 	if want == "" {
-		shown = "an unknown version"
+		shown = "of unknown version"
 	}
 	v, err := l.versionOf(path, prefix)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return "", fmt.Errorf("vm %q: %s %s (%s when recorded) is gone: %w (%w)", id, what, path, shown, ErrBinaryChanged, fs.ErrNotExist)
+		return "", fmt.Errorf("%s %s (%s when the VM recorded it) is gone: put that release back at that path: %w (%w)", what, path, shown, ErrBinaryChanged, fs.ErrNotExist)
 	case err != nil && want != "":
-		return "", fmt.Errorf("vm %q: %s %s (%s when recorded) no longer reports a version (%v): %w", id, what, path, shown, err, ErrBinaryChanged)
+		return "", fmt.Errorf("%s %s (%s when the VM recorded it) no longer reports a version (%v): %w", what, path, shown, err, ErrBinaryChanged)
 	case err != nil:
 		return want, nil
 	case want != "" && v != want && !l.cfg.SkipVersionCheck:
-		return "", fmt.Errorf("vm %q: %s %s was v%s when recorded, is now v%s: the VM runs only the pair it recorded (put that release back, or set JailerConfig.SkipVersionCheck): %w",
-			id, what, path, want, v, ErrBinaryChanged)
+		return "", fmt.Errorf("%s %s was v%s when the VM recorded it and is now v%s: put that release back at that path: %w", what, path, want, v, ErrBinaryChanged)
 	}
 	return v, nil
 }
