@@ -74,7 +74,11 @@ type JailerConfig struct {
 	// ChrootBase is the directory under which chroots are made
 	// (<ChrootBase>/<firecracker binary name>/<vm id>/root). Default
 	// <StateDir>/jail. On the images' file system, files are hard-linked;
-	// elsewhere, bind-mounted.
+	// elsewhere, bind-mounted. It belongs to one state directory: each
+	// VM's chroot is under the name of the firecracker binary it
+	// recorded, and Open removes the <name>/<id> directories (of every
+	// name containing "firecracker") that no VM of the state directory
+	// explains.
 	ChrootBase string
 	// UIDBase and UIDCount are the uid range [UIDBase,
 	// UIDBase+UIDCount); the gid of each VM equals its uid. Leases are

@@ -23,8 +23,8 @@ import (
 // launchLogger returns a jailer that runs jailer and then appends to
 // log, per launch, one line: the exec file's name, the sha256 of the
 // executable of the process the jailer left in the chroot
-// (/proc/PID/exe) and whether the chroot <base>/<exec name>/<id>/root
-// exists.
+// (/proc/PID/exe, once it no longer runs the jailer) and whether the
+// chroot <base>/<exec name>/<id>/root exists.
 func launchLogger(t *testing.T, jailer, log string) string {
 	after := `while [ $# -gt 0 ]; do
 case "$1" in --id) id=$2;; --exec-file) exe=$2;; --chroot-base-dir) base=$2;; --) break;; esac
@@ -32,7 +32,12 @@ shift
 done
 name=${exe##*/}
 pid=$(cat "$base/$name/$id/root/$name.pid")
+# The pid is the jailer's child, which runs the jailer until it execs
+# firecracker.
+jsum=$(sha256sum < ` + shellQuote(jailer) + `)
+i=0
 sum=$(sha256sum < /proc/$pid/exe)
+while [ "$sum" = "$jsum" ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i+1)); sum=$(sha256sum < /proc/$pid/exe); done
 root=no; [ -d "$base/$name/$id/root" ] && root=yes
 echo "$name ${sum%% *} $root" >> ` + shellQuote(log)
 	return jailerWrapper(t, jailer, "", after)
