@@ -140,9 +140,7 @@ type jailLauncher struct {
 	r       *Runtime
 	cfg     JailerConfig
 	jailer  string // absolute path of the runtime's jailer
-	jv      string // its version
 	bin     string // absolute path of the runtime's firecracker
-	fv      string // its version ("" when not known: SkipVersionCheck)
 	base    string // absolute chroot base
 	cgroupV int
 
@@ -232,15 +230,15 @@ func newJailLauncher(r *Runtime, cfg JailerConfig) (*jailLauncher, error) {
 	if err := l.checkControllers(); err != nil {
 		return nil, err
 	}
-	if l.jv, err = l.versionOf(jailer, "Jailer v"); err != nil {
+	jv, err := l.versionOf(jailer, "Jailer v")
+	if err != nil {
 		return nil, fmt.Errorf("%w: %s --version did not report a jailer (%v): %w", ErrJailer, jailer, err, microvm.ErrInvalidArgument)
 	}
 	fv, err := l.versionOf(r.bin, "Firecracker v")
 	if err != nil && !cfg.SkipVersionCheck {
 		return nil, fmt.Errorf("%w: %s --version did not report a firecracker version (%v)", ErrJailer, r.bin, err)
 	}
-	l.fv = fv
-	if err := l.checkPair(jailer, l.jv, r.bin, fv); err != nil {
+	if err := l.checkPair(jailer, jv, r.bin, fv); err != nil {
 		return nil, err
 	}
 	// A jailed firecracker is the jailer's child in a new PID namespace:
@@ -324,16 +322,20 @@ func (l *jailLauncher) binaries(rec *vmRecord) (jailer, bin string, err error) {
 	}
 	jb := rec.Jailer
 	if jb == nil {
-		fv := l.fv
-		if bin != l.bin {
-			if fv, err = l.versionOf(bin, "Firecracker v"); err != nil && !l.cfg.SkipVersionCheck {
-				return "", "", fmt.Errorf("%w: firecracker %s --version did not report a version (%w)", ErrJailer, bin, err)
-			}
+		// The versions as the files are now (a stat each while they are
+		// the files Open probed, or that a launch probed since).
+		jv, err := l.versionOf(l.jailer, "Jailer v")
+		if err != nil {
+			return "", "", fmt.Errorf("%w: %s --version did not report a jailer (%v)", ErrJailer, l.jailer, err)
 		}
-		if err := l.checkPair(l.jailer, l.jv, bin, fv); err != nil {
+		fv, err := l.versionOf(bin, "Firecracker v")
+		if err != nil && !l.cfg.SkipVersionCheck {
+			return "", "", fmt.Errorf("%w: firecracker %s --version did not report a version (%w)", ErrJailer, bin, err)
+		}
+		if err := l.checkPair(l.jailer, jv, bin, fv); err != nil {
 			return "", "", err
 		}
-		rec.Jailer = &jailerBinary{Path: l.jailer, Version: l.jv, FirecrackerVersion: fv}
+		rec.Jailer = &jailerBinary{Path: l.jailer, Version: jv, FirecrackerVersion: fv}
 		return l.jailer, bin, nil
 	}
 	jv, err := l.checkRecorded("jailer", jb.Path, "Jailer v", jb.Version)
