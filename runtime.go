@@ -115,6 +115,10 @@ type Backend struct {
 	// Binary is the hypervisor binary the VM runs with: the one it was
 	// created (or restored) with, which later starts use too.
 	Binary string `json:"binary,omitempty"`
+	// Jailer is the jailer a jailed VM runs with, paired with Binary:
+	// the one it was created (or restored, or first started jailed)
+	// with, which later starts use too. Empty for a VM never run jailed.
+	Jailer string `json:"jailer,omitempty"`
 	// VsockPath is the host unix socket of the vsock device.
 	VsockPath string `json:"vsock_path,omitempty"`
 	// Network describes the managed network interface, if any.

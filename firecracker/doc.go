@@ -275,6 +275,24 @@
 // drives only when the spec says so, chowned to the VM's uid while its
 // process lives and given back after).
 //
+// A jailed VM's record keeps the jailer it was created (or restored)
+// with, by path and version, beside its firecracker binary and that
+// binary's version (VM.Backend.Jailer, Binary): every later jailed
+// process of the VM (Start after Stop or a crash, recovery) runs that
+// pair, whatever jailer and firecracker a later Runtime has, in
+// <ChrootBase>/<its firecracker's name>/<id>. Open refuses a jailer and a
+// firecracker of different releases (their --version must be equal),
+// naming both versions. Before a launch, each binary of the recorded pair
+// must still exist and report its recorded version; otherwise the launch
+// fails with ErrBinaryChanged, naming the file and both versions, before
+// anything is made (a direct VM's binary is only looked up by path: a
+// binary replaced in place runs). JailerConfig.SkipVersionCheck accepts
+// both mismatches. A record that names no jailer (written before the
+// jailer was kept, or of a VM that ran directly) gets the runtime's
+// jailer, paired with its recorded firecracker, which must be of the
+// jailer's release; the pair is then recorded. A restored clone is a new
+// VM: it gets the restoring runtime's pair.
+//
 // A jailed process cannot hold the flocks of a direct one (the jailer
 // closes what it inherits): writable images are checked against the
 // records of live VMs instead, under a registry lock.

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -31,6 +32,12 @@ var ErrUIDRangeExhausted = errors.New("jailer uid range exhausted")
 // wrong kind, or failing before it execs firecracker. The error names the
 // cause.
 var ErrJailer = errors.New("jailer")
+
+// ErrBinaryChanged reports that a binary a jailed VM recorded (its
+// jailer, or the firecracker paired with it) is gone, or reports another
+// version than when it was recorded. The error names the file and both
+// versions; nothing was started.
+var ErrBinaryChanged = errors.New("recorded binary changed")
 
 // Defaults of JailerConfig.
 const (
@@ -59,12 +66,19 @@ const (
 // lives and given back afterwards. The runtime must run as root.
 type JailerConfig struct {
 	// Bin is the jailer binary (a path, or a name looked up in PATH);
-	// required. Its version must match the firecracker binary's.
+	// required. Its version must match the firecracker binary's. It is
+	// the jailer of the VMs this Runtime creates or restores: each VM's
+	// record keeps it beside its firecracker binary, and every later
+	// process of the VM runs that pair (VM.Backend.Jailer, Binary).
 	Bin string
 	// ChrootBase is the directory under which chroots are made
 	// (<ChrootBase>/<firecracker binary name>/<vm id>/root). Default
 	// <StateDir>/jail. On the images' file system, files are hard-linked;
-	// elsewhere, bind-mounted.
+	// elsewhere, bind-mounted. It belongs to one state directory: each
+	// VM's chroot is under the name of the firecracker binary it
+	// recorded, and Open removes the <name>/<id> directories (of every
+	// name containing "firecracker") that no VM of the state directory
+	// explains.
 	ChrootBase string
 	// UIDBase and UIDCount are the uid range [UIDBase,
 	// UIDBase+UIDCount); the gid of each VM equals its uid. Leases are
@@ -92,8 +106,14 @@ type JailerConfig struct {
 	NoFile int
 	// SkipVersionCheck lets Open accept a firecracker binary whose
 	// --version differs from the jailer's (a custom build): by default
-	// they must be of the same release, since the jailer passes
-	// firecracker the arguments of its own.
+	// they must be of the same release (the same version exactly, as
+	// Firecracker's release archives ship them), since the jailer passes
+	// firecracker the arguments of its own. It also lets a VM run the
+	// jailer and firecracker it recorded after either was replaced by
+	// another version (the record then takes the new versions), and
+	// pair the runtime's jailer with another release's firecracker in a
+	// record that names no jailer; by default both fail with
+	// ErrBinaryChanged or ErrJailer, and nothing is started.
 	SkipVersionCheck bool
 	// ExtraFiles are more files to make visible, read-only, in every
 	// chroot: host path -> absolute path inside the chroot (e.g. a file
@@ -114,15 +134,27 @@ type uidLease struct {
 // cgroupRoot is where cgroup hierarchies are mounted.
 const cgroupRoot = "/sys/fs/cgroup"
 
-// jailLauncher runs firecracker through the jailer.
+// jailLauncher runs firecracker through the jailer: the pair a VM
+// recorded (see binaries), or, for a VM that has none, the runtime's.
 type jailLauncher struct {
-	r        *Runtime
-	cfg      JailerConfig
-	jailer   string // absolute path
-	bin      string // absolute path of firecracker
-	execName string // base name of bin
-	base     string // absolute chroot base
-	cgroupV  int
+	r       *Runtime
+	cfg     JailerConfig
+	jailer  string // absolute path of the runtime's jailer
+	bin     string // absolute path of the runtime's firecracker
+	base    string // absolute chroot base
+	cgroupV int
+
+	mu       sync.Mutex
+	versions map[string]fileVersion // by path, see versionOf
+}
+
+// fileVersion is the version a binary reported and the identity of the
+// file that reported it.
+type fileVersion struct {
+	dev, ino     uint64
+	size         int64
+	mtime, ctime unix.Timespec
+	version      string
 }
 
 // newJailLauncher checks cfg and the host, and returns the launcher.
@@ -191,28 +223,23 @@ func newJailLauncher(r *Runtime, cfg JailerConfig) (*jailLauncher, error) {
 	if v != 1 && v != 2 {
 		return nil, invalidArg("config: Jailer.CgroupVersion must be 0, 1 or 2 (got %d)", v)
 	}
-	execName := filepath.Base(r.bin)
-	if !strings.Contains(execName, "firecracker") {
-		return nil, invalidArg("config: the jailer only runs a binary whose name contains \"firecracker\" (got %q)", execName)
+	if err := checkExecName(r.bin); err != nil {
+		return nil, invalidArg("config: %v", err)
 	}
-	l := &jailLauncher{r: r, cfg: cfg, jailer: jailer, bin: r.bin, execName: execName, base: base, cgroupV: v}
+	l := &jailLauncher{r: r, cfg: cfg, jailer: jailer, bin: r.bin, base: base, cgroupV: v, versions: map[string]fileVersion{}}
 	if err := l.checkControllers(); err != nil {
 		return nil, err
 	}
-	jv, err := checkJailerVersion(jailer)
+	jv, err := l.versionOf(jailer, "Jailer v")
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: %s --version did not report a jailer (%v): %w", ErrJailer, jailer, err, microvm.ErrInvalidArgument)
 	}
-	if !cfg.SkipVersionCheck {
-		out, err := runOutput(r.bin, "--version")
-		fv, ok := strings.CutPrefix(firstLine(out), "Firecracker v")
-		if err != nil || !ok {
-			return nil, fmt.Errorf("%w: %s --version did not report a firecracker version (%q, %v)", ErrJailer, r.bin, firstLine(out), err)
-		}
-		if fv != jv {
-			return nil, fmt.Errorf("%w: jailer %s is v%s but firecracker %s is v%s: use the jailer of the same release (or JailerConfig.SkipVersionCheck): %w",
-				ErrJailer, jailer, jv, r.bin, fv, microvm.ErrInvalidArgument)
-		}
+	fv, err := l.versionOf(r.bin, "Firecracker v")
+	if err != nil && !cfg.SkipVersionCheck {
+		return nil, fmt.Errorf("%w: %s --version did not report a firecracker version (%v)", ErrJailer, r.bin, err)
+	}
+	if err := l.checkPair(jailer, jv, r.bin, fv); err != nil {
+		return nil, err
 	}
 	// A jailed firecracker is the jailer's child in a new PID namespace:
 	// once the jailer exits, it is reparented to its nearest subreaper.
@@ -224,14 +251,132 @@ func newJailLauncher(r *Runtime, cfg JailerConfig) (*jailLauncher, error) {
 	return l, nil
 }
 
-// checkJailerVersion runs `jailer --version` (reading all its output),
-// checks that it is a jailer and returns its version.
-func checkJailerVersion(jailer string) (string, error) {
-	out, err := runOutput(jailer, "--version")
-	v, ok := strings.CutPrefix(firstLine(out), "Jailer v")
+// checkExecName checks that the jailer will run bin: it only execs a
+// file whose name contains "firecracker".
+func checkExecName(bin string) error {
+	if name := filepath.Base(bin); !strings.Contains(name, "firecracker") {
+		return fmt.Errorf("the jailer only runs a binary whose name contains \"firecracker\" (got %q)", name)
+	}
+	return nil
+}
+
+// checkPair refuses a jailer and a firecracker of different releases
+// (unless SkipVersionCheck): the jailer passes firecracker arguments of
+// its own release.
+func (l *jailLauncher) checkPair(jailer, jv, bin, fv string) error {
+	if l.cfg.SkipVersionCheck || fv == jv {
+		return nil
+	}
+	return fmt.Errorf("%w: jailer %s is v%s but firecracker %s is v%s: use the jailer of the same release (or JailerConfig.SkipVersionCheck): %w",
+		ErrJailer, jailer, jv, bin, fv, microvm.ErrInvalidArgument)
+}
+
+// versionOf returns what `bin --version` reports after prefix on its
+// first line ("Jailer v", "Firecracker v"). The answer is kept for as
+// long as the file stays the same (device, inode, size, mtime, ctime):
+// a VM's launch checks its pair without running either again.
+func (l *jailLauncher) versionOf(bin, prefix string) (string, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(bin, &st); err != nil {
+		return "", &fs.PathError{Op: "stat", Path: bin, Err: err}
+	}
+	id := fileVersion{dev: st.Dev, ino: st.Ino, size: st.Size, mtime: st.Mtim, ctime: st.Ctim}
+	l.mu.Lock()
+	c, ok := l.versions[bin]
+	l.mu.Unlock()
+	if ok {
+		if v := c.version; c == (fileVersion{id.dev, id.ino, id.size, id.mtime, id.ctime, v}) {
+			return v, nil
+		}
+	}
+	out, err := runOutput(bin, "--version")
+	v, ok := strings.CutPrefix(firstLine(out), prefix)
 	if err != nil || !ok {
-		return "", fmt.Errorf("%w: %s --version did not report a jailer (%q, %v): %w", ErrJailer, jailer,
-			firstLine(out), err, microvm.ErrInvalidArgument)
+		if err == nil {
+			err = fmt.Errorf("its first line is %q", firstLine(out))
+		}
+		return "", err
+	}
+	id.version = v
+	l.mu.Lock()
+	l.versions[bin] = id
+	l.mu.Unlock()
+	return v, nil
+}
+
+// binaries returns the jailer and firecracker rec's VM runs, and checks
+// them before anything is made for a launch.
+//
+// A VM that recorded a pair (rec.Jailer, rec.Binary) runs it: each file
+// must still exist and report the version recorded, else the launch
+// fails with ErrBinaryChanged naming the file and both versions (with
+// SkipVersionCheck, a changed version is accepted and recorded). A VM
+// that recorded none (a new VM, a record written before the jailer was
+// kept, a VM whose processes ran directly) gets the runtime's jailer,
+// paired with its firecracker (rec.Binary, or the runtime's), which must
+// be of the same release (checkPair); rec.Jailer then records the pair.
+func (l *jailLauncher) binaries(rec *vmRecord) (jailer, bin string, err error) {
+	bin = l.r.binOf(rec)
+	if err := checkExecName(bin); err != nil {
+		return "", "", fmt.Errorf("%w: %v: %w", ErrJailer, err, microvm.ErrInvalidArgument)
+	}
+	jb := rec.Jailer
+	if jb == nil {
+		// The versions as the files are now (a stat each while they are
+		// the files Open probed, or that a launch probed since).
+		jv, err := l.versionOf(l.jailer, "Jailer v")
+		if err != nil {
+			return "", "", fmt.Errorf("%w: %s --version did not report a jailer (%v)", ErrJailer, l.jailer, err)
+		}
+		fv, err := l.versionOf(bin, "Firecracker v")
+		if err != nil && !l.cfg.SkipVersionCheck {
+			return "", "", fmt.Errorf("%w: firecracker %s --version did not report a version (%w)", ErrJailer, bin, err)
+		}
+		if err := l.checkPair(l.jailer, jv, bin, fv); err != nil {
+			return "", "", err
+		}
+		rec.Jailer = &jailerBinary{Path: l.jailer, Version: jv, FirecrackerVersion: fv}
+		return l.jailer, bin, nil
+	}
+	jv, err := l.checkRecorded("jailer", jb.Path, "Jailer v", jb.Version)
+	if err != nil {
+		return "", "", err
+	}
+	fv, err := l.checkRecorded("firecracker", bin, "Firecracker v", jb.FirecrackerVersion)
+	if err != nil {
+		return "", "", err
+	}
+	if jv != jb.Version || fv != jb.FirecrackerVersion {
+		l.r.log.Warn("vm runs a replaced binary (SkipVersionCheck)", "vm", rec.ID,
+			"jailer", jb.Path, "was", jb.Version, "now", jv, "firecracker", bin, "was", jb.FirecrackerVersion, "now", fv)
+		rec.Jailer = &jailerBinary{Path: jb.Path, Version: jv, FirecrackerVersion: fv}
+	}
+	return jb.Path, bin, nil
+}
+
+// checkRecorded checks that the binary path (what: "jailer" or
+// "firecracker") a VM recorded at version want still exists and reports
+// want, and returns the version it reports. An unknown want ("") is not
+// checked; a changed one is accepted with SkipVersionCheck.
+//
+// The errors name the file and the version recorded, and say what to do:
+// the VM's jailer and firecracker are a pair of one release, and another
+// release of either may not run with the other.
+func (l *jailLauncher) checkRecorded(what, path, prefix, want string) (string, error) {
+	shown := "v" + want
+	if want == "" {
+		shown = "of unknown version"
+	}
+	v, err := l.versionOf(path, prefix)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return "", fmt.Errorf("%s %s (%s when the VM recorded it) is gone: put that release back at that path: %w (%w)", what, path, shown, ErrBinaryChanged, fs.ErrNotExist)
+	case err != nil && want != "":
+		return "", fmt.Errorf("%s %s (%s when the VM recorded it) no longer reports a version (%v): %w", what, path, shown, err, ErrBinaryChanged)
+	case err != nil:
+		return want, nil
+	case want != "" && v != want && !l.cfg.SkipVersionCheck:
+		return "", fmt.Errorf("%s %s was v%s when the VM recorded it and is now v%s: put that release back at that path: %w", what, path, want, v, ErrBinaryChanged)
 	}
 	return v, nil
 }
@@ -328,6 +473,11 @@ func (l *jailLauncher) prepare(ctx context.Context, rec *vmRecord) (err error) {
 	if rec.Jail != nil {
 		return fmt.Errorf("vm %q: the record still names a jail (%s): %w", rec.ID, rec.Jail.Dir, microvm.ErrInvalidArgument)
 	}
+	jailer, bin, err := l.binaries(rec)
+	if err != nil {
+		return err
+	}
+	execName := filepath.Base(bin)
 	uid, err := l.r.leaseUID(ctx, rec.ID)
 	if err != nil {
 		return err
@@ -339,9 +489,9 @@ func (l *jailLauncher) prepare(ctx context.Context, rec *vmRecord) (err error) {
 			}
 		}
 	}()
-	dir := filepath.Join(l.base, l.execName, rec.ID)
+	dir := filepath.Join(l.base, execName, rec.ID)
 	j := &jailRecord{
-		Jailer: l.jailer, ExecName: l.execName,
+		Jailer: jailer, ExecName: execName,
 		UID: uid, GID: uid,
 		Dir: dir, Root: filepath.Join(dir, "root"),
 		Files:   map[string]string{},
@@ -493,7 +643,7 @@ func (l *jailLauncher) start(ctx context.Context, rec *vmRecord, lp vmPaths, out
 	}
 	args := []string{
 		"--id", rec.ID,
-		"--exec-file", l.bin,
+		"--exec-file", l.r.binOf(rec), // whose base name is j.ExecName (prepare)
 		"--uid", strconv.Itoa(j.UID),
 		"--gid", strconv.Itoa(j.GID),
 		"--chroot-base-dir", l.base,
@@ -508,9 +658,9 @@ func (l *jailLauncher) start(ctx context.Context, rec *vmRecord, lp vmPaths, out
 		args = append(args, "--netns", rec.Net.NetNS)
 	}
 	args = append(args, "--", "--api-sock", lp.fcSock(lp.apiSock))
-	jp, err := spawn(spawnSpec{bin: l.jailer, args: args, env: l.r.cfg.Env, dir: lp.dir, out: out, keep: keep})
+	jp, err := spawn(spawnSpec{bin: j.Jailer, args: args, env: l.r.cfg.Env, dir: lp.dir, out: out, keep: keep})
 	if err != nil {
-		return nil, fmt.Errorf("%w: start %s: %w", ErrJailer, l.jailer, err)
+		return nil, fmt.Errorf("%w: start %s: %w", ErrJailer, j.Jailer, err)
 	}
 	defer jp.close()
 	wctx, cancel := context.WithTimeout(ctx, l.r.cfg.ReadyTimeout)
@@ -518,16 +668,16 @@ func (l *jailLauncher) start(ctx context.Context, rec *vmRecord, lp vmPaths, out
 	cancel()
 	if !done {
 		jp.terminate(killWait)
-		return nil, fmt.Errorf("%w: %s did not exec firecracker within %s (ReadyTimeout)", ErrJailer, l.jailer, l.r.cfg.ReadyTimeout)
+		return nil, fmt.Errorf("%w: %s did not exec firecracker within %s (ReadyTimeout)", ErrJailer, j.Jailer, l.r.cfg.ReadyTimeout)
 	}
 	if ei := jp.reap(); ei.known && (ei.code != 0 || ei.signal != "") {
 		how := "exited with status " + strconv.Itoa(ei.code)
 		if ei.signal != "" {
 			how = "was killed by signal " + ei.signal
 		}
-		return nil, fmt.Errorf("%w: %s %s before firecracker started (see its output)", ErrJailer, l.jailer, how)
+		return nil, fmt.Errorf("%w: %s %s before firecracker started (see its output)", ErrJailer, j.Jailer, how)
 	}
-	pidFile := filepath.Join(j.Root, l.execName+".pid")
+	pidFile := filepath.Join(j.Root, j.ExecName+".pid")
 	raw, err := os.ReadFile(pidFile)
 	if err != nil {
 		return nil, fmt.Errorf("%w: read firecracker's pid: %w", ErrJailer, err)
@@ -829,19 +979,28 @@ func (r *Runtime) sweepJails() {
 			}
 		}
 	}
-	execDir := filepath.Join(l.base, l.execName)
-	ents, _ := os.ReadDir(execDir)
-	for _, e := range ents {
-		if !e.IsDir() || microvm.ValidateID(e.Name()) != nil {
+	// Chroots are under <base>/<exec name>/<id>, one exec name per
+	// firecracker binary the VMs recorded: every directory of the base
+	// whose name the jailer would run is one.
+	execDirs, _ := os.ReadDir(l.base)
+	for _, x := range execDirs {
+		if !x.IsDir() || checkExecName(x.Name()) != nil {
 			continue
 		}
-		dir := filepath.Join(execDir, e.Name())
-		kept, unlock := owns(e.Name(), func(j *jailRecord) bool { return j.Dir == dir })
-		if !kept {
-			if err := removeJailTree(dir); err != nil {
-				r.log.Error("sweep chroot", "dir", dir, "err", err)
+		execDir := filepath.Join(l.base, x.Name())
+		ents, _ := os.ReadDir(execDir)
+		for _, e := range ents {
+			if !e.IsDir() || microvm.ValidateID(e.Name()) != nil {
+				continue
 			}
-			unlock()
+			dir := filepath.Join(execDir, e.Name())
+			kept, unlock := owns(e.Name(), func(j *jailRecord) bool { return j.Dir == dir })
+			if !kept {
+				if err := removeJailTree(dir); err != nil {
+					r.log.Error("sweep chroot", "dir", dir, "err", err)
+				}
+				unlock()
+			}
 		}
 	}
 }

@@ -90,6 +90,13 @@ type vmRecord struct {
 	// created or restored with; every later process of the VM runs it.
 	// Empty in records written before it was kept: the runtime's binary.
 	Binary string `json:"binary,omitempty"`
+	// Jailer is the jailer a jailed VM was created (or restored) with,
+	// paired with Binary: every later jailed process of the VM runs this
+	// pair (see jailLauncher.binaries). Nil for a VM whose processes all
+	// ran directly, and in records written before it was kept: the
+	// first jailed launch then pairs the runtime's jailer with Binary and
+	// records it.
+	Jailer *jailerBinary `json:"jailer,omitempty"`
 	// VsockPath is the host socket of the vsock device, if any.
 	VsockPath string `json:"vsock_path,omitempty"`
 	// Net is what the network manager set up for the managed interface,
@@ -103,6 +110,21 @@ type vmRecord struct {
 	// (store.Use), each written here before the lease is taken. See
 	// imagedisk.go.
 	ImageLeases []string `json:"image_leases,omitempty"`
+}
+
+// jailerBinary is the jailer a VM runs with and the versions of its pair
+// when it was recorded. An empty version is one that was not known (a
+// pair accepted with JailerConfig.SkipVersionCheck whose firecracker did
+// not report one): it is not checked.
+type jailerBinary struct {
+	// Path is the absolute path of the jailer.
+	Path string `json:"path"`
+	// Version is what `jailer --version` reported ("1.7.0" for
+	// "Jailer v1.7.0").
+	Version string `json:"version"`
+	// FirecrackerVersion is what `firecracker --version` of the VM's
+	// Binary reported.
+	FirecrackerVersion string `json:"firecracker_version,omitempty"`
 }
 
 // vmPaths are the paths of one VM in two views: as the host sees them
@@ -267,6 +289,9 @@ func (r *Runtime) view(rec *vmRecord, snaps []string) microvm.VM {
 			Binary:    r.binOf(rec),
 			VsockPath: rec.VsockPath,
 		},
+	}
+	if rec.Jailer != nil {
+		vm.Backend.Jailer = rec.Jailer.Path
 	}
 	if rec.Process != nil {
 		vm.Backend.PID = rec.Process.PID

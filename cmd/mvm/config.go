@@ -62,7 +62,7 @@ var settings = []setting{
 		get:  func(g *globals) string { return g.jail.bin },
 		set:  func(g *globals, v string) { g.jail.bin = v },
 		norm: normBinaryOf("jailer-bin"),
-		help: "jailer that runs new VMs in their own chroot, uid and cgroups (jailed mode is on when set; each VM keeps how it was started)",
+		help: "jailer that runs new VMs in their own chroot, uid and cgroups (jailed mode is on when set; each jailed VM keeps the jailer and firecracker it was created with)",
 	},
 	{
 		key: "jailer-uid-range", env: "MVM_JAILER_UID_RANGE", def: fmt.Sprintf("%d:%d", firecracker.DefaultJailUIDBase, firecracker.DefaultJailUIDCount),

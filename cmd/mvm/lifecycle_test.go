@@ -388,9 +388,9 @@ func TestCLIRealBinaries(t *testing.T) {
 
 // TestCLIJailed runs the CLI with --jailer-bin and the real jailer and
 // firecracker v1.7 (root only): each VM runs as its own uid in its chroot
-// (inspect shows both; the images given by a relative symbolic link and
-// path), a SIGKILLed VM is found without its jail, and rm leaves no
-// chroot, cgroup or process.
+// and records its jailer (inspect shows the three; the images given by a
+// relative symbolic link and path), a SIGKILLed VM is found without its
+// jail, and rm leaves no chroot, cgroup or process.
 func TestCLIJailed(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("jailed mode needs root")
@@ -411,8 +411,9 @@ func TestCLIJailed(t *testing.T) {
 		inspected
 		LastError string `json:"last_error"`
 		Backend   struct {
-			PID  int `json:"pid"`
-			Jail *struct {
+			PID    int    `json:"pid"`
+			Jailer string `json:"jailer"`
+			Jail   *struct {
 				UID     int      `json:"uid"`
 				Chroot  string   `json:"chroot"`
 				Cgroups []string `json:"cgroups"`
@@ -435,6 +436,9 @@ func TestCLIJailed(t *testing.T) {
 		j := vm.Backend.Jail
 		if j == nil || j.UID < 810000 || j.UID >= 810008 || j.Chroot == "" || len(j.Cgroups) == 0 {
 			t.Fatalf("inspect %s: jail %+v, want a uid in 810000:8, a chroot and cgroups", id, j)
+		}
+		if want := filepath.Join(dir, "jailer-v1.7.0"); vm.Backend.Jailer != want {
+			t.Errorf("inspect %s: backend.jailer %q, want the jailer it was created with, %q", id, vm.Backend.Jailer, want)
 		}
 		status, _ := os.ReadFile("/proc/" + strconv.Itoa(vm.Backend.PID) + "/status")
 		if !strings.Contains(string(status), "\nUid:\t"+strconv.Itoa(j.UID)+"\t") {
