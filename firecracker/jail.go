@@ -267,7 +267,7 @@ func (l *jailLauncher) checkPair(jailer, jv, bin, fv string) error {
 	if l.cfg.SkipVersionCheck || fv == jv {
 		return nil
 	}
-	return fmt.Errorf("%w: jailer %s is v%s but firecracker %s is v%s: use the jailer of the same release (or JailerConfig.SkipVersionCheck): %w",
+	return fmt.Errorf("%w: jailer %s is v%s but firecracker %s is v%s: use the jailer of the same release, or turn the jailer's version check off: %w",
 		ErrJailer, jailer, jv, bin, fv, microvm.ErrInvalidArgument)
 }
 

@@ -147,6 +147,7 @@ func (r *Runtime) rename(ctx context.Context, oldID, newID string) (microvm.VM, 
 		return microvm.VM{}, fmt.Errorf("move vm directory: %w", err)
 	}
 	// Committed: what is left is bookkeeping that recovery would finish.
+	forgetMetrics(metricsState(from))
 	r.releaseImages(next.ImageLeases, oldID)
 	if err := r.reg.Delete(kindVM, oldID); err != nil {
 		r.log.Error("rename: remove old record (recovery finishes it)", "vm", oldID, "err", err)

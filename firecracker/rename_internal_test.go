@@ -10,6 +10,7 @@ import (
 
 	microvm "github.com/mvm-dev/microvm"
 	"github.com/mvm-dev/microvm/internal/fcstandin"
+	"github.com/mvm-dev/microvm/metrics"
 )
 
 // TestRenameRecovery: a rename interrupted by the death of the process
@@ -107,5 +108,46 @@ func TestRenameRecovery(t *testing.T) {
 				t.Errorf("records left: %v", ids)
 			}
 		})
+	}
+}
+
+// TestMetricsCacheForgotten: the process's cache of a VM's metrics totals
+// is dropped when the VM's directory goes, by Rename (the old path) and by
+// Destroy, so a long-lived embedder does not keep one entry per VM it
+// ever read stats of.
+func TestMetricsCacheForgotten(t *testing.T) {
+	real := fcstandin.Build(t)
+	bin := filepath.Join(t.TempDir(), "firecracker")
+	script := "#!/bin/sh\nexport FCSTANDIN_SPEC_DIR='" + fcstandin.SpecDir(t) + "'\nexec '" + real + "' \"$@\"\n"
+	if err := os.WriteFile(bin, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(t.TempDir(), "img")
+	if err := os.WriteFile(img, []byte("image"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var forgot []string
+	forgetMetrics = func(p string) { forgot = append(forgot, p) }
+	t.Cleanup(func() { forgetMetrics = metrics.Forget })
+
+	ctx := context.Background()
+	rt, err := Open(ctx, Config{StateDir: t.TempDir(), FirecrackerBin: bin, ReadyTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Close()
+	spec := microvm.Spec{Kernel: img, RootDrive: microvm.Drive{Path: img, ReadOnly: true}, VCPUs: 1, MemoryMiB: 16}
+	if _, err := rt.Create(ctx, "a", spec); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rt.Rename(ctx, "a", "b"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rt.Destroy(ctx, "b"); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{metricsState(rt.paths("a")), metricsState(rt.paths("b"))}
+	if len(forgot) != 2 || forgot[0] != want[0] || forgot[1] != want[1] {
+		t.Errorf("forgotten %q, want %q", forgot, want)
 	}
 }

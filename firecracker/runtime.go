@@ -612,6 +612,7 @@ const trashPrefix = ".trash-"
 // a crash midway never leaves a directory that looks live), then deleted.
 func (r *Runtime) removeVMDir(id string) error {
 	dir := r.paths(id).dir
+	forgetMetrics(metricsState(r.paths(id)))
 	trash := filepath.Join(r.vmsDir, trashPrefix+id+"-"+strconv.FormatUint(rand.Uint64(), 36))
 	if err := os.Rename(dir, trash); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {

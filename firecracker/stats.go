@@ -108,6 +108,12 @@ func (r *Runtime) flushMetrics(ctx context.Context, rec *vmRecord) error {
 	return c.FlushMetrics(ctx)
 }
 
+// forgetMetrics drops this process's cache of a metrics state file whose
+// VM directory goes away (destroyed or renamed): a long-lived embedder
+// would otherwise keep one entry for every VM it ever read stats of.
+// A variable so tests can watch it.
+var forgetMetrics = metrics.Forget
+
 func metricsState(p vmPaths) string { return filepath.Join(p.dir, fileMetricsState) }
 
 // relaunchMetrics is called before a new firecracker of the VM at p is

@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"time"
 )
 
 // Where the stand-in lives, relative to this package's folder: a module of
@@ -52,6 +53,7 @@ var build struct {
 func Build(t TB) string {
 	t.Helper()
 	build.once.Do(func() {
+		sweepStaleBuilds(os.TempDir(), time.Now().Add(-staleBuildAge))
 		build.dir, build.err = os.MkdirTemp("", "fcstandin-build-")
 		if build.err != nil {
 			return
@@ -63,6 +65,23 @@ func Build(t TB) string {
 		t.Fatalf("fcstandin: %v", build.err)
 	}
 	return build.path
+}
+
+// staleBuildAge is how old a build folder must be before another test
+// process removes it: far beyond any test binary's timeout, so only
+// folders of processes that were killed before their TestMain could
+// remove them qualify.
+const staleBuildAge = 6 * time.Hour
+
+// sweepStaleBuilds removes fcstandin-build-* folders in tmp last changed
+// before cutoff: a killed test process leaves its build (≈ 14 MB) behind.
+func sweepStaleBuilds(tmp string, cutoff time.Time) {
+	dirs, _ := filepath.Glob(filepath.Join(tmp, "fcstandin-build-*"))
+	for _, d := range dirs {
+		if st, err := os.Lstat(d); err == nil && st.IsDir() && st.ModTime().Before(cutoff) {
+			os.RemoveAll(d)
+		}
+	}
 }
 
 // buildServer builds the stand-in's main package into out.

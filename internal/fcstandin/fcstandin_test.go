@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestMain(m *testing.M) {
@@ -164,6 +165,35 @@ func TestLibraryModuleGraph(t *testing.T) {
 					t.Errorf("library module graph has %s (%q); it belongs to the stand-in's module only", m, line)
 				}
 			}
+		}
+	}
+}
+
+// TestSweepStaleBuilds: build folders older than the cutoff go (a killed
+// test process left them); a fresh one and folders of other names stay.
+func TestSweepStaleBuilds(t *testing.T) {
+	tmp := t.TempDir()
+	old := time.Now().Add(-2 * staleBuildAge)
+	mk := func(name string, mtime time.Time) string {
+		d := filepath.Join(tmp, name)
+		if err := os.MkdirAll(filepath.Join(d, "sub"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(d, mtime, mtime); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	stale := mk("fcstandin-build-1", old)
+	fresh := mk("fcstandin-build-2", time.Now())
+	other := mk("other-build-3", old)
+	sweepStaleBuilds(tmp, time.Now().Add(-staleBuildAge))
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Errorf("stale build folder still there: %v", err)
+	}
+	for _, d := range []string{fresh, other} {
+		if _, err := os.Stat(d); err != nil {
+			t.Errorf("%s removed: %v", d, err)
 		}
 	}
 }

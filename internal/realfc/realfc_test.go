@@ -57,12 +57,19 @@ func TestFind(t *testing.T) {
 	if d, _, err := Find(env, "/"); err != nil || d != fc {
 		t.Errorf("Find with %s: %q, %v", EnvSharedDir, d, err)
 	}
-	// Nothing found: ErrNotFound naming the variable.
+	// Nothing found: ErrNotFound naming the variable. The walk up stops
+	// at the first shared/firecracker, here an empty one, so a real
+	// shared folder above the temporary directory (a fresh clone's CI
+	// has /tmp/shared) does not answer for it.
+	bare := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(bare, "shared", "firecracker"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []struct {
 		getenv func(string) string
 		start  string
 	}{
-		{noEnv, t.TempDir()},
+		{noEnv, bare},
 		{func(string) string { return t.TempDir() }, "/"},
 	} {
 		if _, _, err := Find(c.getenv, c.start); !errors.Is(err, ErrNotFound) {
