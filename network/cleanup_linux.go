@@ -109,7 +109,10 @@ func (m *Manager) cleanupOrphans(ctx context.Context, rep *Report) ([]string, er
 	if err != nil {
 		return nil, errors.Join(append(errs, fmt.Errorf("network: list vm records: %w", err))...)
 	}
-	held := map[string]string{} // slot name -> token named by some vm record
+	// Slot name -> the tokens vm records name: more than one record may
+	// name a slot (a stale one beside the holder's, e.g. left by a
+	// crashed Rename), and the lease is held if any of them matches.
+	held := map[string][]string{}
 	var vms []string
 	for _, vmID := range vmIDs {
 		var vr vmRecord
@@ -120,7 +123,7 @@ func (m *Manager) cleanupOrphans(ctx context.Context, rep *Report) ([]string, er
 			continue
 		}
 		if _, ok := m.ours(vr.Slot); ok {
-			held[vr.Slot] = vr.Token
+			held[vr.Slot] = append(held[vr.Slot], vr.Token)
 			vms = append(vms, vmID)
 		}
 	}
@@ -141,7 +144,7 @@ func (m *Manager) cleanupOrphans(ctx context.Context, rep *Report) ([]string, er
 			}
 			continue
 		}
-		if tok, ok := held[id]; ok && tok == l.Token || l.Owner.alive() {
+		if slices.Contains(held[id], l.Token) || l.Owner.alive() {
 			continue // a VM's, or being built or kept warm by a live Manager
 		}
 		if err := m.destroy(id); err != nil {

@@ -74,6 +74,11 @@
 // and carries the lease's random token (a stale record never matches a
 // later lease of the same address). Claiming a warm slot is therefore one
 // atomic Store write. Operations on one VM hold the lock "netvm-<vm id>".
+// The vm record and that lock are all that is keyed by the VM id: kernel
+// objects are named after the slot, so Rename moves a network to another
+// VM id by writing the new id's record with a fresh token and then the
+// lease with that token (the commit), with no kernel change and no
+// recovery of its own (a crash leaves one stale record at most).
 // The owner of a lease is the Manager that built it: a process (pid and
 // start time, so a reused pid does not count) and a Manager instance in it.
 //

@@ -24,6 +24,9 @@ var (
 	ErrPoolExhausted = errors.New("network address pool exhausted")
 	// ErrNotFound reports that a VM has no network.
 	ErrNotFound = errors.New("vm network not found")
+	// ErrExists reports that the VM id that Rename would give a network
+	// to already has one.
+	ErrExists = errors.New("vm network exists")
 	// ErrClosed reports use of a Manager after Close.
 	ErrClosed = errors.New("network manager closed")
 	// ErrRecordExists is what a Store's Create wraps when the record
