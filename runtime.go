@@ -171,7 +171,9 @@ const (
 type Snapshot struct {
 	// ID is the snapshot's id; snapshot ids are unique per runtime.
 	ID string `json:"id"`
-	// VMID is the VM it was taken from.
+	// VMID is the VM it was taken from, by the id it had then: a
+	// snapshot is an artifact of its own, which a later rename of the VM
+	// (see [Renamer]) does not change.
 	VMID string `json:"vm_id"`
 	// Type is full or diff.
 	Type SnapshotType `json:"type"`

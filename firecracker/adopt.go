@@ -208,7 +208,7 @@ func (r *Runtime) tailLimit() int64 {
 //     process whose API does not answer keeps its status.
 func (r *Runtime) reconcile(ctx context.Context, rec *vmRecord) (*vmRecord, error) {
 	if rec.Op == opRename {
-		out, err := r.recoverRename(rec)
+		out, err := r.recoverRename(ctx, rec)
 		if out == nil || err != nil {
 			return out, err
 		}

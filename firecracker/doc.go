@@ -248,7 +248,8 @@
 // lock. Both check their input with the rules of microvm.Spec.Validate and
 // store the result in the VM's spec, so a restart, and a snapshot's
 // clones, keep it. [Runtime.Rename] renames a created, stopped or paused
-// VM with its process.
+// VM with its process and, through a Network that implements
+// [NetworkRenamer], its managed network.
 //
 // Each VM's record keeps the firecracker binary it was created (or
 // restored) with, by path, and the version it reported; every later

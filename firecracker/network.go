@@ -26,7 +26,8 @@ import (
 // its attachment.
 //
 // A Network may also implement [PolicyUpdater] (for
-// [Runtime.SetEgressPolicy]) and [Cleaner] (called by Open).
+// [Runtime.SetEgressPolicy]), [Cleaner] (called by Open), [TAPOwner] (for
+// jailed VMs) and [NetworkRenamer] (for [Runtime.Rename]).
 type Network interface {
 	// Attach prepares the managed interface nic of VM id and returns what
 	// firecracker needs. Calling it again for an id that is attached
@@ -52,6 +53,20 @@ type PolicyUpdater interface {
 // by Open.
 type Cleaner interface {
 	Cleanup(ctx context.Context, keep func(id string) bool) error
+}
+
+// NetworkRenamer is implemented by a [Network] that can give an attached
+// VM's network to another id, for [Runtime.Rename]: without it, a VM with
+// a managed interface cannot be renamed.
+type NetworkRenamer interface {
+	// RenameNetwork moves what Attach made for oldID to newID, as it is:
+	// a firecracker process running in it keeps its network, and
+	// the attachment Attach returned stays valid (it must name nothing
+	// after the VM id). It must be idempotent, as the runtime calls it
+	// again to finish or undo a rename interrupted by a crash: when oldID
+	// has nothing, it succeeds (the move was done, or there was nothing
+	// to move); when both ids have a network, it fails.
+	RenameNetwork(ctx context.Context, oldID, newID string) error
 }
 
 // TAPOwner is implemented by a [Network] that can give an attached VM's
@@ -149,6 +164,29 @@ func (r *Runtime) detachNetwork(ctx context.Context, rec *vmRecord) error {
 		return fmt.Errorf("detach network: %w", err)
 	}
 	rec.Net = nil
+	return nil
+}
+
+// hasNetwork reports whether rec may hold a managed network (an
+// attachment, or a spec with a managed interface whose attachment may not
+// be recorded yet).
+func hasNetwork(rec *vmRecord) bool {
+	return rec.Net != nil || managedIndex(rec.Spec) >= 0
+}
+
+// renameNetwork moves the managed network of a VM from oldID to newID (see
+// NetworkRenamer); a VM without one is left alone.
+func (r *Runtime) renameNetwork(ctx context.Context, rec *vmRecord, oldID, newID string) error {
+	if !hasNetwork(rec) {
+		return nil
+	}
+	nr, ok := r.cfg.Network.(NetworkRenamer)
+	if !ok {
+		return fmt.Errorf("vm %q has a managed network interface, which only a runtime whose Config.Network implements NetworkRenamer can move to another id: %w", rec.ID, microvm.ErrUnsupported)
+	}
+	if err := nr.RenameNetwork(ctx, oldID, newID); err != nil {
+		return fmt.Errorf("move network from %q to %q: %w", oldID, newID, err)
+	}
 	return nil
 }
 

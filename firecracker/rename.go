@@ -18,14 +18,23 @@ var _ microvm.Renamer = (*Runtime)(nil)
 // created, stopped or paused VM keeps its firecracker process (its API
 // socket, console and vsock socket move with the VM directory, which the
 // process works in), its status and its spec. A VM with a managed network
-// is refused with [microvm.ErrUnsupported] (its network is kept under its
-// id). Errors are *microvm.OpError of op "rename" and the old id.
+// keeps it: the Network moves it to the new id ([NetworkRenamer]; a
+// Network without it makes such a rename fail with
+// [microvm.ErrUnsupported]), with its namespace, TAP, address and egress
+// policy, so SetEgressPolicy and Destroy of the new id act on it and the
+// old id is free for a VM with a network of its own. Errors are
+// *microvm.OpError of op "rename" and the old id.
+//
+// Snapshots taken of the VM are not touched: a snapshot is an artifact of
+// its own, and its VMID says which VM it was taken of, under the id the
+// VM had then (Snapshots lists them under the old id, and under "").
 //
 // It is crash-safe: both records are written first (the old one marked
-// with the new id, the new one with the old), then the directory is
-// renamed, which commits, then the old record is removed. Recovery of
-// either record (see recoverRename) finishes a rename whose directory was
-// renamed and undoes one whose directory was not.
+// with the new id, the new one with the old), then the network is moved,
+// then the directory is renamed, which commits, then the old record is
+// removed. Recovery of either record (see recoverRename) finishes a
+// rename whose directory was renamed and undoes one whose directory was
+// not, the network following the directory.
 func (r *Runtime) Rename(ctx context.Context, oldID, newID string) (microvm.VM, error) {
 	vm, err := r.rename(ctx, oldID, newID)
 	if err != nil {
@@ -80,8 +89,9 @@ func (r *Runtime) rename(ctx context.Context, oldID, newID string) (microvm.VM, 
 	if err := microvm.CheckRename(oldID, rec.Status); err != nil {
 		return microvm.VM{}, err
 	}
-	if rec.Net != nil || managedIndex(rec.Spec) >= 0 {
-		return microvm.VM{}, fmt.Errorf("a VM with a managed network cannot be renamed (its network is kept under its id): %w", microvm.ErrUnsupported)
+	networked := hasNetwork(rec)
+	if _, ok := r.cfg.Network.(NetworkRenamer); networked && !ok {
+		return microvm.VM{}, fmt.Errorf("vm %q has a managed network interface, which only a runtime whose Config.Network implements NetworkRenamer can move to another id: %w", oldID, microvm.ErrUnsupported)
 	}
 	switch err := r.reg.Get(kindVM, newID, nil); {
 	case err == nil:
@@ -93,6 +103,13 @@ func (r *Runtime) rename(ctx context.Context, oldID, newID string) (microvm.VM, 
 	// Create's: end what runs in it and remove it, as Create would.
 	if err := r.sweepOrphan(newID); err != nil {
 		return microvm.VM{}, fmt.Errorf("remove leftover directory of %q: %w", newID, err)
+	}
+	// Likewise a network left under the new id (a VM of that id whose
+	// Destroy could not detach it): the VM's network moves there.
+	if networked {
+		if err := r.cfg.Network.Detach(ctx, newID); err != nil {
+			return microvm.VM{}, fmt.Errorf("remove leftover network of %q: %w", newID, err)
+		}
 	}
 	from, to := r.paths(oldID), r.paths(newID)
 	// The directory's move is the commit: it must exist.
@@ -134,24 +151,48 @@ func (r *Runtime) rename(ctx context.Context, oldID, newID string) (microvm.VM, 
 		undoOld()
 		return microvm.VM{}, err
 	}
-	r.unwatch(oldID)
-	if err := os.Rename(from.dir, to.dir); err != nil {
+	// undoNew undoes the above once the network is back under the old
+	// id; if it cannot be moved back, both records stay marked and the
+	// recovery of either moves it back.
+	undoNew := func(cause error) (microvm.VM, error) {
+		if networked {
+			if err := r.renameNetwork(context.WithoutCancel(ctx), rec, newID, oldID); err != nil {
+				r.log.Error("undo rename: move the network back (recovery finishes it)", "vm", oldID, "err", err)
+				return microvm.VM{}, errors.Join(cause, err)
+			}
+		}
 		r.releaseImages(next.ImageLeases, newID)
 		if derr := r.reg.Delete(kindVM, newID); derr != nil {
 			r.log.Error("undo rename: remove new record", "vm", newID, "err", derr)
 		}
 		undoOld()
+		return microvm.VM{}, cause
+	}
+	if err := renameStep("network"); err != nil {
+		return undoNew(err)
+	}
+	if err := r.renameNetwork(ctx, rec, oldID, newID); err != nil {
+		return undoNew(err)
+	}
+	if err := renameStep("directory"); err != nil {
+		return undoNew(err)
+	}
+	r.unwatch(oldID)
+	if err := os.Rename(from.dir, to.dir); err != nil {
+		vm, err := undoNew(fmt.Errorf("move vm directory: %w", err))
 		if rec.Process != nil { // unwatched above: its process still runs under the old id
 			r.adoptLive(ctx, rec, false)
 		}
-		return microvm.VM{}, fmt.Errorf("move vm directory: %w", err)
+		return vm, err
 	}
 	// Committed: what is left is bookkeeping that recovery would finish.
 	forgetMetrics(metricsState(from))
+	renameStep("committed")
 	r.releaseImages(next.ImageLeases, oldID)
 	if err := r.reg.Delete(kindVM, oldID); err != nil {
 		r.log.Error("rename: remove old record (recovery finishes it)", "vm", oldID, "err", err)
 	}
+	renameStep("old record removed")
 	next.Op, next.RenameFrom = "", ""
 	if err := r.save(&next); err != nil {
 		r.log.Error("rename: clear the mark of the new record (recovery finishes it)", "vm", newID, "err", err)
@@ -163,12 +204,31 @@ func (r *Runtime) rename(ctx context.Context, oldID, newID string) (microvm.VM, 
 	return r.viewOf(&next), nil
 }
 
+// renameStepHook, set only by tests, runs at each step of a rename (its
+// error fails the step, as a failure there would; a test simulates a
+// crash by ending the goroutine).
+var renameStepHook func(step string) error
+
+func renameStep(step string) error {
+	if renameStepHook == nil {
+		return nil
+	}
+	return renameStepHook(step)
+}
+
 // recoverRename finishes or undoes the rename rec is marked with (rec.Op
 // is "rename" and nobody holds rec's lock, so the process renaming it
 // died). The moved directory decides: where it is, the VM is. It returns
 // rec to reconcile further, or nil when the VM is not (any more) under
 // rec's id.
-func (r *Runtime) recoverRename(rec *vmRecord) (*vmRecord, error) {
+//
+// A managed network follows the directory: it is moved (see
+// NetworkRenamer, idempotent) to the id the VM ends under before either
+// record goes, so it is never under an id without a record (which Open's
+// network cleanup would remove). When it cannot be moved (e.g. a runtime
+// without networking), rec keeps its mark and the error is returned; a
+// later runtime with networking finishes the recovery.
+func (r *Runtime) recoverRename(ctx context.Context, rec *vmRecord) (*vmRecord, error) {
 	other := rec.RenameTo
 	if other == "" {
 		other = rec.RenameFrom
@@ -185,6 +245,15 @@ func (r *Runtime) recoverRename(rec *vmRecord) (*vmRecord, error) {
 	}
 	defer unlock()
 	here := dirExists(r.paths(rec.ID).dir)
+	if hasNetwork(rec) {
+		from, to := other, rec.ID
+		if !here {
+			from, to = rec.ID, other
+		}
+		if err := r.renameNetwork(ctx, rec, from, to); err != nil {
+			return rec, fmt.Errorf("vm %q: recover an interrupted rename: %w", rec.ID, err)
+		}
+	}
 	if here {
 		// The VM is under rec's id: a rename from rec not committed, or a
 		// rename to rec committed. Remove the other record if it is the

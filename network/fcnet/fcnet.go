@@ -18,8 +18,10 @@
 //	defer rt.Close()
 //
 // The adapter also implements [firecracker.PolicyUpdater] (live egress
-// updates, [firecracker.Runtime.SetEgressPolicy]) and [firecracker.Cleaner]
-// (the runtime's Open removes the networks of VMs that no longer exist).
+// updates, [firecracker.Runtime.SetEgressPolicy]), [firecracker.Cleaner]
+// (the runtime's Open removes the networks of VMs that no longer exist),
+// [firecracker.TAPOwner] (jailed VMs) and [firecracker.NetworkRenamer]
+// (a renamed VM keeps its network, [firecracker.Runtime.Rename]).
 //
 // Every slot's guest side is the same (network.TAPName, GuestIP, GatewayIP,
 // GuestMAC), so a snapshot restores into any slot without
@@ -30,6 +32,7 @@ package fcnet
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	microvm "github.com/mvm-dev/microvm"
@@ -44,10 +47,11 @@ type Network struct {
 }
 
 var (
-	_ firecracker.Network       = (*Network)(nil)
-	_ firecracker.PolicyUpdater = (*Network)(nil)
-	_ firecracker.Cleaner       = (*Network)(nil)
-	_ firecracker.TAPOwner      = (*Network)(nil)
+	_ firecracker.Network        = (*Network)(nil)
+	_ firecracker.PolicyUpdater  = (*Network)(nil)
+	_ firecracker.Cleaner        = (*Network)(nil)
+	_ firecracker.TAPOwner       = (*Network)(nil)
+	_ firecracker.NetworkRenamer = (*Network)(nil)
 )
 
 // New returns the adapter of m. The caller keeps ownership of m and closes
@@ -109,6 +113,20 @@ func (n *Network) SetTAPOwner(ctx context.Context, id string, nic microvm.Networ
 // Detach removes VM id's slot (network.Manager.Teardown).
 func (n *Network) Detach(ctx context.Context, id string) error {
 	return n.m.Teardown(ctx, id)
+}
+
+// RenameNetwork gives VM oldID's slot to newID (network.Manager.Rename),
+// for firecracker.Runtime.Rename: the namespace, TAP, addresses and
+// firewall stay as they are (they are named after the slot, never after
+// the VM), so the attachment Attach returned for oldID is newID's. An
+// oldID without a slot is not an error (the move was done, or there is
+// nothing to move); a newID with one is (network.ErrExists).
+func (n *Network) RenameNetwork(ctx context.Context, oldID, newID string) error {
+	_, err := n.m.Rename(ctx, oldID, newID)
+	if errors.Is(err, network.ErrNotFound) {
+		return nil
+	}
+	return err
 }
 
 // SetPolicy replaces VM id's egress firewall (network.Manager.SetPolicy);
