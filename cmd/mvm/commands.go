@@ -185,7 +185,7 @@ func rmCmd(g *globals) *cobra.Command {
 func renameCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "rename NAME NEW-NAME",
-		Short: "Rename a created, stopped or paused VM (it keeps its process)",
+		Short: "Rename a created, stopped or paused VM (it keeps its process and network)",
 		Args:  exactArgs(2, "NAME NEW-NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.withRuntime(cmd.Context(), func(rt microvm.Runtime) error {

@@ -217,10 +217,41 @@ func TestNetworkCLI(t *testing.T) {
 		t.Errorf("ratelimit: tx limiter = %+v", rl)
 	}
 
+	// rename: the stopped VM keeps its network (namespace, address,
+	// policy) under its new name; the old name gets a network of its own.
+	run("stop", "web")
+	vm = decode(first(run("rename", "web", "api")))
+	if vm.ID != "api" || vm.Backend.Network == nil || *vm.Backend.Network != *n {
+		t.Fatalf("rename: %s, backend.network = %+v, want %+v", vm.ID, vm.Backend.Network, n)
+	}
+	rec.Policy = network.Policy{}
+	if err := reg.Get("netvm", "api", &rec); err != nil || !rec.Policy.DenyAll || len(rec.Policy.Allow) != 1 {
+		t.Errorf("the network's record after rename: %+v, %v", rec, err)
+	}
+	if err := reg.Get("netvm", "web", &rec); !errors.Is(err, network.ErrRecordNotFound) {
+		t.Errorf("the network's record of the old name: %v", err)
+	}
+	vm = decode(first(run("egress", "api", "--allow", "198.51.100.0/24")))
+	rec.Policy = network.Policy{}
+	if err := reg.Get("netvm", "api", &rec); err != nil || rec.Policy.DenyAll || len(rec.Policy.Allow) != 1 || rec.Policy.Allow[0].CIDR.String() != "198.51.100.0/24" {
+		t.Errorf("the network's record after egress of the new name: %+v, %v", rec, err)
+	}
+	vm = decode(first(run("start", "api")))
+	if unix.Stat(fmt.Sprintf("/proc/%d/ns/net", vm.Backend.PID), &a) != nil || unix.Stat(n.NetNS, &b) != nil || a.Ino != b.Ino {
+		t.Errorf("renamed VM's firecracker (pid %d) does not run in its namespace %s", vm.Backend.PID, n.NetNS)
+	}
+	rootfs2 := filepath.Join(tmp, "rootfs2.ext4")
+	os.WriteFile(rootfs2, make([]byte, 1<<20), 0o644)
+	again := decode(first(run("create", "web", "--kernel", kernel, "--rootfs", rootfs2, "--net")))
+	if an := again.Backend.Network; an == nil || an.HostIP == n.HostIP || an.NetNS == n.NetNS {
+		t.Errorf("a new VM under the old name: backend.network = %+v, want one of its own", an)
+	}
+	run("rm", "web")
+
 	// The state directory remembers the network settings: a command with
 	// another egress interface is refused (it would leak the VM's
 	// network), and rm with no flag but --state-dir removes the VM's.
-	cmd := exec.Command(mvmBin, "--state-dir", state, "--egress-iface", "eth9", "rm", "web")
+	cmd := exec.Command(mvmBin, "--state-dir", state, "--egress-iface", "eth9", "rm", "api")
 	cmd.Env = append(os.Environ(), "MVM_EGRESS_IFACE=")
 	out, err := cmd.CombinedOutput()
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(string(out), "mvm config set egress-iface eth9") {
@@ -237,7 +268,7 @@ func TestNetworkCLI(t *testing.T) {
 	if err := cmd.Wait(); err == nil || !strings.Contains(errb.String(), "destroy them first") {
 		t.Errorf("config set egress-iface with a networked VM: %v: %s", err, errb.String())
 	}
-	cmd = exec.Command(mvmBin, "--state-dir", state, "rm", "web")
+	cmd = exec.Command(mvmBin, "--state-dir", state, "rm", "api")
 	cmd.Env = append(os.Environ(), "MVM_EGRESS_IFACE=", "MVM_FIRECRACKER_BIN=")
 	errb.Reset()
 	cmd.Stderr = &errb
