@@ -155,9 +155,11 @@ type Renamer interface {
 	// Rename gives the VM oldID the id newID and returns its view. The VM
 	// must be created, stopped or paused ([ErrInvalidTransition]
 	// otherwise); newID must be a valid id ([ErrInvalidID]) that no VM
-	// has ([ErrAlreadyExists]). The VM keeps its process, status, spec and
-	// history; the snapshots taken from it before keep oldID as their
-	// VMID (and so are not in VM.Snapshots any more).
+	// has ([ErrAlreadyExists]). The VM keeps its process, status, spec,
+	// history and (with the firecracker runtime) its managed network. The
+	// snapshots taken from it before are artifacts of their own: they keep
+	// oldID as their VMID (Snapshots(ctx, oldID) lists them) and are not
+	// in VM.Snapshots any more.
 	Rename(ctx context.Context, oldID, newID string) (VM, error)
 }
 

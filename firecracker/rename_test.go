@@ -62,8 +62,14 @@ func TestRename(t *testing.T) {
 	if _, err := rt.Rename(ctx, "alice", "bad/id"); !errors.Is(err, microvm.ErrInvalidID) || !errors.As(err, &oe) {
 		t.Errorf("Rename to a bad id: %v, want an OpError matching ErrInvalidID", err)
 	}
-	if _, err := rt.Rename(ctx, "alice", "bob"); err != nil {
-		t.Fatalf("Rename of a paused VM: %v", err)
+	if _, err := rt.Snapshot(ctx, "alice", "snap-alice", nil); err != nil {
+		t.Fatal(err)
+	}
+	if vm, err := rt.Rename(ctx, "alice", "bob"); err != nil || len(vm.Snapshots) != 0 {
+		t.Fatalf("Rename of a paused VM: %v, snapshots %v (those taken before stay the old id's)", err, vm.Snapshots)
+	}
+	if ss, err := rt.Snapshots(ctx, "alice"); err != nil || len(ss) != 1 || ss[0].ID != "snap-alice" || ss[0].VMID != "alice" {
+		t.Errorf("Snapshots(old id) after rename: %+v, %v", ss, err)
 	}
 	if vm, err = rt.Resume(ctx, "bob"); err != nil || vm.Backend.PID != pid || vm.Status != microvm.StatusRunning {
 		t.Fatalf("Resume after rename: %v %+v", err, vm)

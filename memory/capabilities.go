@@ -75,8 +75,10 @@ func (r *Runtime) UpdateRateLimits(ctx context.Context, id string, u microvm.Rat
 var _ microvm.Renamer = (*Runtime)(nil)
 
 // Rename gives the VM oldID the id newID (see [microvm.Renamer]). The VM
-// keeps its status, spec, logs and snapshots list; the snapshots' VMID
-// stays oldID.
+// keeps its status, spec and logs. The snapshots taken from it before are
+// artifacts of their own: their VMID stays oldID, and they leave the VM's
+// VM.Snapshots (as with the firecracker runtime, which lists a VM's
+// snapshots by its id).
 func (r *Runtime) Rename(ctx context.Context, oldID, newID string) (microvm.VM, error) {
 	if err := microvm.ValidateID(newID); err != nil {
 		return microvm.VM{}, fmt.Errorf("memory: rename vm %q: new id: %w", oldID, err)
@@ -97,6 +99,11 @@ func (r *Runtime) Rename(ctx context.Context, oldID, newID string) (microvm.VM, 
 		delete(r.vms, oldID)
 		r.vms[newID] = v
 		v.id = newID
+		for _, s := range r.snaps {
+			if s.owner == v {
+				s.owner = nil
+			}
+		}
 		r.mu.Unlock()
 		v.updatedAt = r.now()
 		r.event(v, v.updatedAt, "renamed from "+oldID)

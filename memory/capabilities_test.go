@@ -133,8 +133,14 @@ func TestRename(t *testing.T) {
 	if _, err := rt.Pause(ctx, "b"); err != nil {
 		t.Fatal(err)
 	}
-	if vm, err := rn.Rename(ctx, "b", "c"); err != nil || vm.Status != microvm.StatusPaused {
-		t.Errorf("Rename of a paused VM: %v %+v", err, vm)
+	if _, err := rt.Snapshot(ctx, "b", "snap-b", nil); err != nil {
+		t.Fatal(err)
+	}
+	if vm, err := rn.Rename(ctx, "b", "c"); err != nil || vm.Status != microvm.StatusPaused || len(vm.Snapshots) != 0 {
+		t.Errorf("Rename of a paused VM: %v %+v (snapshots taken before stay the old id's)", err, vm)
+	}
+	if ss, err := rt.Snapshots(ctx, "b"); err != nil || len(ss) != 1 || ss[0].ID != "snap-b" || ss[0].VMID != "b" {
+		t.Errorf("Snapshots(old id) after rename: %+v, %v", ss, err)
 	}
 	if vms, _ := rt.List(ctx); len(vms) != 2 || vms[0].ID != "c" || vms[1].ID != "taken" {
 		t.Errorf("List: %+v", vms)
