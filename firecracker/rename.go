@@ -25,6 +25,10 @@ var _ microvm.Renamer = (*Runtime)(nil)
 // old id is free for a VM with a network of its own. Errors are
 // *microvm.OpError of op "rename" and the old id.
 //
+// A jailed VM with a process (created or paused) is refused with
+// [microvm.ErrUnsupported]: its jail is named after its id; once stopped
+// it has none, and its next start is jailed under the new id.
+//
 // Snapshots taken of the VM are not touched: a snapshot is an artifact of
 // its own, and its VMID says which VM it was taken of, under the id the
 // VM had then (Snapshots lists them under the old id, and under "").
@@ -88,6 +92,12 @@ func (r *Runtime) rename(ctx context.Context, oldID, newID string) (microvm.VM, 
 	}
 	if err := microvm.CheckRename(oldID, rec.Status); err != nil {
 		return microvm.VM{}, err
+	}
+	if rec.Jail != nil {
+		// Its chroot, cgroups and uid lease are named after the id, and
+		// the jailer's process runs in them: Open's sweep of jails no
+		// record names would end it. A stopped VM has no jail.
+		return microvm.VM{}, fmt.Errorf("vm %q runs jailed (its chroot, cgroups and uid lease are named after its id): stop it first: %w", oldID, microvm.ErrUnsupported)
 	}
 	networked := hasNetwork(rec)
 	if _, ok := r.cfg.Network.(NetworkRenamer); networked && !ok {
