@@ -808,14 +808,12 @@ func removeJailTree(dir string) error {
 	return os.RemoveAll(dir)
 }
 
-// removeJailDir removes j's directory (and, when empty, the directory of
-// its binary name above it).
+// removeJailDir removes j's directory.
 func (r *Runtime) removeJailDir(j *jailRecord) error {
-	if err := removeJailTree(j.Dir); err != nil {
-		return err
-	}
-	os.Remove(filepath.Dir(j.Dir)) // only when empty
-	return nil
+	// The exec-name folder above (<base>/<name>) stays even when empty:
+	// it is shared by every VM running that binary, and removing it could
+	// race with another VM's jailer creating its chroot under it.
+	return removeJailTree(j.Dir)
 }
 
 // restoreOwner gives a writable drive back to its owner, if it is still
