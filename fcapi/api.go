@@ -254,8 +254,9 @@ func mmdsBody(ck *checker, data any) []byte {
 
 // PutMMDS sends PUT /mmds: replaces the whole MMDS data store with data
 // (any value json.Marshal accepts; json.RawMessage or []byte are sent as
-// is). Firecracker answers 413 beyond its data-store limit (51200 bytes
-// by default).
+// is). Firecracker refuses a body over its payload limit (MaxPayloadBytes
+// by default) with status 400, and data over its data-store limit (the
+// same by default) with 400 or 413 depending on the release.
 func (c *Client) PutMMDS(ctx context.Context, data any) error {
 	ck := c.newChecker("PUT /mmds")
 	body := mmdsBody(ck, data)

@@ -163,6 +163,11 @@ type call struct {
 	snapshot bool   // use the snapshot timeout
 }
 
+// MaxPayloadBytes is Firecracker's default limit on a request body
+// (--http-api-max-payload-size, 51200 bytes): larger bodies, such as big
+// MMDS data, are refused with status 400.
+const MaxPayloadBytes = 51200
+
 // do sends one request and decodes the answer.
 func (c *Client) do(ctx context.Context, cl call) error {
 	var body []byte
@@ -195,6 +200,12 @@ func (c *Client) do(ctx context.Context, cl call) error {
 	if body != nil {
 		req.ContentLength = int64(len(body))
 		req.Header.Set("Content-Type", "application/json")
+		// Firecracker answers a body over its payload limit at once and
+		// reads the rest of it as further requests, each answered: on a
+		// kept connection those answers would reach net/http unasked
+		// (logged to the process's standard logger). Such a request gets
+		// a connection of its own.
+		req.Close = len(body) > MaxPayloadBytes
 	}
 	req.Header.Set("Accept", "application/json")
 

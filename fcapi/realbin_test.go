@@ -1,13 +1,16 @@
 package fcapi_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -284,4 +287,56 @@ func TestRealFeatureTable(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRealOversizedBodyLeavesNoStrayAnswers: each real firecracker
+// refuses MMDS data over its payload limit and answers the rest of the
+// body as further requests; the client sends such a body on a connection
+// of its own, so those answers reach nobody (net/http would log them to
+// the process's standard logger as unsolicited), and the next request
+// works.
+func TestRealOversizedBodyLeavesNoStrayAnswers(t *testing.T) {
+	var logged syncBuffer
+	log.SetOutput(&logged)
+	t.Cleanup(func() { log.SetOutput(os.Stderr) })
+	for _, b := range realfc.Binaries(t) {
+		t.Run(b.Name(), func(t *testing.T) {
+			ctx := context.Background()
+			c := startReal(t, b, t.TempDir(), "big")
+			big := map[string]string{"k": strings.Repeat("x", 60000)}
+			var apiErr *fcapi.APIError
+			if err := c.PutMMDS(ctx, big); !errors.As(err, &apiErr) || apiErr.StatusCode != 400 {
+				t.Fatalf("PUT /mmds of 60 KB: %v, want status 400", err)
+			}
+			if err := c.PutMMDS(ctx, map[string]string{"k": "v"}); err != nil {
+				t.Fatalf("the next request: %v", err)
+			}
+			var got map[string]string
+			if err := c.MMDS(ctx, &got); err != nil || got["k"] != "v" {
+				t.Fatalf("MMDS after: %v, %v", got, err)
+			}
+			time.Sleep(100 * time.Millisecond) // the stray answers follow at once
+			if s := logged.String(); strings.Contains(s, "Unsolicited") {
+				t.Errorf("stray answers reached net/http: %.200s", s)
+			}
+		})
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent writers and a reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

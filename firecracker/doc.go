@@ -292,7 +292,9 @@
 // jailer was kept, or of a VM that ran directly) gets the runtime's
 // jailer, paired with its recorded firecracker, which must be of the
 // jailer's release; the pair is then recorded. A restored clone is a new
-// VM: it gets the restoring runtime's pair.
+// VM: it gets the restoring runtime's pair. A Runtime without a jailer
+// refuses to start a VM whose record names one (ErrJailer): it would run
+// outside its sandbox.
 //
 // A jailed process cannot hold the flocks of a direct one (the jailer
 // closes what it inherits): writable images are checked against the

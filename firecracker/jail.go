@@ -601,7 +601,7 @@ func (l *jailLauncher) start(ctx context.Context, rec *vmRecord, lp vmPaths, out
 	if err := removeJailTree(j.Dir); err != nil {
 		return nil, fmt.Errorf("remove leftover chroot %s: %w", j.Dir, err)
 	}
-	if err := os.MkdirAll(j.Root, 0o700); err != nil {
+	if err := mkdirChroot(j.Root); err != nil {
 		return nil, fmt.Errorf("create chroot %s: %w", j.Root, err)
 	}
 	if err := os.Chown(j.Root, j.UID, j.GID); err != nil {
@@ -808,8 +808,25 @@ func removeJailTree(dir string) error {
 	return os.RemoveAll(dir)
 }
 
+// mkdirChroot makes a chroot folder and its parents. The exec-name folder
+// above a VM's folder (<base>/<name>) is shared, and a release of another
+// VM removes it when it looks empty (removeJailDir): between MkdirAll
+// making it and making the VM's folder inside, it can vanish, which
+// MkdirAll reports as not existing. Once the VM's folder is in it, it is
+// not empty and stays; so trying again settles it (bounded: only a
+// removal racing each try can make it fail, and releases are rare).
+func mkdirChroot(root string) error {
+	var err error
+	for range 1000 {
+		if err = os.MkdirAll(root, 0o700); !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	return err
+}
+
 // removeJailDir removes j's directory (and, when empty, the directory of
-// its binary name above it).
+// its binary name above it; see mkdirChroot for the launch this can meet).
 func (r *Runtime) removeJailDir(j *jailRecord) error {
 	if err := removeJailTree(j.Dir); err != nil {
 		return err

@@ -463,3 +463,41 @@ func runVersion(bin string) (string, error) {
 	line, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
 	return line, err
 }
+
+// TestJailedVMRefusedByDirectRuntime: a runtime opened without a jailer
+// over the state directory of jailed VMs refuses to start one (ErrJailer,
+// one line naming the recorded jailer) rather than run it outside its
+// sandbox, and starts nothing; the jailed runtime then starts it as ever.
+func TestJailedVMRefusedByDirectRuntime(t *testing.T) {
+	p := jailPairs(t)[1]
+	ctx := context.Background()
+	state := t.TempDir()
+	rtJ := openJailed(t, state, p.fc, jailConfig(t, p.jailer))
+	if _, err := rtJ.Create(ctx, "sb", testSpec(t)); err != nil {
+		t.Fatal(err)
+	}
+	crashCreated(t, rtJ, "sb")
+	t.Cleanup(func() { checkNoJailLeft(t, state) })
+
+	rtD := open(t, state, p.fc)
+	defer rtD.Close()
+	_, err := rtD.Start(ctx, "sb")
+	if !errors.Is(err, firecracker.ErrJailer) || !strings.Contains(err.Error(), p.jailer) ||
+		strings.Contains(err.Error(), "\n") || len(err.Error()) > 300 {
+		t.Fatalf("Start by a runtime without a jailer: %v, want ErrJailer in one line naming %s", err, p.jailer)
+	}
+	vm, err := rtD.Get(ctx, "sb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vm.Backend.PID != 0 || vm.Backend.Jail != nil {
+		t.Fatalf("after the refusal: pid %d jail %+v, want nothing started", vm.Backend.PID, vm.Backend.Jail)
+	}
+	assertNoJailProcs(t, state)
+
+	_, err = rtJ.Start(ctx, "sb")
+	var be *microvm.BackendError
+	if !errors.As(err, &be) || be.Op != "boot" {
+		t.Fatalf("Start by the jailed runtime: %v, want the boot step's failure (the process ran up to InstanceStart)", err)
+	}
+}

@@ -29,7 +29,15 @@ type launcher interface {
 // (Runtime.binOf), in the runtime's configured environment (Config.Env).
 type directLauncher struct{ r *Runtime }
 
-func (directLauncher) prepare(context.Context, *vmRecord) error { return nil }
+// prepare refuses a VM that has run jailed (its record names a jailer):
+// started directly it would run outside its sandbox, as the runtime's
+// user, with the host's view of the file system.
+func (directLauncher) prepare(_ context.Context, rec *vmRecord) error {
+	if rec.Jailer != nil {
+		return fmt.Errorf("%w: the VM runs jailed (jailer %s) and this runtime has none: open it with the jailer (mvm --jailer-bin) so the VM never runs outside its sandbox", ErrJailer, rec.Jailer.Path)
+	}
+	return nil
+}
 
 func (d directLauncher) start(ctx context.Context, rec *vmRecord, l vmPaths, out *os.File, keep []*os.File) (*proc, error) {
 	var p *proc

@@ -479,9 +479,12 @@ func writeSysctls(ns netns.NsHandle, kvs [][2]string) error {
 	})
 }
 
+// isLinkNotFound reports a link that is not there: not found by name, or
+// gone between the lookup and the call (ENODEV: a veth vanishes with its
+// peer's namespace, asynchronously).
 func isLinkNotFound(err error) bool {
 	var nf netlink.LinkNotFoundError
-	return errors.As(err, &nf)
+	return errors.As(err, &nf) || errors.Is(err, unix.ENODEV)
 }
 
 func ipNet(a netip.Addr, bits int) *net.IPNet {
