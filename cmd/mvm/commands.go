@@ -100,7 +100,7 @@ func createCmd(g *globals) *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&spec.Kernel, "kernel", "", "guest kernel image (required)")
 	f.StringVar(&rootfs, "rootfs", "", "root filesystem image file (or --image)")
-	f.StringVar(&img, "image", "", "run from a private copy-on-write clone of this image of `mvm image` (or --rootfs)")
+	f.StringVar(&img, "image", "", "run from a private copy-on-write clone of the image `NAME` (see mvm image ls; or --rootfs)")
 	f.StringVar(&disk, "disk-size", "", "with --image: grow the clone to SIZE (K, M or G suffix; whole MiB)")
 	f.BoolVar(&rootRO, "rootfs-ro", false, "attach the root filesystem read-only")
 	f.IntVar(&spec.VCPUs, "vcpus", defaultVCPUs, "number of vCPUs (1-32)")

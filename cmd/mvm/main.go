@@ -106,12 +106,31 @@ func (e *usageError) Unwrap() error { return e.err }
 
 func usagef(format string, a ...any) error { return &usageError{fmt.Errorf(format, a...)} }
 
+// oneLine makes s one line: cobra's suggestions of an unknown command
+// ("\n\nDid you mean this?\n\tstart\n\tstats\n") become "; did you mean
+// start or stats?", and every other run of line breaks and tabs one space.
 func oneLine(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		if c == '\n' || c == '\r' {
-			b[i] = ' '
+	if head, tail, ok := strings.Cut(s, "\n\nDid you mean this?\n"); ok {
+		if names := strings.Fields(tail); len(names) > 0 {
+			alt := names[len(names)-1]
+			if len(names) > 1 {
+				alt = strings.Join(names[:len(names)-1], ", ") + " or " + alt
+			}
+			s = head + "; did you mean " + alt + "?"
 		}
 	}
-	return string(b)
+	var b strings.Builder
+	space := false
+	for _, c := range strings.TrimRight(s, " \t\r\n") {
+		if c == '\n' || c == '\r' || c == '\t' {
+			if !space {
+				b.WriteByte(' ')
+			}
+			space = true
+			continue
+		}
+		b.WriteRune(c)
+		space = c == ' '
+	}
+	return b.String()
 }

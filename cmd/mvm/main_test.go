@@ -185,3 +185,35 @@ func TestDoctor(t *testing.T) {
 		t.Errorf("exit %d, want %d (failed=%v)", code, want, failed)
 	}
 }
+
+// TestTypoIsOneLine: cobra's suggestions for a mistyped command are one
+// line, without its line breaks and tabs.
+func TestTypoIsOneLine(t *testing.T) {
+	code, _, stderr := mvm(t, "strat", "vm-1")
+	want := "mvm: unknown command \"strat\" for \"mvm\"; did you mean start or stats?\n"
+	if code != 2 || stderr != want {
+		t.Errorf("mvm strat: exit %d, stderr %q, want 2 and %q", code, stderr, want)
+	}
+	code, _, stderr = mvm(t, "snapshotz")
+	if code != 2 || strings.ContainsAny(stderr, "\t") || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, "did you mean snapshot") {
+		t.Errorf("mvm snapshotz: exit %d, stderr %q", code, stderr)
+	}
+}
+
+// TestHelpNamesValues: a flag's usage text with back-quotes names its
+// value (pflag takes the quoted word as the value's name): the help of
+// create and image build reads "--image NAME", "--from-oci PATH".
+func TestHelpNamesValues(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"create", "--help"}, "--image NAME "},
+		{[]string{"image", "build", "--help"}, "--from-oci PATH "},
+	} {
+		_, stdout, _ := mvm(t, c.args...)
+		if !strings.Contains(stdout, c.want) || strings.Contains(stdout, "of mvm image") || strings.Contains(stdout, "--from-oci docker save") {
+			t.Errorf("mvm %q: want %q in:\n%s", c.args, c.want, stdout)
+		}
+	}
+}
