@@ -24,6 +24,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync/atomic"
 	"syscall"
 
 	microvm "github.com/mvm-dev/microvm"
@@ -48,7 +49,9 @@ func main() {
 // the VM.
 func interrupts(sigs <-chan os.Signal, cancel func(), stderr io.Writer, exit func(int)) {
 	<-sigs
-	fmt.Fprintf(stderr, "mvm: interrupted: stopping cleanly (interrupt again to exit at once)\n")
+	if !endsOnInterrupt.Load() {
+		fmt.Fprintf(stderr, "mvm: interrupted: stopping cleanly (interrupt again to exit at once)\n")
+	}
 	cancel()
 	s := <-sigs
 	fmt.Fprintf(stderr, "mvm: interrupted again: exiting now (the next command that touches the VM finishes or undoes what was cut short)\n")
@@ -58,6 +61,10 @@ func interrupts(sigs <-chan os.Signal, cancel func(), stderr io.Writer, exit fun
 	}
 	exit(code)
 }
+
+// endsOnInterrupt is set by a command that runs until ^C (events, stats
+// --watch): ^C is its normal end, which needs no message.
+var endsOnInterrupt atomic.Bool
 
 // run executes the command line args and returns the exit status.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
