@@ -224,6 +224,9 @@ func snapshotCmd(g *globals) *cobra.Command {
 		Short: "Snapshot a running or paused VM (it ends in the state it started in)",
 		Args:  exactArgs(2, "NAME SNAPSHOT"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if parent != "" && !diff {
+				return usagef("--parent needs --diff (the parent of a diff snapshot)")
+			}
 			opts := &microvm.SnapshotOptions{Parent: parent}
 			if diff {
 				opts.Type = microvm.SnapshotDiff
@@ -251,6 +254,11 @@ func restoreCmd(g *globals) *cobra.Command {
 		Args:  exactArgs(2, "SNAPSHOT NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.MemoryBackend = microvm.MemoryBackend(backend)
+			switch opts.MemoryBackend {
+			case "", microvm.MemoryBackendFile, microvm.MemoryBackendUffd:
+			default:
+				return usagef("--mem-backend must be file or uffd (got %q)", backend)
+			}
 			return g.withRuntime(cmd.Context(), func(rt microvm.Runtime) error {
 				vm, err := rt.Restore(cmd.Context(), args[1], args[0], &opts)
 				if err != nil {

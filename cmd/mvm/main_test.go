@@ -45,6 +45,8 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"--runtime", "memory", "create", "bad_id", "--kernel", "/k", "--rootfs", "/r"},
 		{"--runtime", "memory", "start", "-x"},
 		{"--state-dir", "", "ls"},
+		{"--runtime", "memory", "restore", "s", "v", "--mem-backend", "floppy"},
+		{"--runtime", "memory", "snapshot", "v", "s", "--parent", "p"},
 	} {
 		code, _, stderr := mvm(t, args...)
 		if code != 2 {
@@ -90,6 +92,9 @@ func TestMessagesInUserTerms(t *testing.T) {
 		{[]string{"--runtime", "memory", "snapshots", ""}, []string{"snapshots: NAME must not be empty"}, nil},
 		{[]string{"--runtime", "memory", "logs", "v", "-n", "-1"}, []string{"--lines must be 0 or more (got -1)"}, nil},
 		{[]string{"--runtime", "memory", "stop", "v", "--timeout", "-1s"}, []string{"--timeout must be 0 or more (got -1s)"}, nil},
+		{[]string{"--runtime", "memory", "restore", "s", "v", "--mem-backend", "floppy"}, []string{`--mem-backend must be file or uffd (got "floppy")`}, []string{"restore options"}},
+		{[]string{"--runtime", "memory", "snapshot", "v", "s", "--parent", "p"}, []string{"--parent needs --diff"}, []string{"snapshot options", `type "diff"`}},
+		{[]string{"--runtime", "memory", "ratelimit", "v"}, []string{"mvm: ratelimit needs at least one --drive"}, []string{"mvm: mvm"}},
 	} {
 		_, _, stderr := mvm(t, c.args...)
 		for _, w := range c.want {
