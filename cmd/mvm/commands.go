@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"strings"
 	"time"
 
@@ -125,6 +126,11 @@ func parseDrive(s string) (microvm.Drive, error) {
 	}
 	if p, ok := strings.CutSuffix(s, ":ro"); ok {
 		return microvm.Drive{Path: p, ReadOnly: true}, nil
+	}
+	if p, ok := strings.CutSuffix(s, ":rw"); ok && p != "" {
+		if _, err := os.Lstat(s); err != nil { // not a file named so
+			return microvm.Drive{}, usagef("--drive must be PATH[:ro] (got %q): a drive is writable without a suffix, :ro is the only one", s)
+		}
 	}
 	return microvm.Drive{Path: s}, nil
 }

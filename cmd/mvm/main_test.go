@@ -94,6 +94,7 @@ func TestMessagesInUserTerms(t *testing.T) {
 		{[]string{"--runtime", "memory", "stop", "v", "--timeout", "-1s"}, []string{"--timeout must be 0 or more (got -1s)"}, nil},
 		{[]string{"--runtime", "memory", "restore", "s", "v", "--mem-backend", "floppy"}, []string{`--mem-backend must be file or uffd (got "floppy")`}, []string{"restore options"}},
 		{[]string{"--runtime", "memory", "snapshot", "v", "s", "--parent", "p"}, []string{"--parent needs --diff"}, []string{"snapshot options", `type "diff"`}},
+		{append(create, "--drive", "/d:rw"), []string{`--drive must be PATH[:ro] (got "/d:rw"): a drive is writable without a suffix`}, nil},
 		{[]string{"--runtime", "memory", "ratelimit", "v"}, []string{"mvm: ratelimit needs at least one --drive"}, []string{"mvm: mvm"}},
 	} {
 		_, _, stderr := mvm(t, c.args...)
