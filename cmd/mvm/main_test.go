@@ -95,6 +95,8 @@ func TestMessagesInUserTerms(t *testing.T) {
 		{[]string{"--runtime", "memory", "restore", "s", "v", "--mem-backend", "floppy"}, []string{`--mem-backend must be file or uffd (got "floppy")`}, []string{"restore options"}},
 		{[]string{"--runtime", "memory", "snapshot", "v", "s", "--parent", "p"}, []string{"--parent needs --diff"}, []string{"snapshot options", `type "diff"`}},
 		{append(create, "--drive", "/d:rw"), []string{`--drive must be PATH[:ro] (got "/d:rw"): a drive is writable without a suffix`}, nil},
+		{[]string{"--runtime", "memory", "cp", "/etc/hostname", "v:tmp/x"}, []string{`cp: the guest path of "v:tmp/x" must be absolute: VM:/PATH`}, nil},
+		{[]string{"--runtime", "memory", "cp", "/a", "/b"}, []string{`cp: exactly one of SRC and DST must be VM:/PATH`}, nil},
 		{[]string{"--runtime", "memory", "ratelimit", "v"}, []string{"mvm: ratelimit needs at least one --drive"}, []string{"mvm: mvm"}},
 	} {
 		_, _, stderr := mvm(t, c.args...)
