@@ -43,11 +43,10 @@
 //	  jail/<binary>/<id>/root/   jailed mode (default JailerConfig.ChrootBase): the chroot of
 //	                             the VM's process, holding api.sock, vsock.sock, uffd.sock,
 //	                             metrics.json and links to (or bind mounts of) its images
+//	  events/                    the event log (events.log, events.log.1, events.lock) behind Events
 //
 // In jailed mode the registry also holds kind "uid": one lease per live
 // jailed process, naming its VM.
-//
-//	events/                    the event log (events.log, events.log.1, events.lock) behind Events
 //
 // A VM record (registry kind "vm") holds the defaulted spec, the status,
 // the current process (pid, start time, boot id), the firecracker version,
