@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -80,7 +81,7 @@ var settings = []setting{
 		key: "egress-iface", env: "MVM_EGRESS_IFACE", def: "",
 		get:  func(g *globals) string { return g.net.egressIface },
 		set:  func(g *globals, v string) { g.net.egressIface = v },
-		norm: func(v string) (string, error) { return v, nil },
+		norm: normIfaceName,
 		help: "host interface VM traffic leaves through (managed networking is on when set)", network: true,
 	},
 	{
@@ -121,6 +122,17 @@ var settings = []setting{
 		},
 		help: "where the VMs' network namespaces are pinned", network: true,
 	},
+}
+
+// normIfaceName checks an interface name by the kernel's rule (dev_valid_name:
+// 1 to 15 bytes, not "." or "..", no '/', ':' or white space).
+func normIfaceName(v string) (string, error) {
+	if len(v) == 0 || len(v) > 15 || v == "." || v == ".." || strings.ContainsFunc(v, func(r rune) bool {
+		return r == '/' || r == ':' || r <= ' ' || r == 0x7f
+	}) {
+		return "", usagef("egress-iface must be a network interface name: 1 to 15 characters, without '/', ':' or spaces (got %q)", v)
+	}
+	return v, nil
 }
 
 func settingOf(key string) (setting, bool) {
@@ -384,6 +396,11 @@ func configSetCmd(g *globals) *cobra.Command {
 					return err
 				}
 			}
+			if st.key == "egress-iface" && v != "" {
+				if _, err := net.InterfaceByName(v); err != nil {
+					return usagef("egress-iface: this host has no network interface %q", v)
+				}
+			}
 			if err := mkdirState(g.stateDir); err != nil {
 				return err
 			}
@@ -414,6 +431,12 @@ func (g *globals) refuseWithNetworks(cmd *cobra.Command, key string) error {
 	if saved["egress-iface"] == "" {
 		return nil // no managed network was ever built here
 	}
+	// The VMs are listed by a runtime without managed networking: the
+	// setting being changed may be what keeps networking from starting
+	// (an interface gone or misnamed), and listing needs none of it.
+	iface := g.net.egressIface
+	g.net.egressIface = ""
+	defer func() { g.net.egressIface = iface }()
 	return g.withRuntime(cmd.Context(), func(rt microvm.Runtime) error {
 		vms, err := rt.List(cmd.Context())
 		if err != nil {
