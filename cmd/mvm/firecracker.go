@@ -98,6 +98,10 @@ func netConfigErr(g *globals, err error) error {
 			hint := ""
 			if _, given := g.unsaved[f.flag]; !given {
 				hint = fmt.Sprintf(" (saved in this state directory: change it with mvm config set %s VALUE)", f.flag)
+				if f.flag == "egress-iface" {
+					// VMs with networks hold the setting: the way out is the interface.
+					hint = " (saved in this state directory: bring the interface back, or, while no VM has a managed network, mvm config set egress-iface IFACE)"
+				}
 			}
 			return fmt.Errorf("managed networking: --%s %s: %s%s: %w", f.flag, shellArg(f.value), fe.Rule, hint, fe.Err)
 		}
