@@ -115,7 +115,8 @@ func usagef(format string, a ...any) error { return &usageError{fmt.Errorf(forma
 
 // oneLine makes s one line: cobra's suggestions of an unknown command
 // ("\n\nDid you mean this?\n\tstart\n\tstats\n") become "; did you mean
-// start or stats?", and every other run of line breaks and tabs one space.
+// start or stats?", the lines of several errors (errors.Join) are joined by
+// "; ", and tabs become spaces.
 func oneLine(s string) string {
 	if head, tail, ok := strings.Cut(s, "\n\nDid you mean this?\n"); ok {
 		if names := strings.Fields(tail); len(names) > 0 {
@@ -126,18 +127,11 @@ func oneLine(s string) string {
 			s = head + "; did you mean " + alt + "?"
 		}
 	}
-	var b strings.Builder
-	space := false
-	for _, c := range strings.TrimRight(s, " \t\r\n") {
-		if c == '\n' || c == '\r' || c == '\t' {
-			if !space {
-				b.WriteByte(' ')
-			}
-			space = true
-			continue
+	var lines []string
+	for _, l := range strings.FieldsFunc(s, func(r rune) bool { return r == '\n' || r == '\r' }) {
+		if l = strings.TrimSpace(strings.ReplaceAll(l, "\t", " ")); l != "" {
+			lines = append(lines, l)
 		}
-		b.WriteRune(c)
-		space = c == ' '
 	}
-	return b.String()
+	return strings.Join(lines, "; ")
 }

@@ -195,8 +195,12 @@ func TestDoctor(t *testing.T) {
 }
 
 // TestTypoIsOneLine: cobra's suggestions for a mistyped command are one
-// line, without its line breaks and tabs.
+// line, without its line breaks and tabs; so are several errors at once,
+// separated.
 func TestTypoIsOneLine(t *testing.T) {
+	if got, want := oneLine("image \"a\": not found\nimage \"b\":\tin use\n"), `image "a": not found; image "b": in use`; got != want {
+		t.Errorf("oneLine of two errors: %q, want %q", got, want)
+	}
 	code, _, stderr := mvm(t, "strat", "vm-1")
 	want := "mvm: unknown command \"strat\" for \"mvm\"; did you mean start or stats?\n"
 	if code != 2 || stderr != want {
