@@ -396,17 +396,17 @@ func configSetCmd(g *globals) *cobra.Command {
 					return err
 				}
 			}
-			if st.key == "egress-iface" && v != "" {
-				if _, err := net.InterfaceByName(v); err != nil {
-					return usagef("egress-iface: this host has no network interface %q", v)
-				}
-			}
 			if err := mkdirState(g.stateDir); err != nil {
 				return err
 			}
 			if st.network {
 				if err := g.refuseWithNetworks(cmd, st.key); err != nil {
 					return err
+				}
+			}
+			if st.key == "egress-iface" && v != "" {
+				if _, err := net.InterfaceByName(v); err != nil {
+					return usagef("egress-iface: this host has no network interface %q", v)
 				}
 			}
 			return updateSettings(g.stateDir, func(s savedSettings) error {
