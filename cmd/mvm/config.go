@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -409,6 +410,17 @@ func configSetCmd(g *globals) *cobra.Command {
 					return usagef("egress-iface: this host has no network interface %q", v)
 				}
 			}
+			if (st.key == "jailer-bin" || st.key == "firecracker-bin") && v != "" {
+				fc, jailer := g.firecrackerBin, g.jail.bin
+				if st.key == "jailer-bin" {
+					jailer = v
+				} else {
+					fc = v
+				}
+				if err := refuseOtherRelease(cmd.Context(), fc, jailer); err != nil {
+					return err
+				}
+			}
 			return updateSettings(g.stateDir, func(s savedSettings) error {
 				if v == "" {
 					delete(s, st.key)
@@ -419,6 +431,25 @@ func configSetCmd(g *globals) *cobra.Command {
 			})
 		},
 	}
+}
+
+// refuseOtherRelease refuses a firecracker and a jailer of different
+// releases (the runtime would refuse to open with them, so every later
+// command would fail). Binaries that cannot tell their version are left
+// to the runtime's own check.
+func refuseOtherRelease(ctx context.Context, fc, jailer string) error {
+	if fc == "" || jailer == "" {
+		return nil
+	}
+	_, fcCheck := checkBinary(ctx, "firecracker", fc, "")
+	_, jCheck := checkBinary(ctx, "jailer", jailer, "")
+	if fcCheck.Status != "ok" || jCheck.Status != "ok" {
+		return nil
+	}
+	if fv, jv := releaseOf(fcCheck.Detail), releaseOf(jCheck.Detail); fv != "" && jv != "" && fv != jv {
+		return usagef("jailer-bin %s is %s but firecracker-bin %s is %s: a jailer runs only its release's firecracker (to change both: mvm config set jailer-bin '' first)", jailer, jv, fc, fv)
+	}
+	return nil
 }
 
 // refuseWithNetworks refuses to change a network setting while a VM of the
