@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -227,5 +228,28 @@ func TestHelpNamesValues(t *testing.T) {
 		if !strings.Contains(stdout, c.want) || strings.Contains(stdout, "of mvm image") || strings.Contains(stdout, "--from-oci docker save") {
 			t.Errorf("mvm %q: want %q in:\n%s", c.args, c.want, stdout)
 		}
+	}
+}
+
+// TestDemoFirecrackerSaysKVMPVM: the demo on Firecracker says when
+// /dev/kvm is kvm-pvm (the guest will not boot), and only then.
+func TestDemoFirecrackerSaysKVMPVM(t *testing.T) {
+	if checkDevice("kvm", "/dev/kvm", "").Status != "ok" {
+		t.Skip("no usable /dev/kvm: the demo takes the memory runtime")
+	}
+	dir := t.TempDir()
+	kernel, rootfs := filepath.Join(dir, "vmlinux"), filepath.Join(dir, "rootfs.ext4")
+	for _, f := range []string{kernel, rootfs} {
+		if err := os.WriteFile(f, []byte("image"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	code, stdout, stderr := mvm(t, "--state-dir", t.TempDir(), "--firecracker-bin", standinWrapper(t), "demo", "--kernel", kernel, "--rootfs", rootfs)
+	if code != 0 {
+		t.Fatalf("exit %d: %s\n%s", code, stderr, stdout)
+	}
+	_, err := os.Stat(pvmModule)
+	if pvm := err == nil; pvm != strings.Contains(stdout, "kvm-pvm") || !strings.Contains(stdout, "runtime: firecracker") {
+		t.Errorf("demo on a host where kvm-pvm is %v:\n%s", pvm, stdout)
 	}
 }
