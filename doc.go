@@ -39,6 +39,10 @@
 // exit status, a signal, or an end the runtime cannot tell apart from
 // those) leaves it failed.
 //
+// Renaming is an optional capability ([Renamer]), outside the table: it
+// keeps the VM's status and is allowed when the VM is created, stopped or
+// paused ([CheckRename]).
+//
 // Repeating a call: operations are not idempotent. Pausing a paused VM or
 // stopping a stopped one is an invalid transition; a second Destroy of the
 // same id returns [ErrNotFound], because Destroy removes the record (the id

@@ -144,7 +144,8 @@ func (r *Runtime) exitNow(id string, pr procRecord) exitInfo {
 // created (Start spawns a new process) with the exit in LastError. A
 // process this process started that exited with status 0 is a guest that
 // shut itself down (it powered off or reset; Firecracker exits on a guest
-// reset): its VM turns stopped, as after Stop, with no LastError. An
+// reset): its VM turns stopped, as after Stop, with no LastError, unless
+// firecracker's last lines say KVM stopped a vCPU (see vcpuFault). An
 // adopted process's exit status is unknowable (it was not our child), so
 // its VM turns failed. Its other processes and sockets are cleaned up.
 // The caller holds the VM's lock. It returns the *microvm.ExitError, or
@@ -158,7 +159,9 @@ func (r *Runtime) crashed(rec *vmRecord) error {
 	ei := r.exitNow(rec.ID, *pr)
 	xerr := exitError(rec.ID, pr.PID, ei, console)
 	r.endProcesses(rec)
-	if ei.known && ei.code == 0 && ei.signal == "" {
+	// Status 0 after a vCPU that KVM stopped (v1.7 exits so) is no
+	// shutdown: the guest died.
+	if ei.known && ei.code == 0 && ei.signal == "" && vcpuFault(rec.ID, console) == "" {
 		if to, err := microvm.Transition(rec.ID, rec.Status, microvm.OpShutdown); err == nil {
 			rec.setStatus(to)
 			if err := r.save(rec); err != nil {

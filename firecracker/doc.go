@@ -43,11 +43,10 @@
 //	  jail/<binary>/<id>/root/   jailed mode (default JailerConfig.ChrootBase): the chroot of
 //	                             the VM's process, holding api.sock, vsock.sock, uffd.sock,
 //	                             metrics.json and links to (or bind mounts of) its images
+//	  events/                    the event log (events.log, events.log.1, events.lock) behind Events
 //
 // In jailed mode the registry also holds kind "uid": one lease per live
 // jailed process, naming its VM.
-//
-//	events/                    the event log (events.log, events.log.1, events.lock) behind Events
 //
 // A VM record (registry kind "vm") holds the defaulted spec, the status,
 // the current process (pid, start time, boot id), the firecracker version,
@@ -104,7 +103,9 @@
 // that exits with status 0 is a guest that shut itself down (Firecracker
 // exits when its guest powers off or resets): the VM turns stopped, its
 // leftovers removed as by Stop, with no LastError (the runtime's log says
-// so at level Info). The exit status of an adopted process (started by
+// so at level Info); but Firecracker v1.7 also exits 0 after KVM stopped a
+// vCPU (KVM_EXIT_INTERNAL_ERROR, as on kvm-pvm), which its last lines say:
+// that VM turns failed, with that reason. The exit status of an adopted process (started by
 // another process, so not our child) cannot be read: its end, clean or
 // not, turns the VM failed ("exit status unknown"). The children of this
 // process are reaped even when they exit after every Runtime closed (a

@@ -69,18 +69,49 @@ func exitError(id string, pid int, ei exitInfo, console []string) *microvm.ExitE
 	if e.Signal == "" {
 		e.Reason = exitReason(e.ExitCode)
 	}
+	fault := vcpuFault(id, console)
 	if !ei.known {
 		// Not our child: the status is lost, but firecracker logs its own
 		// exit as its last words. Said as the log's claim only: the guest's
 		// serial output shares the file and could forge the line.
 		if code, ok := loggedExitCode(id, console); ok {
 			e.Reason = fmt.Sprintf("firecracker's log says exit_code=%d", code)
-			if r := exitReason(code); r != "" {
+			if fault != "" {
+				e.Reason += " after " + fault
+			} else if r := exitReason(code); r != "" {
 				e.Reason += ": " + r
+			}
+			return e
+		}
+	}
+	if fault != "" && e.Reason == "" && e.Signal == "" {
+		e.Reason = "firecracker's log says " + fault
+	}
+	return e
+}
+
+// vcpuFault finds, in the last lines of firecracker's output, a vCPU of
+// VM id stopped by KVM ("[<id>:fc_vcpu N] Received KVM_EXIT_INTERNAL_ERROR
+// signal"; after it v1.14 exits with status 1, v1.7 with 0, v1.0 logs no
+// exit) and says what it means, or "". The guest ran no further: KVM could not run it (a guest
+// kernel an emulated KVM such as kvm-pvm does not support stops so in
+// early boot).
+func vcpuFault(id string, lines []string) string {
+	for i := len(lines) - 1; i >= 0; i-- {
+		l := lines[i]
+		_, after, ok := strings.Cut(l, "["+id+":fc_vcpu ")
+		if !ok {
+			continue
+		}
+		vcpu, _, _ := strings.Cut(after, "]")
+		vcpu, _, _ = strings.Cut(vcpu, ":") // v1.0: "[id:fc_vcpu 0:ERROR:file:line]"
+		for _, exit := range []string{"KVM_EXIT_INTERNAL_ERROR", "KVM_EXIT_FAIL_ENTRY"} {
+			if strings.Contains(after, exit) {
+				return fmt.Sprintf("%s on vCPU %s: KVM could not run the guest", exit, vcpu)
 			}
 		}
 	}
-	return e
+	return ""
 }
 
 // loggedExitCode finds firecracker's own last line, "... [<id>:main]

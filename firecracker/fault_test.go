@@ -386,6 +386,29 @@ func TestGuestShutdown(t *testing.T) {
 	assertClean(t, state, "gs")
 }
 
+// TestKVMStopIsNoShutdown: Firecracker v1.7 exits with status 0 after KVM
+// stopped a vCPU (KVM_EXIT_INTERNAL_ERROR, as kvm-pvm does to an
+// unmodified guest kernel); that is a dead guest, not one that shut itself
+// down: the VM turns failed, saying so, not stopped with no error.
+func TestKVMStopIsNoShutdown(t *testing.T) {
+	state := t.TempDir()
+	bin, set := standinCtl(t)
+	rt := open(t, state, bin)
+	t.Cleanup(func() { destroyAll(t, rt); rt.Close() })
+	ctx := context.Background()
+	set("FCSTANDIN_EXIT=after-start:100ms:kvm")
+	if _, err := rt.Create(ctx, "kv", testSpec(t)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rt.Start(ctx, "kv"); err != nil {
+		t.Fatal(err)
+	}
+	vm := waitStatus(t, rt, "kv", microvm.StatusFailed)
+	if !strings.Contains(vm.LastError, "exit status 0 (firecracker's log says KVM_EXIT_INTERNAL_ERROR on vCPU 0: KVM could not run the guest)") || vm.Backend.PID != 0 {
+		t.Errorf("LastError %q, pid %d; want exit status 0 with the vCPU's fault, and no process", vm.LastError, vm.Backend.PID)
+	}
+}
+
 func TestDirectoryRemoved(t *testing.T) {
 	rt, state := newRuntime(t)
 	ctx := context.Background()

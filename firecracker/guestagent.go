@@ -38,7 +38,7 @@ func (r *Runtime) guest(ctx context.Context, id string) (*agent.Guest, error) {
 		return nil, err
 	}
 	if vm.Status != microvm.StatusRunning {
-		return nil, fmt.Errorf("%w: vm %q is %s, not running: its guest agent cannot answer", microvm.ErrInvalidTransition, id, vm.Status)
+		return nil, fmt.Errorf("vm %q is %s, not running: its guest agent cannot answer: %w", id, vm.Status, microvm.ErrInvalidTransition)
 	}
 	if vm.Backend.VsockPath == "" {
 		return nil, fmt.Errorf("%w: vm %q has no vsock device (spec.vsock), the guest agent's only way in", microvm.ErrUnsupported, id)

@@ -87,8 +87,8 @@ func TestGuestAgentThroughStandin(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Not running yet.
-	if _, err := ga.Ping(ctx, "ga"); !errors.Is(err, microvm.ErrInvalidTransition) {
-		t.Fatalf("Ping of a created VM = %v, want ErrInvalidTransition", err)
+	if _, err := ga.Ping(ctx, "ga"); !errors.Is(err, microvm.ErrInvalidTransition) || !strings.HasPrefix(err.Error(), `vm "ga" is created, not running`) {
+		t.Fatalf("Ping of a created VM = %v, want ErrInvalidTransition saying the VM's status first", err)
 	}
 	if _, err := rt.Start(ctx, "ga"); err != nil {
 		t.Fatal(err)

@@ -58,7 +58,7 @@ func (r *Runtime) guest(ctx context.Context, id string) (*fakeGuest, error) {
 	st := v.status
 	v.mu.Unlock()
 	if st != microvm.StatusRunning {
-		return nil, fmt.Errorf("%w: vm %q is %s, not running: its guest agent cannot answer", microvm.ErrInvalidTransition, id, st)
+		return nil, fmt.Errorf("vm %q is %s, not running: its guest agent cannot answer: %w", id, st, microvm.ErrInvalidTransition)
 	}
 	g, _ := fakeGuests.LoadOrStore(v, &fakeGuest{files: map[string]fakeFile{}, env: map[string]string{}, secrets: map[string][]byte{}})
 	return g.(*fakeGuest), nil

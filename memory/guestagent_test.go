@@ -20,7 +20,7 @@ func TestFakeGuestAgent(t *testing.T) {
 	if _, err := rt.Create(ctx, "a", spec); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ga.Ping(ctx, "a"); !errors.Is(err, microvm.ErrInvalidTransition) {
+	if _, err := ga.Ping(ctx, "a"); !errors.Is(err, microvm.ErrInvalidTransition) || !strings.HasPrefix(err.Error(), `vm "a" is created, not running: its guest agent cannot answer`) {
 		t.Fatalf("Ping of a created VM = %v", err)
 	}
 	if _, err := ga.Ping(ctx, "zz"); !errors.Is(err, microvm.ErrNotFound) {

@@ -142,3 +142,43 @@ func TestCLIStatsAndEvents(t *testing.T) {
 		t.Errorf("stats of an unknown VM: exit %d %q", code, errs)
 	}
 }
+
+// TestFollowEndsQuietlyOnInterrupt: ^C is how events and stats --watch
+// end, so it ends them with status 0 and nothing on stderr (no "stopping
+// cleanly, interrupt again" as for an operation cut short).
+func TestFollowEndsQuietlyOnInterrupt(t *testing.T) {
+	c := newCLI(t)
+	kernel, rootfs := images(t)
+	c.ok("create", "cli-a", "--kernel", kernel, "--rootfs", rootfs, "--memory", "32")
+	for _, f := range []struct {
+		args []string
+		line string // a line it prints once it follows
+	}{
+		{[]string{"events", "--since", "1h"}, "cli-a  created"},
+		{[]string{"stats", "--watch", "--interval", "50ms"}, "cli-a"},
+	} {
+		cmd := exec.Command(c.bin, append([]string{"--state-dir", c.stateDir, "--firecracker-bin", c.fc}, f.args...)...)
+		cmd.Env = c.env
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		sc := bufio.NewScanner(out)
+		for sc.Scan() && !strings.Contains(sc.Text(), f.line) {
+		}
+		if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+			t.Fatal(err)
+		}
+		for sc.Scan() { // to the end of its output
+		}
+		err = cmd.Wait()
+		if err != nil || stderr.Len() != 0 {
+			t.Errorf("mvm %v after ^C: %v, stderr %q; want status 0 and no message", f.args, err, stderr.String())
+		}
+	}
+}

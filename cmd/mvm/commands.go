@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"strings"
 	"time"
 
@@ -100,7 +101,7 @@ func createCmd(g *globals) *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&spec.Kernel, "kernel", "", "guest kernel image (required)")
 	f.StringVar(&rootfs, "rootfs", "", "root filesystem image file (or --image)")
-	f.StringVar(&img, "image", "", "run from a private copy-on-write clone of this image of `mvm image` (or --rootfs)")
+	f.StringVar(&img, "image", "", "run from a private copy-on-write clone of the image `NAME` (see mvm image ls; or --rootfs)")
 	f.StringVar(&disk, "disk-size", "", "with --image: grow the clone to SIZE (K, M or G suffix; whole MiB)")
 	f.BoolVar(&rootRO, "rootfs-ro", false, "attach the root filesystem read-only")
 	f.IntVar(&spec.VCPUs, "vcpus", defaultVCPUs, "number of vCPUs (1-32)")
@@ -125,6 +126,11 @@ func parseDrive(s string) (microvm.Drive, error) {
 	}
 	if p, ok := strings.CutSuffix(s, ":ro"); ok {
 		return microvm.Drive{Path: p, ReadOnly: true}, nil
+	}
+	if p, ok := strings.CutSuffix(s, ":rw"); ok && p != "" {
+		if _, err := os.Lstat(s); err != nil { // not a file named so
+			return microvm.Drive{}, usagef("--drive must be PATH[:ro] (got %q): a drive is writable without a suffix, :ro is the only one", s)
+		}
 	}
 	return microvm.Drive{Path: s}, nil
 }
@@ -224,6 +230,9 @@ func snapshotCmd(g *globals) *cobra.Command {
 		Short: "Snapshot a running or paused VM (it ends in the state it started in)",
 		Args:  exactArgs(2, "NAME SNAPSHOT"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if parent != "" && !diff {
+				return usagef("--parent needs --diff (the parent of a diff snapshot)")
+			}
 			opts := &microvm.SnapshotOptions{Parent: parent}
 			if diff {
 				opts.Type = microvm.SnapshotDiff
@@ -251,6 +260,11 @@ func restoreCmd(g *globals) *cobra.Command {
 		Args:  exactArgs(2, "SNAPSHOT NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.MemoryBackend = microvm.MemoryBackend(backend)
+			switch opts.MemoryBackend {
+			case "", microvm.MemoryBackendFile, microvm.MemoryBackendUffd:
+			default:
+				return usagef("--mem-backend must be file or uffd (got %q)", backend)
+			}
 			return g.withRuntime(cmd.Context(), func(rt microvm.Runtime) error {
 				vm, err := rt.Restore(cmd.Context(), args[1], args[0], &opts)
 				if err != nil {

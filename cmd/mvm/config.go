@@ -1,10 +1,12 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -80,7 +82,7 @@ var settings = []setting{
 		key: "egress-iface", env: "MVM_EGRESS_IFACE", def: "",
 		get:  func(g *globals) string { return g.net.egressIface },
 		set:  func(g *globals, v string) { g.net.egressIface = v },
-		norm: func(v string) (string, error) { return v, nil },
+		norm: normIfaceName,
 		help: "host interface VM traffic leaves through (managed networking is on when set)", network: true,
 	},
 	{
@@ -121,6 +123,17 @@ var settings = []setting{
 		},
 		help: "where the VMs' network namespaces are pinned", network: true,
 	},
+}
+
+// normIfaceName checks an interface name by the kernel's rule (dev_valid_name:
+// 1 to 15 bytes, not "." or "..", no '/', ':' or white space).
+func normIfaceName(v string) (string, error) {
+	if len(v) == 0 || len(v) > 15 || v == "." || v == ".." || strings.ContainsFunc(v, func(r rune) bool {
+		return r == '/' || r == ':' || r <= ' ' || r == 0x7f
+	}) {
+		return "", usagef("egress-iface must be a network interface name: 1 to 15 characters, without '/', ':' or spaces (got %q)", v)
+	}
+	return v, nil
 }
 
 func settingOf(key string) (setting, bool) {
@@ -392,6 +405,22 @@ func configSetCmd(g *globals) *cobra.Command {
 					return err
 				}
 			}
+			if st.key == "egress-iface" && v != "" {
+				if _, err := net.InterfaceByName(v); err != nil {
+					return usagef("egress-iface: this host has no network interface %q", v)
+				}
+			}
+			if (st.key == "jailer-bin" || st.key == "firecracker-bin") && v != "" {
+				fc, jailer := g.firecrackerBin, g.jail.bin
+				if st.key == "jailer-bin" {
+					jailer = v
+				} else {
+					fc = v
+				}
+				if err := refuseOtherRelease(cmd.Context(), fc, jailer); err != nil {
+					return err
+				}
+			}
 			return updateSettings(g.stateDir, func(s savedSettings) error {
 				if v == "" {
 					delete(s, st.key)
@@ -404,6 +433,25 @@ func configSetCmd(g *globals) *cobra.Command {
 	}
 }
 
+// refuseOtherRelease refuses a firecracker and a jailer of different
+// releases (the runtime would refuse to open with them, so every later
+// command would fail). Binaries that cannot tell their version are left
+// to the runtime's own check.
+func refuseOtherRelease(ctx context.Context, fc, jailer string) error {
+	if fc == "" || jailer == "" {
+		return nil
+	}
+	_, fcCheck := checkBinary(ctx, "firecracker", fc, "")
+	_, jCheck := checkBinary(ctx, "jailer", jailer, "")
+	if fcCheck.Status != "ok" || jCheck.Status != "ok" {
+		return nil
+	}
+	if fv, jv := releaseOf(fcCheck.Detail), releaseOf(jCheck.Detail); fv != "" && jv != "" && fv != jv {
+		return usagef("jailer-bin %s is %s but firecracker-bin %s is %s: a jailer runs only its release's firecracker (to change both: mvm config set jailer-bin '' first)", jailer, jv, fc, fv)
+	}
+	return nil
+}
+
 // refuseWithNetworks refuses to change a network setting while a VM of the
 // state directory has a managed network built with the old one.
 func (g *globals) refuseWithNetworks(cmd *cobra.Command, key string) error {
@@ -414,6 +462,12 @@ func (g *globals) refuseWithNetworks(cmd *cobra.Command, key string) error {
 	if saved["egress-iface"] == "" {
 		return nil // no managed network was ever built here
 	}
+	// The VMs are listed by a runtime without managed networking: the
+	// setting being changed may be what keeps networking from starting
+	// (an interface gone or misnamed), and listing needs none of it.
+	iface := g.net.egressIface
+	g.net.egressIface = ""
+	defer func() { g.net.egressIface = iface }()
 	return g.withRuntime(cmd.Context(), func(rt microvm.Runtime) error {
 		vms, err := rt.List(cmd.Context())
 		if err != nil {

@@ -318,3 +318,69 @@ func (s *syncBuilder) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// TestConfigEgressIfaceGone: an egress interface the state directory saved
+// that is gone (or misnamed) keeps managed networking from starting, so
+// every command that opens the runtime fails, naming the setting and how
+// to change it; `mvm config set egress-iface` still works (it lists the
+// VMs without managed networking), and refuses a name no interface has.
+func TestConfigEgressIfaceGone(t *testing.T) {
+	c := newCLI(t)
+	c.ok("ls") // saves the firecracker binary
+	if code, _, errs := c.bare(nil, "config", "set", "egress-iface", "no-such-if0"); code != 2 || !strings.Contains(errs, `egress-iface: this host has no network interface "no-such-if0"`) {
+		t.Errorf("config set egress-iface of no interface: exit %d %q", code, errs)
+	}
+	if code, _, errs := c.bare(nil, "config", "set", "egress-iface", "a/b"); code != 2 || !strings.Contains(errs, "egress-iface must be a network interface name") {
+		t.Errorf("config set egress-iface a/b: exit %d %q", code, errs)
+	}
+	// Saved while it existed; gone since.
+	err := updateSettings(c.stateDir, func(s savedSettings) error { s["egress-iface"] = "gone-if0"; return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, _, errs := c.bare(nil, "ls")
+	// (Not root, networking may fail first for want of privileges.)
+	if code == 0 || os.Geteuid() == 0 && (!strings.Contains(errs, `--egress-iface gone-if0: no interface "gone-if0"`) ||
+		!strings.Contains(errs, "mvm config set egress-iface") || strings.Contains(errs, "Config.")) {
+		t.Errorf("ls with a saved egress interface that is gone: exit %d %q", code, errs)
+	}
+	c.bareOK("config", "set", "egress-iface", "")
+	c.bareOK("ls")
+	if out := c.bareOK("config", "-o", "json"); strings.Contains(out, "egress-iface") {
+		t.Errorf("egress-iface not forgotten: %s", out)
+	}
+}
+
+// TestConfigRefusesMismatchedJailer: config set refuses a jailer and a
+// firecracker of different releases (saved, the pair would make every
+// later command fail), saying how to change both; a pair of one release
+// is saved.
+func TestConfigRefusesMismatchedJailer(t *testing.T) {
+	c := newCLI(t)
+	dir := t.TempDir()
+	script := func(name, version string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte("#!/bin/sh\necho '"+version+"'\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	fc17, fc114 := script("firecracker-17", "Firecracker v1.7.0"), script("firecracker-114", "Firecracker v1.14.2")
+	j17, j114 := script("jailer-17", "Jailer v1.7.0"), script("jailer-114", "Jailer v1.14.2")
+	c.bareOK("config", "set", "firecracker-bin", fc17)
+	c.bareOK("config", "set", "jailer-bin", j17)
+	code, _, errs := c.bare(nil, "config", "set", "firecracker-bin", fc114)
+	if code != 2 || !strings.Contains(errs, "is v1.7.0 but firecracker-bin "+fc114+" is v1.14.2") || !strings.Contains(errs, "mvm config set jailer-bin '' first") {
+		t.Errorf("config set firecracker-bin of another release than the jailer: exit %d %q", code, errs)
+	}
+	if code, _, errs := c.bare(nil, "config", "set", "jailer-bin", j114); code != 2 || !strings.Contains(errs, "jailer-bin "+j114+" is v1.14.2") {
+		t.Errorf("config set jailer-bin of another release than firecracker: exit %d %q", code, errs)
+	}
+	// The way the message gives.
+	c.bareOK("config", "set", "jailer-bin", "")
+	c.bareOK("config", "set", "firecracker-bin", fc114)
+	c.bareOK("config", "set", "jailer-bin", j114)
+	if out := c.bareOK("config", "-o", "json"); !strings.Contains(out, fc114) || !strings.Contains(out, j114) {
+		t.Errorf("settings after the change of both: %s", out)
+	}
+}

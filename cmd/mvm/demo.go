@@ -70,6 +70,8 @@ func (g *globals) demoRuntime(ctx context.Context, kernel, rootfs string, forced
 	why := "runtime: firecracker (KVM, firecracker, kernel and rootfs found)"
 	if reason != "" {
 		why = "runtime: firecracker (asked for with --runtime firecracker; note: " + reason + ")"
+	} else if c := checkKVM("/dev/kvm", pvmModule); c.Status == "warn" {
+		why = "runtime: firecracker (firecracker, kernel and rootfs found; note: /dev/kvm is kvm-pvm, where the guest kernel stops in early boot: the steps run, the guest does not boot)"
 	}
 	return rt, spec, why, nil
 }

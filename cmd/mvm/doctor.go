@@ -29,7 +29,7 @@ func doctorCmd(g *globals) *cobra.Command {
 		Short: "Check that this host can run Firecracker microVMs",
 		Args:  exactArgs(0, ""),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			checks := runChecks(cmd.Context(), g.firecrackerBin)
+			checks := runChecks(cmd.Context(), g.firecrackerBin, g.jail.bin)
 			if g.output == "json" {
 				if err := writeJSON(g.stdout, checks); err != nil {
 					return err
@@ -61,12 +61,20 @@ func doctorCmd(g *globals) *cobra.Command {
 	}
 }
 
-func runChecks(ctx context.Context, fcBin string) []check {
+// runChecks checks the host for the firecracker binary fcBin and the
+// jailer jailerBin ("": found beside firecracker or on PATH, and only
+// needed for jailed VMs; given: it must be there and of firecracker's
+// release).
+func runChecks(ctx context.Context, fcBin, jailerBin string) []check {
 	fcPath, fcCheck := checkBinary(ctx, "firecracker", fcBin, "")
-	_, jailerCheck := checkBinary(ctx, "jailer", os.Getenv("MVM_JAILER_BIN"), fcPath)
-	jailerCheck.Status = softFail(jailerCheck.Status) // only needed for jailed VMs
+	_, jailerCheck := checkBinary(ctx, "jailer", jailerBin, fcPath)
+	if jailerBin == "" {
+		jailerCheck.Status = softFail(jailerCheck.Status) // only needed for jailed VMs
+	} else if fcCheck.Status == "ok" && jailerCheck.Status == "ok" {
+		jailerCheck = checkPair(fcCheck, jailerCheck)
+	}
 	return []check{
-		checkDevice("kvm", "/dev/kvm", "enable virtualization and load kvm_intel or kvm_amd; give this user rw access to /dev/kvm (group kvm)"),
+		checkKVM("/dev/kvm", pvmModule),
 		fcCheck,
 		jailerCheck,
 		checkDevice("tun", "/dev/net/tun", "modprobe tun"),
@@ -75,6 +83,44 @@ func runChecks(ctx context.Context, fcBin string) []check {
 		checkNftables(),
 		checkForwarding(),
 	}
+}
+
+// pvmModule exists when /dev/kvm is served by kvm-pvm.
+const pvmModule = "/sys/module/kvm_pvm"
+
+// checkKVM checks that dev opens read-write, and warns when it is served
+// by kvm-pvm (pvmMarker exists): firecracker starts, but an unmodified
+// guest kernel stops in early boot and the VM fails seconds later.
+func checkKVM(dev, pvmMarker string) check {
+	c := checkDevice("kvm", dev, "enable virtualization and load kvm_intel or kvm_amd; give this user rw access to /dev/kvm (group kvm)")
+	if _, err := os.Stat(pvmMarker); c.Status == "ok" && err == nil {
+		c.Status = "warn"
+		c.Detail = dev + " is usable but served by kvm-pvm (software nested virtualization): an unmodified guest kernel stops in early boot and its VM fails (KVM_EXIT_INTERNAL_ERROR in mvm logs)"
+		c.Hint = "run VMs on a host with hardware KVM (kvm_intel or kvm_amd), or a guest kernel built for PVM"
+	}
+	return c
+}
+
+// checkPair refuses a jailer of another release than firecracker's (the
+// runtime refuses to open with one).
+func checkPair(fc, jailer check) check {
+	fv, jv := releaseOf(fc.Detail), releaseOf(jailer.Detail)
+	if fv != "" && jv != "" && fv != jv {
+		jailer.Status = "fail"
+		jailer.Detail += ": release " + jv + ", but firecracker is " + fv
+		jailer.Hint = "use the jailer of firecracker's release (they ship together)"
+	}
+	return jailer
+}
+
+// releaseOf is the version in a binary check's detail ("Firecracker
+// v1.7.0 (/path)" is "v1.7.0"), or "".
+func releaseOf(detail string) string {
+	f := strings.Fields(detail)
+	if len(f) < 2 || !strings.HasPrefix(f[1], "v") {
+		return ""
+	}
+	return f[1]
 }
 
 func softFail(s string) string {
@@ -98,7 +144,7 @@ func checkDevice(name, path, hint string) check {
 func checkBinary(ctx context.Context, name, explicit, sibling string) (string, check) {
 	hint := "install " + name + " from a Firecracker release and put it on PATH, or set --firecracker-bin / MVM_FIRECRACKER_BIN"
 	if name == "jailer" {
-		hint = "install jailer beside firecracker, or set MVM_JAILER_BIN"
+		hint = "install jailer beside firecracker, or set --jailer-bin / MVM_JAILER_BIN"
 	}
 	path := explicit
 	if path == "" && sibling != "" {

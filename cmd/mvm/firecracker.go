@@ -70,7 +70,7 @@ func openFirecrackerRuntime(ctx context.Context, g *globals) (microvm.Runtime, e
 	m, err := network.New(ctx, ncfg)
 	if err != nil {
 		reg.Close()
-		return nil, fmt.Errorf("managed networking (--egress-iface %s): %w", g.net.egressIface, err)
+		return nil, netConfigErr(g, err)
 	}
 	cfg.Network = fcnet.New(m)
 	rt, err := firecracker.Open(ctx, cfg)
@@ -80,6 +80,33 @@ func openFirecrackerRuntime(ctx context.Context, g *globals) (microvm.Runtime, e
 		return nil, err
 	}
 	return &netRuntime{Runtime: rt, m: m, reg: reg}, nil
+}
+
+// netConfigErr says why managed networking did not start, naming the
+// setting at fault as the command line does (not the library's field).
+func netConfigErr(g *globals, err error) error {
+	var fe *network.FieldError
+	if errors.As(err, &fe) {
+		for _, f := range []struct{ field, flag, value string }{
+			{"Config.EgressInterface", "egress-iface", g.net.egressIface},
+			{"Config.Pool", "net-pool", g.net.pool},
+			{"Config.RunDir", "net-run-dir", g.net.runDir},
+		} {
+			if fe.Field != f.field {
+				continue
+			}
+			hint := ""
+			if _, given := g.unsaved[f.flag]; !given {
+				hint = fmt.Sprintf(" (saved in this state directory: change it with mvm config set %s VALUE)", f.flag)
+				if f.flag == "egress-iface" {
+					// VMs with networks hold the setting: the way out is the interface.
+					hint = " (saved in this state directory: bring the interface back, or, while no VM has a managed network, mvm config set egress-iface IFACE)"
+				}
+			}
+			return fmt.Errorf("managed networking: --%s %s: %s%s: %w", f.flag, shellArg(f.value), fe.Rule, hint, fe.Err)
+		}
+	}
+	return fmt.Errorf("managed networking (--egress-iface %s): %w", g.net.egressIface, err)
 }
 
 // netRuntime is the Firecracker runtime with the network it owns.

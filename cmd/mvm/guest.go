@@ -134,7 +134,12 @@ func cpCmd(g *globals) *cobra.Command {
 			srcVM, srcPath, srcIn := splitGuest(args[0])
 			dstVM, dstPath, dstIn := splitGuest(args[1])
 			if srcIn == dstIn {
-				return usagef("cp: exactly one of SRC and DST must be VM:PATH (got %q and %q)", args[0], args[1])
+				for _, a := range args {
+					if vm, p, ok := strings.Cut(a, ":"); !srcIn && ok && microvm.ValidateID(vm) == nil && !strings.HasPrefix(p, "/") {
+						return usagef("cp: the guest path of %q must be absolute: VM:/PATH", a)
+					}
+				}
+				return usagef("cp: exactly one of SRC and DST must be VM:/PATH (got %q and %q)", args[0], args[1])
 			}
 			return g.withRuntime(cmd.Context(), func(rt microvm.Runtime) error {
 				ga, err := guestAgent(rt)

@@ -124,7 +124,7 @@ func imageBuildCmd(g *globals) *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&fromDir, "from-dir", "", "build from the tree of this directory")
 	f.StringVar(&fromTar, "from-tar", "", "build from this tar archive (plain or gzip)")
-	f.StringVar(&fromOCI, "from-oci", "", "build from this OCI image layout directory or `docker save` archive")
+	f.StringVar(&fromOCI, "from-oci", "", "build from the OCI image layout directory or 'docker save' archive at `PATH`")
 	f.StringVar(&platform, "platform", "", "with --from-oci: os/arch of the image to pick (default linux and this host's)")
 	f.StringVar(&size, "size", "", "file system size with a K, M or G suffix (default: the content plus headroom)")
 	f.BoolVar(&withAgent, "agent", false, "install mvm-agent as /sbin/init so the image boots with the agent")

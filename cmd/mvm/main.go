@@ -24,6 +24,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync/atomic"
 	"syscall"
 
 	microvm "github.com/mvm-dev/microvm"
@@ -48,7 +49,9 @@ func main() {
 // the VM.
 func interrupts(sigs <-chan os.Signal, cancel func(), stderr io.Writer, exit func(int)) {
 	<-sigs
-	fmt.Fprintf(stderr, "mvm: interrupted: stopping cleanly (interrupt again to exit at once)\n")
+	if !endsOnInterrupt.Load() {
+		fmt.Fprintf(stderr, "mvm: interrupted: stopping cleanly (interrupt again to exit at once)\n")
+	}
 	cancel()
 	s := <-sigs
 	fmt.Fprintf(stderr, "mvm: interrupted again: exiting now (the next command that touches the VM finishes or undoes what was cut short)\n")
@@ -58,6 +61,10 @@ func interrupts(sigs <-chan os.Signal, cancel func(), stderr io.Writer, exit fun
 	}
 	exit(code)
 }
+
+// endsOnInterrupt is set by a command that runs until ^C (events, stats
+// --watch): ^C is its normal end, which needs no message.
+var endsOnInterrupt atomic.Bool
 
 // run executes the command line args and returns the exit status.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -106,12 +113,25 @@ func (e *usageError) Unwrap() error { return e.err }
 
 func usagef(format string, a ...any) error { return &usageError{fmt.Errorf(format, a...)} }
 
+// oneLine makes s one line: cobra's suggestions of an unknown command
+// ("\n\nDid you mean this?\n\tstart\n\tstats\n") become "; did you mean
+// start or stats?", the lines of several errors (errors.Join) are joined by
+// "; ", and tabs become spaces.
 func oneLine(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		if c == '\n' || c == '\r' {
-			b[i] = ' '
+	if head, tail, ok := strings.Cut(s, "\n\nDid you mean this?\n"); ok {
+		if names := strings.Fields(tail); len(names) > 0 {
+			alt := names[len(names)-1]
+			if len(names) > 1 {
+				alt = strings.Join(names[:len(names)-1], ", ") + " or " + alt
+			}
+			s = head + "; did you mean " + alt + "?"
 		}
 	}
-	return string(b)
+	var lines []string
+	for _, l := range strings.FieldsFunc(s, func(r rune) bool { return r == '\n' || r == '\r' }) {
+		if l = strings.TrimSpace(strings.ReplaceAll(l, "\t", " ")); l != "" {
+			lines = append(lines, l)
+		}
+	}
+	return strings.Join(lines, "; ")
 }

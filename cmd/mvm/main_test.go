@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -45,6 +46,8 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"--runtime", "memory", "create", "bad_id", "--kernel", "/k", "--rootfs", "/r"},
 		{"--runtime", "memory", "start", "-x"},
 		{"--state-dir", "", "ls"},
+		{"--runtime", "memory", "restore", "s", "v", "--mem-backend", "floppy"},
+		{"--runtime", "memory", "snapshot", "v", "s", "--parent", "p"},
 	} {
 		code, _, stderr := mvm(t, args...)
 		if code != 2 {
@@ -90,6 +93,12 @@ func TestMessagesInUserTerms(t *testing.T) {
 		{[]string{"--runtime", "memory", "snapshots", ""}, []string{"snapshots: NAME must not be empty"}, nil},
 		{[]string{"--runtime", "memory", "logs", "v", "-n", "-1"}, []string{"--lines must be 0 or more (got -1)"}, nil},
 		{[]string{"--runtime", "memory", "stop", "v", "--timeout", "-1s"}, []string{"--timeout must be 0 or more (got -1s)"}, nil},
+		{[]string{"--runtime", "memory", "restore", "s", "v", "--mem-backend", "floppy"}, []string{`--mem-backend must be file or uffd (got "floppy")`}, []string{"restore options"}},
+		{[]string{"--runtime", "memory", "snapshot", "v", "s", "--parent", "p"}, []string{"--parent needs --diff"}, []string{"snapshot options", `type "diff"`}},
+		{append(create, "--drive", "/d:rw"), []string{`--drive must be PATH[:ro] (got "/d:rw"): a drive is writable without a suffix`}, nil},
+		{[]string{"--runtime", "memory", "cp", "/etc/hostname", "v:tmp/x"}, []string{`cp: the guest path of "v:tmp/x" must be absolute: VM:/PATH`}, nil},
+		{[]string{"--runtime", "memory", "cp", "/a", "/b"}, []string{`cp: exactly one of SRC and DST must be VM:/PATH`}, nil},
+		{[]string{"--runtime", "memory", "ratelimit", "v"}, []string{"mvm: ratelimit needs at least one --drive"}, []string{"mvm: mvm"}},
 	} {
 		_, _, stderr := mvm(t, c.args...)
 		for _, w := range c.want {
@@ -183,5 +192,64 @@ func TestDoctor(t *testing.T) {
 	}
 	if want := map[bool]int{false: 0, true: 1}[failed]; code != want {
 		t.Errorf("exit %d, want %d (failed=%v)", code, want, failed)
+	}
+}
+
+// TestTypoIsOneLine: cobra's suggestions for a mistyped command are one
+// line, without its line breaks and tabs; so are several errors at once,
+// separated.
+func TestTypoIsOneLine(t *testing.T) {
+	if got, want := oneLine("image \"a\": not found\nimage \"b\":\tin use\n"), `image "a": not found; image "b": in use`; got != want {
+		t.Errorf("oneLine of two errors: %q, want %q", got, want)
+	}
+	code, _, stderr := mvm(t, "strat", "vm-1")
+	want := "mvm: unknown command \"strat\" for \"mvm\"; did you mean start or stats?\n"
+	if code != 2 || stderr != want {
+		t.Errorf("mvm strat: exit %d, stderr %q, want 2 and %q", code, stderr, want)
+	}
+	code, _, stderr = mvm(t, "snapshotz")
+	if code != 2 || strings.ContainsAny(stderr, "\t") || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, "did you mean snapshot") {
+		t.Errorf("mvm snapshotz: exit %d, stderr %q", code, stderr)
+	}
+}
+
+// TestHelpNamesValues: a flag's usage text with back-quotes names its
+// value (pflag takes the quoted word as the value's name): the help of
+// create and image build reads "--image NAME", "--from-oci PATH".
+func TestHelpNamesValues(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"create", "--help"}, "--image NAME "},
+		{[]string{"image", "build", "--help"}, "--from-oci PATH "},
+	} {
+		_, stdout, _ := mvm(t, c.args...)
+		if !strings.Contains(stdout, c.want) || strings.Contains(stdout, "of mvm image") || strings.Contains(stdout, "--from-oci docker save") {
+			t.Errorf("mvm %q: want %q in:\n%s", c.args, c.want, stdout)
+		}
+	}
+}
+
+// TestDemoFirecrackerSaysKVMPVM: the demo on Firecracker says when
+// /dev/kvm is kvm-pvm (the guest will not boot), and only then.
+func TestDemoFirecrackerSaysKVMPVM(t *testing.T) {
+	if checkDevice("kvm", "/dev/kvm", "").Status != "ok" {
+		t.Skip("no usable /dev/kvm: the demo takes the memory runtime")
+	}
+	dir := t.TempDir()
+	kernel, rootfs := filepath.Join(dir, "vmlinux"), filepath.Join(dir, "rootfs.ext4")
+	for _, f := range []string{kernel, rootfs} {
+		if err := os.WriteFile(f, []byte("image"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	code, stdout, stderr := mvm(t, "--state-dir", t.TempDir(), "--firecracker-bin", standinWrapper(t), "demo", "--kernel", kernel, "--rootfs", rootfs)
+	if code != 0 {
+		t.Fatalf("exit %d: %s\n%s", code, stderr, stdout)
+	}
+	_, err := os.Stat(pvmModule)
+	if pvm := err == nil; pvm != strings.Contains(stdout, "kvm-pvm") || !strings.Contains(stdout, "runtime: firecracker") {
+		t.Errorf("demo on a host where kvm-pvm is %v:\n%s", pvm, stdout)
 	}
 }

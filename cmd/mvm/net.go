@@ -198,7 +198,7 @@ func ratelimitCmd(g *globals) *cobra.Command {
 		Args: exactArgs(1, "NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(drives)+len(rx)+len(tx) == 0 {
-				return usagef("mvm ratelimit needs at least one --drive, --rx or --tx")
+				return usagef("ratelimit needs at least one --drive, --rx or --tx")
 			}
 			return g.withRuntime(cmd.Context(), func(rt microvm.Runtime) error {
 				u, ok := rt.(microvm.RateLimitUpdater)

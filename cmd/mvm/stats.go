@@ -110,6 +110,7 @@ func statsCmd(g *globals) *cobra.Command {
 				if !ok {
 					return fmt.Errorf("the %s runtime has no statistics: %w", g.runtime, microvm.ErrUnsupported)
 				}
+				endsOnInterrupt.Store(watch)
 				return g.runStats(ctx, rt, sr, args, watch, interval)
 			})
 		},
@@ -295,6 +296,7 @@ func eventsCmd(g *globals) *cobra.Command {
 				if err != nil {
 					return err
 				}
+				endsOnInterrupt.Store(true)
 				return g.printEvents(ch)
 			})
 		},

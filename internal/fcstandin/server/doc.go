@@ -64,7 +64,10 @@
 //     with reboot=k: "reboot: Restarting system" on the console, then exit
 //     0 after FCSTANDIN_STOP_DELAY (deferred until resume when paused).
 //     Another status is Firecracker ending on an error: an error log line,
-//     "Vmm is stopping." and that exit status.
+//     "Vmm is stopping." and that exit status. "kvm" is a vCPU that KVM
+//     stopped, as Firecracker v1.7 ends then: "Received
+//     KVM_EXIT_INTERNAL_ERROR signal" from fc_vcpu 0, "Vmm is stopping."
+//     and exit status 0.
 //   - FCSTANDIN_START_DELAY: delay before binding the API socket (Go
 //     duration or milliseconds), to exercise readiness polling.
 //   - FCSTANDIN_STOP_DELAY: how long after SendCtrlAltDel the process prints

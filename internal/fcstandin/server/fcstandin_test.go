@@ -452,7 +452,17 @@ func TestExitOnDemand(t *testing.T) {
 			t.Fatalf("exit: %v, want status 3", st)
 		}
 	})
-	for _, bad := range []string{"20ms", "after-start:x", "after-start:20ms:256", "after-start:20ms:-1", "after-start:1s:a"} {
+	t.Run("kvm", func(t *testing.T) {
+		p := startFC(t, startOpt{env: []string{"FCSTANDIN_EXIT=after-start:20ms:kvm"}})
+		bootMinimal(t, p)
+		if st := p.wait(10 * time.Second); !st.Exited() || st.ExitCode() != 0 {
+			t.Fatalf("exit: %v, want status 0", st)
+		}
+		if out := p.stdout.String() + p.stderr.String(); !strings.Contains(out, ":fc_vcpu 0") || !strings.Contains(out, "Received KVM_EXIT_INTERNAL_ERROR signal") {
+			t.Fatalf("no vCPU line of KVM_EXIT_INTERNAL_ERROR: %s", out)
+		}
+	})
+	for _, bad := range []string{"20ms", "after-start:x", "after-start:20ms:256", "after-start:20ms:-1", "after-start:1s:a", "after-start:1s:kvm:1"} {
 		if _, err := ParseArgs(nil, func(k string) string {
 			if k == "FCSTANDIN_EXIT" {
 				return bad

@@ -260,15 +260,16 @@ func parseDelay(name, v string, def time.Duration) (time.Duration, error) {
 type exitSpec struct {
 	after time.Duration
 	code  int
+	kvm   bool // "kvm": a vCPU stopped by KVM, then exit 0 (as v1.7 does)
 }
 
-// parseExit parses "after-start:<duration>[:<status>]" (status 0 to 255,
-// default 0).
+// parseExit parses "after-start:<duration>[:<status>|kvm]" (status 0 to
+// 255, default 0).
 func parseExit(v string) (*exitSpec, error) {
 	if strings.TrimSpace(v) == "" {
 		return nil, nil
 	}
-	bad := fmt.Errorf("%w: FCSTANDIN_EXIT=%q: want after-start:<duration>[:<exit status 0-255>]", ErrUsage, v)
+	bad := fmt.Errorf("%w: FCSTANDIN_EXIT=%q: want after-start:<duration>[:<exit status 0-255>|kvm]", ErrUsage, v)
 	rest, ok := strings.CutPrefix(strings.TrimSpace(v), "after-start:")
 	if !ok {
 		return nil, bad
@@ -279,7 +280,9 @@ func parseExit(v string) (*exitSpec, error) {
 	if e.after, err = parseDelay("FCSTANDIN_EXIT after-start", d, 0); err != nil {
 		return nil, err
 	}
-	if hasCode {
+	if hasCode && code == "kvm" {
+		e.kvm = true
+	} else if hasCode {
 		if e.code, err = strconv.Atoi(code); err != nil || e.code < 0 || e.code > 255 {
 			return nil, bad
 		}

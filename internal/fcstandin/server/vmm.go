@@ -1753,6 +1753,16 @@ func (v *vmm) afterStartExit() {
 		time.Sleep(e.after)
 		v.Lock()
 		defer v.Unlock()
+		if e.kvm {
+			// Firecracker v1.7 when KVM stops a vCPU (as kvm-pvm does in
+			// an unmodified guest's early boot): it logs the exit, stops
+			// and exits with status 0, as after a guest reset.
+			v.log(lvlError, "fc_vcpu 0", "src/vmm/src/vstate/vcpu/mod.rs:1", "Received KVM_EXIT_INTERNAL_ERROR signal")
+			v.log(lvlInfo, "main", "src/vmm/src/lib.rs:1", "Vmm is stopping.")
+			v.flushMetrics()
+			v.exit(0)
+			return
+		}
 		if e.code == 0 {
 			if v.state == statePaused {
 				v.pendingStop = true
