@@ -71,8 +71,9 @@
 // unlink (one already running when it arrives does not count; the next
 // covers every writer that arrived meanwhile), so each write is as durable
 // when it returns as with an fsync of its own, and a failed fsync fails
-// every write it covered. Under concurrent Creates this turns one
-// directory fsync per record into about one per batch.
+// every write it covered. Under concurrent writes fewer directory fsyncs
+// run than records are written (100 concurrent VM Creates, then Destroys:
+// about one for every two or three records).
 //
 // A crash may leave a temporary file behind. List and Get ignore hidden
 // files, and Open removes temporary files older than StaleTempAge (one

@@ -152,8 +152,14 @@ func TestGroupedDirFsync(t *testing.T) {
 		commit(i)
 	}
 	// Wait until every other record is linked and its temporary file
-	// removed: they are then waiting for the directory's fsync.
-	for {
+	// removed: they are then waiting for the directory's fsync. (A commit
+	// that returns meanwhile ends the wait: that is the failure below.)
+	returned := func() bool {
+		log.mu.Lock()
+		defer log.mu.Unlock()
+		return slices.ContainsFunc(log.events, func(e groupEvent) bool { return e.kind == "return" })
+	}
+	for !returned() {
 		names := recordFiles(t, r, "vm")
 		temps := slices.ContainsFunc(names, func(s string) bool { return strings.HasPrefix(s, ".tmp-") })
 		if len(names) == n+1 && !temps {
@@ -161,10 +167,7 @@ func TestGroupedDirFsync(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	log.mu.Lock()
-	returned := slices.ContainsFunc(log.events, func(e groupEvent) bool { return e.kind == "return" })
-	log.mu.Unlock()
-	if returned {
+	if returned() {
 		t.Error("a commit returned while the only directory fsync that had begun was still running")
 	}
 	close(gate)
