@@ -65,6 +65,16 @@
 // crash (or SIGKILL) at any moment therefore leaves each record either
 // complete in its old version or complete in its new one, never torn.
 //
+// Directory fsyncs are group-committed within a process: writers that
+// need the same directory synced at the same time share one fsync. A
+// writer waits for an fsync that began after its own rename, link or
+// unlink (one already running when it arrives does not count; the next
+// covers every writer that arrived meanwhile), so each write is as durable
+// when it returns as with an fsync of its own, and a failed fsync fails
+// every write it covered. Under concurrent writes fewer directory fsyncs
+// run than records are written (100 concurrent VM Creates, then Destroys:
+// about one for every two or three records).
+//
 // A crash may leave a temporary file behind. List and Get ignore hidden
 // files, and Open removes temporary files older than StaleTempAge (one
 // minute). Younger ones are kept because they may belong to a write in

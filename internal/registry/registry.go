@@ -35,6 +35,9 @@ type Registry struct {
 	dir    string
 	closed atomic.Bool
 	kinds  sync.Map // kind -> struct{}: kind directory exists and its entry was synced
+	// syncers: directory -> *dirSyncer, the group commit of its fsyncs
+	// (see groupsync.go).
+	syncers sync.Map
 
 	mu   sync.Mutex
 	held map[*heldLock]struct{} // locks to release on Close
@@ -95,8 +98,10 @@ func (r *Registry) Dir() string {
 // Put stores v, encoded as JSON, as the record kind/id, replacing any
 // previous record. The replacement is atomic and durable: the envelope is
 // written to a temporary file in the same directory, fsynced, renamed over
-// the record, and the directory is fsynced. A crash at any point leaves
-// either the old or the new record.
+// the record, and the directory is fsynced (an fsync shared with
+// concurrent writers of the same directory, begun after the rename; see
+// the package doc). A crash at any point leaves either the old or the new
+// record.
 func (r *Registry) Put(kind, id string, v any) error {
 	return r.write("put", kind, id, v, false)
 }
@@ -128,6 +133,7 @@ func (r *Registry) PutUnsynced(kind, id string, v any) error {
 // Commit or CommitNew. Exactly one of Commit, CommitNew and Discard must
 // be called; a Pending is not safe for concurrent use.
 type Pending struct {
+	r            *Registry
 	op, kind, id string
 	kdir, tmp    string
 	done         bool
@@ -186,7 +192,7 @@ func (r *Registry) prepare(op, kind, id string, v any, sync bool) (*Pending, err
 	if err != nil {
 		return nil, fail(err)
 	}
-	return &Pending{op: op, kind: kind, id: id, kdir: kdir, tmp: tmp}, nil
+	return &Pending{r: r, op: op, kind: kind, id: id, kdir: kdir, tmp: tmp}, nil
 }
 
 // commit renames (or, exclusive, links) the temporary file to the record
@@ -216,7 +222,7 @@ func (w *Pending) commit(exclusive, sync bool) error {
 	if !sync {
 		return nil
 	}
-	if err := syncDir(w.kdir); err != nil {
+	if err := w.r.syncDirGrouped(w.kdir); err != nil {
 		return fail(err)
 	}
 	return nil
@@ -270,7 +276,7 @@ func (r *Registry) Delete(kind, id string) error {
 	}
 	// Sync even when the record was already gone: an earlier Delete may
 	// have unlinked it and then failed to sync.
-	if err := syncDir(filepath.Join(r.dir, kind)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := r.syncDirGrouped(filepath.Join(r.dir, kind)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("registry: delete %s/%s: %w", kind, id, err)
 	}
 	return nil
