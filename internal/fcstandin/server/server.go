@@ -100,6 +100,10 @@ func (h *apiHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, io.LimitReader(r.Body, h.maxPayload+1))
 	} else if r.ContentLength > 0 {
 		if r.ContentLength > h.maxPayload {
+			// Firecracker reads the rest of the body (as further requests);
+			// answering before it is read could reset the connection under
+			// a client that is still writing it.
+			io.Copy(io.Discard, io.LimitReader(r.Body, min(r.ContentLength, 16<<20)))
 			h.parseError(w, fmt.Sprintf("Request payload with size %d is larger than the limit of %d allowed by server.", r.ContentLength, h.maxPayload))
 			return
 		}
