@@ -27,6 +27,12 @@ var (
 	// ErrExists reports that the VM id that Rename would give a network
 	// to already has one.
 	ErrExists = errors.New("vm network exists")
+	// ErrEgressMissing reports that Config.EgressInterface is not in the
+	// host namespace (unplugged, renamed, deleted): a Manager opens
+	// without it, and everything but giving a VM a new network works;
+	// Setup of a VM that has no network yet fails with a *FieldError
+	// matching it, until the interface is back.
+	ErrEgressMissing = errors.New("egress interface missing")
 	// ErrClosed reports use of a Manager after Close.
 	ErrClosed = errors.New("network manager closed")
 	// ErrRecordExists is what a Store's Create wraps when the record

@@ -98,7 +98,10 @@ func TestConfigHost(t *testing.T) {
 		}
 		return err
 	}
-	wantField(t, try(func(c *Config) { c.EgressInterface = "nope0" }), ErrInvalidConfig, "Config.EgressInterface")
+	// Not an interface name (a missing one is no error: TestEgressGone).
+	for _, bad := range []string{"no/pe0", "no:pe0", "no pe0", "..", "abcdefghijklmnop"} {
+		wantField(t, try(func(c *Config) { c.EgressInterface = bad }), ErrInvalidConfig, "Config.EgressInterface")
+	}
 	wantField(t, try(func(c *Config) { c.HostNS = filepath.Join(env.Dir, "missing") }), ErrInvalidConfig, "Config.HostNS")
 	wantField(t, try(func(c *Config) { c.HostNS = env.Dir }), ErrInvalidConfig, "Config.HostNS")
 	// Overlaps the uplink's 203.0.113.0/24.

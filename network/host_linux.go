@@ -68,6 +68,14 @@ func (m *Manager) enableForwarding() (bool, error) {
 			return false, nil
 		}
 		was, err := readSysctl(m.hostNS, "net/ipv4/conf/"+m.egress+"/forwarding")
+		if errors.Is(err, os.ErrNotExist) {
+			// The interface is gone: nothing to turn on or record yet,
+			// and no guard needed (nothing arrives from it). Setup
+			// rewrites the host when it is back (egressReady).
+			m.egressGone.Store(true)
+			m.fwdPerIf.Store(true)
+			return false, nil
+		}
 		if err != nil {
 			return false, fmt.Errorf("network: read forwarding of %s: %w", m.egress, err)
 		}
@@ -77,7 +85,13 @@ func (m *Manager) enableForwarding() (bool, error) {
 		}
 	}
 	m.fwdPerIf.Store(true)
-	if err := writeSysctl(m.hostNS, "net/ipv4/conf/"+rec.Egress+"/forwarding", "1"); err != nil {
+	err = writeSysctl(m.hostNS, "net/ipv4/conf/"+rec.Egress+"/forwarding", "1")
+	if errors.Is(err, os.ErrNotExist) {
+		// Gone: the record keeps the value to restore (moot while it is
+		// gone: a returning interface takes the default); Setup turns
+		// forwarding on again when it is back (egressReady).
+		m.egressGone.Store(true)
+	} else if err != nil {
 		return false, fmt.Errorf("network: enable forwarding on %s: %w", rec.Egress, err)
 	}
 	return rec.EgressWas == "0", nil

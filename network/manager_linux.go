@@ -38,6 +38,10 @@ type Manager struct {
 	hostAllow []Rule
 	rest      time.Duration // how long a released HostIP rests
 	fwdPerIf  atomic.Bool   // forwarding is enabled per interface (host veths, egress)
+	// egressGone is set while the egress interface is missing from the
+	// host namespace, so that its forwarding is not (or no longer) on:
+	// the next Setup that finds it back rewrites the host first.
+	egressGone atomic.Bool
 	hostMu    sync.Mutex    // serialises writing host sets into slot tables
 
 	hostNS netns.NsHandle
@@ -68,8 +72,14 @@ type Manager struct {
 //
 // Errors name the field: a missing Store, a bad NamePrefix, a pool that is
 // not an IPv4 network of /8 to /30 or that overlaps an address or route of
-// HostNS, an EgressInterface that HostNS lacks. They match
-// ErrInvalidConfig.
+// HostNS, an EgressInterface that is not an interface name or is a slot's
+// veth. They match ErrInvalidConfig.
+//
+// An EgressInterface that HostNS lacks (unplugged, renamed) is not an
+// error: New logs a warning and the Manager removes, lists, renames and
+// polices existing VM networks as usual, while Setup of a VM without a
+// network fails with ErrEgressMissing until the interface is back (no
+// reopening needed).
 func New(ctx context.Context, cfg Config) (*Manager, error) {
 	m, err := newManager(cfg)
 	if err != nil {
@@ -115,6 +125,10 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	}
 	if err := m.installHost(ctx); err != nil {
 		return nil, err
+	}
+	if m.egressGone.Load() {
+		m.log.Warn("network: egress interface is missing; existing VM networks work as before, new ones fail until it is back",
+			"egress", m.egress)
 	}
 	if err := m.sweepTemps(ctx); err != nil {
 		m.log.Warn("network: remove temporary files left by a crash", "err", err)
@@ -201,6 +215,9 @@ func (m *Manager) validateStatic() error {
 			}
 		}
 	}
+	if m.egress != "" && !validIfname(m.egress) {
+		fe.add("Config.EgressInterface", fmt.Sprintf("%q is not an interface name: 1-15 bytes, without '/', ':', whitespace or NUL, not \".\" or \"..\"", m.egress))
+	}
 	if m.poolSize < 0 {
 		fe.add("Config.PoolSize", fmt.Sprintf("%d is negative", m.poolSize))
 	}
@@ -212,6 +229,20 @@ func (m *Manager) validateStatic() error {
 		fe.add("Config.HostAllow", fmt.Sprintf("has %d rules; at most %d are allowed", len(m.hostAllow), MaxRules))
 	}
 	return fe.err()
+}
+
+// validIfname reports whether the kernel would accept s as a network
+// interface name (dev_valid_name).
+func validIfname(s string) bool {
+	if len(s) == 0 || len(s) > 15 || s == "." || s == ".." {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if c == '/' || c == ':' || c == 0 || c == ' ' || (c >= '\t' && c <= '\r') {
+			return false
+		}
+	}
+	return true
 }
 
 func validatePrefix(p string) string {
@@ -259,7 +290,13 @@ func (m *Manager) validateHost() error {
 			return &FieldError{Field: "Config.EgressInterface", Rule: "is empty and the host namespace has no IPv4 default route to take it from", Err: ErrInvalidConfig}
 		}
 	} else if _, err := m.hostNL.LinkByName(m.egress); err != nil {
-		return &FieldError{Field: "Config.EgressInterface", Rule: fmt.Sprintf("no interface %q in the host namespace: %v", m.egress, err), Err: ErrInvalidConfig}
+		var nf netlink.LinkNotFoundError
+		if !errors.As(err, &nf) {
+			return &FieldError{Field: "Config.EgressInterface", Rule: fmt.Sprintf("cannot look up interface %q in the host namespace: %v", m.egress, err), Err: ErrInvalidConfig}
+		}
+		// Gone (a NIC unplugged, a bond renamed): existing networks must
+		// stay removable; new ones fail until it is back.
+		m.egressGone.Store(true)
 	}
 	if _, mine := m.ours(m.egress); mine {
 		return &FieldError{Field: "Config.EgressInterface", Rule: fmt.Sprintf("%q is a slot's veth, not an egress interface", m.egress), Err: ErrInvalidConfig}
@@ -333,6 +370,37 @@ func (m *Manager) ensureHost() error {
 	return m.writeHost()
 }
 
+// egressReady checks that the egress interface is in the host namespace,
+// failing with ErrEgressMissing if not. If it was missing before (at New
+// or since), it rewrites the host first: forwarding on it (a returning
+// interface has the default setting) and the host table's guard.
+func (m *Manager) egressReady(ctx context.Context) error {
+	if _, err := m.hostNL.LinkByName(m.egress); err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			m.egressGone.Store(true)
+			return &FieldError{Field: "Config.EgressInterface",
+				Rule: fmt.Sprintf("no interface %q in the host namespace (unplugged, renamed or deleted?): a new VM network is masqueraded out of it; bring it back (existing VM networks can be removed meanwhile)", m.egress),
+				Err:  ErrEgressMissing}
+		}
+		return fmt.Errorf("network: look up egress interface %q: %w", m.egress, err)
+	}
+	if !m.egressGone.Load() {
+		return nil
+	}
+	unlock, err := m.store.Lock(ctx, m.allocLock())
+	if err != nil {
+		return fmt.Errorf("network: lock %s: %w", m.allocLock(), err)
+	}
+	defer unlock()
+	m.egressGone.Store(false)
+	if err := m.writeHost(); err != nil {
+		m.egressGone.Store(true)
+		return err
+	}
+	return nil
+}
+
 // enter registers an operation; Close waits for registered ones.
 func (m *Manager) enter() error {
 	m.ops.RLock()
@@ -384,6 +452,9 @@ func (m *Manager) Setup(ctx context.Context, vmID string, opts Options) (*Slot, 
 		if err := m.store.Delete(kindVM, vmID); err != nil {
 			return nil, fmt.Errorf("network: vm %q: remove stale record: %w", vmID, err)
 		}
+	}
+	if err := m.egressReady(ctx); err != nil {
+		return nil, err
 	}
 	for l := m.takePooled(); l != nil; l = m.takePooled() {
 		if m.healthy(l.Name) {

@@ -57,8 +57,8 @@ func (m *Manager) refillLoop(ctx context.Context) {
 				if ctx.Err() != nil {
 					return
 				}
-				if errors.Is(err, ErrPoolExhausted) {
-					m.log.Debug("network: warm pool waits for a free address", "err", err)
+				if errors.Is(err, ErrPoolExhausted) || errors.Is(err, ErrEgressMissing) {
+					m.log.Debug("network: warm pool waits (for a free address or the egress interface)", "err", err)
 				} else {
 					m.log.Warn("network: warm pool refill failed", "err", err)
 				}
@@ -89,6 +89,9 @@ func (m *Manager) refillLoop(ctx context.Context) {
 
 // buildPooled builds one warm slot and adds it to the pool.
 func (m *Manager) buildPooled(ctx context.Context) error {
+	if err := m.egressReady(ctx); err != nil {
+		return err // a warm slot is for a new VM network, which needs it
+	}
 	l, err := m.allocate(ctx, "")
 	if err != nil {
 		return err
