@@ -42,7 +42,7 @@ type Manager struct {
 	// host namespace, so that its forwarding is not (or no longer) on:
 	// the next Setup that finds it back rewrites the host first.
 	egressGone atomic.Bool
-	hostMu    sync.Mutex    // serialises writing host sets into slot tables
+	hostMu     sync.Mutex // serialises writing host sets into slot tables
 
 	hostNS netns.NsHandle
 	hostNL *netlink.Handle
