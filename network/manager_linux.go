@@ -401,6 +401,15 @@ func (m *Manager) egressReady(ctx context.Context) error {
 	return nil
 }
 
+// EgressMissing reports whether the egress interface was missing from
+// the host namespace when last looked for (by New, or by a Setup that
+// failed with ErrEgressMissing); a Setup that finds it back clears it.
+func (m *Manager) EgressMissing() bool { return m.egressGone.Load() }
+
+// EgressInterface returns the egress interface's name (the one of the
+// default route when Config.EgressInterface was "").
+func (m *Manager) EgressInterface() string { return m.egress }
+
 // enter registers an operation; Close waits for registered ones.
 func (m *Manager) enter() error {
 	m.ops.RLock()

@@ -72,6 +72,9 @@ func openFirecrackerRuntime(ctx context.Context, g *globals) (microvm.Runtime, e
 		reg.Close()
 		return nil, netConfigErr(g, err)
 	}
+	if m.EgressMissing() && ncfg.Logger == nil { // with a logger, the manager has said it
+		fmt.Fprintf(g.stderr, "mvm: warning: egress interface %s is missing: VMs can be listed, stopped and removed, but new VM networks fail until it is back\n", shellArg(m.EgressInterface()))
+	}
 	cfg.Network = fcnet.New(m)
 	rt, err := firecracker.Open(ctx, cfg)
 	if err != nil {
@@ -108,6 +111,28 @@ func netConfigErr(g *globals, err error) error {
 	}
 	return fmt.Errorf("managed networking (--egress-iface %s): %w", g.net.egressIface, err)
 }
+
+// egressMissingErr says an operation failed for want of the egress
+// interface in the command line's terms (--egress-iface, not the
+// library's Config.EgressInterface); other errors are returned as they are.
+func egressMissingErr(g *globals, err error) error {
+	var fe *network.FieldError
+	if !errors.Is(err, network.ErrEgressMissing) || !errors.As(err, &fe) {
+		return err
+	}
+	msg := strings.Replace(err.Error(), fe.Error(), fmt.Sprintf("--egress-iface %s: %s", shellArg(g.net.egressIface), fe.Rule), 1)
+	return &egressError{msg: msg + ": " + network.ErrEgressMissing.Error(), err: err}
+}
+
+// egressError is an error with its message reworded; it matches what the
+// original matched.
+type egressError struct {
+	msg string
+	err error
+}
+
+func (e *egressError) Error() string { return e.msg }
+func (e *egressError) Unwrap() error { return e.err }
 
 // netRuntime is the Firecracker runtime with the network it owns.
 type netRuntime struct {

@@ -442,3 +442,131 @@ func isMountPoint(dir string) (bool, error) {
 	}
 	return false, nil
 }
+
+// TestNetworkCLIEgressGone: with the egress interface gone (a NIC
+// unplugged), ls, inspect, stop and rm of a networked VM still work, with
+// at most a one-line warning, and rm leaves nothing; create --net says
+// that the interface is missing.
+func TestNetworkCLIEgressGone(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: needs root (network namespaces, TAP devices, nftables)")
+	}
+	tmp := t.TempDir()
+	mvmBin := buildMVM(t, tmp)
+	fc := filepath.Join(tmp, "firecracker")
+	script := fmt.Sprintf("#!/bin/sh\nexport FCSTANDIN_SPEC_DIR='%s'\nexec '%s' \"$@\"\n", fcstandin.SpecDir(t), fcstandin.Build(t))
+	if err := os.WriteFile(fc, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	kernel, rootfs := filepath.Join(tmp, "vmlinux"), filepath.Join(tmp, "rootfs.ext4")
+	os.WriteFile(kernel, []byte("\x7fELF stand-in kernel"), 0o644)
+	os.WriteFile(rootfs, make([]byte, 1<<20), 0o644)
+
+	host, up := newNetNS(t), newNetNS(t)
+	wireUplink(t, host, up)
+	state, runDir := filepath.Join(tmp, "state"), filepath.Join(tmp, "run")
+	t.Cleanup(func() {
+		if ok, _ := isMountPoint(runDir); ok {
+			unix.Unmount(runDir, unix.MNT_DETACH)
+		}
+	})
+	try := func(args ...string) (string, string, error) {
+		t.Helper()
+		all := append([]string{"--state-dir", state, "--firecracker-bin", fc, "--egress-iface", "uplink", "--net-run-dir", runDir, "-o", "json"}, args...)
+		cmd := exec.Command(mvmBin, all...)
+		var out, errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		if err := startIn(host, cmd); err != nil {
+			t.Fatalf("start mvm %q: %v", args, err)
+		}
+		err := cmd.Wait()
+		return out.String(), errb.String(), err
+	}
+	gone := false // the egress interface is gone: a warning is due
+	run := func(args ...string) string {
+		t.Helper()
+		out, errs, err := try(args...)
+		if err != nil {
+			t.Fatalf("mvm %q: %v\n%s", args, err, errs)
+		}
+		if n := strings.Count(strings.TrimSpace(errs), "\n"); n > 0 {
+			t.Errorf("mvm %q: more than a one-line warning:\n%s", args, errs)
+		}
+		if warned := strings.Contains(errs, "warning: egress interface uplink is missing"); warned != gone {
+			t.Errorf("mvm %q with the egress interface gone=%v: stderr %q", args, gone, errs)
+		}
+		return out
+	}
+	run("create", "web", "--kernel", kernel, "--rootfs", rootfs, "--net")
+	run("start", "web")
+
+	withHandle(t, host, func(h *netlink.Handle) {
+		l, err := h.LinkByName("uplink")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := h.LinkDel(l); err != nil {
+			t.Fatal(err)
+		}
+	})
+	gone = true
+
+	if !strings.Contains(run("ls"), `"web"`) {
+		t.Error("ls does not list web")
+	}
+	if vm := run("inspect", "web"); !strings.Contains(vm, `"running"`) {
+		t.Errorf("inspect web: %s", vm)
+	}
+	rootfs2 := filepath.Join(tmp, "rootfs2.ext4")
+	os.WriteFile(rootfs2, make([]byte, 1<<20), 0o644)
+	_, errs, err := try("create", "db", "--kernel", kernel, "--rootfs", rootfs2, "--net")
+	if err == nil || !strings.Contains(errs, `--egress-iface uplink: no interface "uplink" in the host namespace`) ||
+		!strings.HasSuffix(strings.TrimSpace(errs), "egress interface missing") {
+		t.Errorf("create --net with the egress interface gone: %v: %s", err, errs)
+	}
+	if out := run("ls"); strings.Contains(out, `"db"`) {
+		t.Errorf("the failed create left db: %s", out)
+	}
+	run("stop", "web")
+	run("rm", "web")
+
+	if ents, _ := os.ReadDir(runDir); len(ents) > 0 {
+		t.Errorf("namespaces left in %s: %v", runDir, ents)
+	}
+	withHandle(t, host, func(h *netlink.Handle) {
+		ls, _ := h.LinkList()
+		for _, l := range ls {
+			if strings.HasPrefix(l.Attrs().Name, network.DefaultNamePrefix) {
+				t.Errorf("link left in the host namespace: %s", l.Attrs().Name)
+			}
+		}
+	})
+	c, err := nftables.New(nftables.WithNetNSFd(host))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ts, err := c.ListTables(); err != nil || len(ts) > 0 {
+		t.Errorf("nftables tables left in the host namespace: %d, %v", len(ts), err)
+	}
+	// With no VM network left, the setting can move to another interface.
+	cmd := exec.Command(mvmBin, "--state-dir", state, "config", "set", "egress-iface", "lo")
+	cmd.Env = append(os.Environ(), "MVM_EGRESS_IFACE=")
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	if err := startIn(host, cmd); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("config set egress-iface once the VMs are gone: %v: %s", err, errb.String())
+	}
+	reg, err := network.OpenStore(filepath.Join(state, "network"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close()
+	for _, kind := range []string{"netlease", "netvm", "nethost"} {
+		if ids, err := reg.List(kind); err != nil || len(ids) > 0 {
+			t.Errorf("%s records left: %v, %v", kind, ids, err)
+		}
+	}
+}
