@@ -5,9 +5,11 @@ package network
 import (
 	"errors"
 	"net"
+	"os"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mvm-dev/microvm/network/internal/netnsutil"
 	"github.com/mvm-dev/microvm/network/internal/nstest"
@@ -68,15 +70,44 @@ func addEgress(t *testing.T, env *nstest.Env) {
 	})
 }
 
+// waitUntil polls cond until it holds, failing the test after 10 s (the
+// watcher reacts to kernel events in the background).
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+func hasWarning(h *harness, parts ...string) bool {
+	return slices.ContainsFunc(h.logs.Warnings(), func(w string) bool {
+		for _, p := range parts {
+			if !strings.Contains(w, p) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
 // TestEgressGone: with the egress interface gone, a Manager still opens;
 // existing VM networks can be re-policed and removed completely; a new
-// one fails with ErrEgressMissing naming the interface; once it is back,
-// Setup works again on the same Manager, guest traffic included.
+// one fails with ErrEgressMissing naming the interface. Once it is back
+// (a new interface, forwarding at its default), the watcher turns
+// forwarding on again: a VM that kept its network through the outage
+// reaches the upstream again, and Setup works on the same Manager.
 func TestEgressGone(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, nil)
+	nstest.Serve(t, h.env.Up, nstest.UpstreamIP)
 	old := h.setup("old", Options{})
+	kept := h.guest(h.setup("kept", Options{}))
+	mustReach(t, kept, at(nstest.UpstreamIP), nstest.HostEgressIP)
 	delEgress(t, h.env)
+	// The running Manager noticed.
+	waitUntil(t, "the running Manager's warning", func() bool { return hasWarning(h, "egress interface removed", nstest.HostEgress) })
 
 	// Another process opens now (the CLI's mvm rm).
 	m := h.newManager(nil)
@@ -85,9 +116,7 @@ func TestEgressGone(t *testing.T) {
 			t.Errorf("Close: %v", err)
 		}
 	}()
-	if !slices.ContainsFunc(h.logs.Warnings(), func(w string) bool {
-		return strings.Contains(w, "egress interface is missing") && strings.Contains(w, nstest.HostEgress)
-	}) {
+	if !hasWarning(h, "egress interface is missing", nstest.HostEgress) || !m.EgressMissing() {
 		t.Errorf("no warning naming the missing egress interface: %q", h.logs.Warnings())
 	}
 	_, err := m.Setup(ctxT(t), "new", Options{})
@@ -101,7 +130,8 @@ func TestEgressGone(t *testing.T) {
 	if ids, _ := h.store.List(kindVM); slices.Contains(ids, "new") {
 		t.Fatal("failed Setup left a vm record")
 	}
-	// Existing networks: the policy can change, Slot answers.
+	// Existing networks: the policy can change, Slot answers, Teardown
+	// removes everything.
 	if err := m.SetPolicy(ctxT(t), "old", Policy{DenyAll: true}); err != nil {
 		t.Fatalf("SetPolicy with the egress interface gone: %v", err)
 	}
@@ -111,15 +141,53 @@ func TestEgressGone(t *testing.T) {
 	if err := m.Teardown(ctxT(t), "old"); err != nil {
 		t.Fatalf("Teardown with the egress interface gone: %v", err)
 	}
-	h.checkNoSlots() // no namespace, host link, lease or vm record
+	if slices.Contains(nstest.Links(t, h.env.Host), old.Name) {
+		t.Fatalf("link %s left after Teardown", old.Name)
+	}
+	if _, err := os.Stat(old.NetNSPath); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("namespace %s left after Teardown: %v", old.NetNSPath, err)
+	}
+	if ids, _ := h.store.List(kindLease); slices.Contains(ids, old.Name) {
+		t.Fatalf("lease %s left after Teardown", old.Name)
+	}
 
-	// Back (a new interface, forwarding at its default): Setup works on
-	// the same Manager, and the guest reaches the upstream through NAT.
+	addEgress(t, h.env)
+	fwd := func() bool {
+		return sysctlIn(t, h.env.Host, "net/ipv4/conf/"+nstest.HostEgress+"/forwarding") == "1"
+	}
+	waitUntil(t, "forwarding on the returned egress interface", fwd)
+	mustReach(t, kept, at(nstest.UpstreamIP), nstest.HostEgressIP)
+	s, err := m.Setup(ctxT(t), "new", Options{})
+	if err != nil {
+		t.Fatalf("Setup once the egress interface is back: %v", err)
+	}
+	if m.EgressMissing() {
+		t.Error("EgressMissing after a successful Setup")
+	}
+	mustReach(t, h.guest(s), at(nstest.UpstreamIP), nstest.HostEgressIP)
+	for _, id := range []string{"new", "kept"} {
+		if err := m.Teardown(ctxT(t), id); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestEgressBackSetup: without the watcher (a missed event), Setup
+// itself finds the egress interface back and turns its forwarding on
+// before building.
+func TestEgressBackSetup(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, nil)
+	delEgress(t, h.env)
+	m := h.newManager(nil)
+	defer m.Close()
+	h.m.endWatch()
+	m.endWatch()
 	addEgress(t, h.env)
 	if v := sysctlIn(t, h.env.Host, "net/ipv4/conf/"+nstest.HostEgress+"/forwarding"); v != "0" {
 		t.Fatalf("returning interface has forwarding %s; the test needs the default 0", v)
 	}
-	s, err := m.Setup(ctxT(t), "new", Options{})
+	s, err := m.Setup(ctxT(t), "vm", Options{})
 	if err != nil {
 		t.Fatalf("Setup once the egress interface is back: %v", err)
 	}
@@ -127,9 +195,8 @@ func TestEgressGone(t *testing.T) {
 		t.Fatalf("forwarding of the returned egress interface is %s after Setup; want 1", v)
 	}
 	nstest.Serve(t, h.env.Up, nstest.UpstreamIP)
-	g := h.guest(s)
-	mustReach(t, g, at(nstest.UpstreamIP), nstest.HostEgressIP)
-	if err := m.Teardown(ctxT(t), "new"); err != nil {
+	mustReach(t, h.guest(s), at(nstest.UpstreamIP), nstest.HostEgressIP)
+	if err := m.Teardown(ctxT(t), "vm"); err != nil {
 		t.Fatal(err)
 	}
 }

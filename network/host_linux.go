@@ -16,6 +16,7 @@ import (
 	"github.com/mvm-dev/microvm/network/internal/netnsutil"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // Store kinds kept per prefix (id: the prefix).
@@ -350,6 +351,12 @@ func (m *Manager) watchHost(ctx context.Context, ready chan<- error) {
 	ns := m.hostNS
 	err := netlink.AddrSubscribeWithOptions(ch, done, netlink.AddrSubscribeOptions{Namespace: &ns,
 		ErrorCallback: func(err error) { m.log.Warn("network: host address watch", "err", err) }})
+	// Links too: the egress interface going and coming back.
+	links := make(chan netlink.LinkUpdate, 64)
+	if err == nil {
+		err = netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{Namespace: &ns,
+			ErrorCallback: func(err error) { m.log.Warn("network: host link watch", "err", err) }})
+	}
 	ready <- err
 	if err != nil {
 		return
@@ -370,11 +377,43 @@ func (m *Manager) watchHost(ctx context.Context, ready chan<- error) {
 			if timer == nil {
 				timer = time.After(settle)
 			}
+		case u, ok := <-links:
+			if !ok {
+				return
+			}
+			if u.Link == nil || u.Link.Attrs().Name != m.egress {
+				continue
+			}
+			m.egressEvent(ctx, u.Header.Type == unix.RTM_DELLINK)
 		case <-timer:
 			timer = nil
 			if err := m.refreshHostSets(); err != nil {
 				m.log.Warn("network: refresh host addresses in slot firewalls", "err", err)
 			}
 		}
+	}
+}
+
+// egressEvent handles the egress interface's removal (gone) or its
+// (re)appearance: a returning interface has the default forwarding
+// setting, so the host is rewritten at once (forwarding on, the guard),
+// and existing VMs' traffic flows again without waiting for a Setup.
+func (m *Manager) egressEvent(ctx context.Context, gone bool) {
+	if gone {
+		if !m.egressGone.Swap(true) {
+			m.log.Warn("network: egress interface removed; new VM networks fail until it is back", "egress", m.egress)
+		}
+		return
+	}
+	if !m.egressGone.Load() {
+		return
+	}
+	err := m.egressReady(ctx)
+	switch {
+	case err == nil:
+		m.log.Info("network: egress interface is back", "egress", m.egress)
+	case errors.Is(err, ErrEgressMissing), ctx.Err() != nil:
+	default:
+		m.log.Warn("network: egress interface is back but the host could not be rewritten; the next Setup retries", "egress", m.egress, "err", err)
 	}
 }

@@ -393,6 +393,9 @@ func (m *Manager) egressReady(ctx context.Context) error {
 		return fmt.Errorf("network: lock %s: %w", m.allocLock(), err)
 	}
 	defer unlock()
+	if !m.egressGone.Load() {
+		return nil // rewritten meanwhile (the watcher, another Setup)
+	}
 	m.egressGone.Store(false)
 	if err := m.writeHost(); err != nil {
 		m.egressGone.Store(true)
