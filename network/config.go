@@ -54,7 +54,9 @@ type Config struct {
 	Pool netip.Prefix
 	// EgressInterface is the HostNS interface that guest traffic is
 	// masqueraded through; "" means the interface of HostNS's IPv4
-	// default route.
+	// default route. It must be an interface name; if HostNS lacks it
+	// (unplugged, renamed), New still opens, and only Setup of a VM
+	// without a network fails (ErrEgressMissing) until it is back.
 	EgressInterface string
 	// NamePrefix starts every device, namespace and nftables table name,
 	// so leftovers are recognisable; 1-6 characters of [a-z0-9] starting

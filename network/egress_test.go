@@ -228,7 +228,8 @@ func TestEgressGoneLastClose(t *testing.T) {
 
 // TestEgressGoneWarmPool: a Manager with a warm pool opens with the
 // egress interface gone, builds no warm slot meanwhile, and Setup fails
-// with ErrEgressMissing rather than hand out a slot that cannot leave.
+// with ErrEgressMissing rather than hand out a slot that cannot leave;
+// once the interface is back the pool fills.
 func TestEgressGoneWarmPool(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, nil)
@@ -237,6 +238,11 @@ func TestEgressGoneWarmPool(t *testing.T) {
 	if _, err := m.Setup(ctxT(t), "vm", Options{}); !errors.Is(err, ErrEgressMissing) {
 		t.Fatalf("Setup: %v; want ErrEgressMissing", err)
 	}
+	if n := m.pooledCount(); n != 0 {
+		t.Fatalf("%d warm slots built with the egress interface gone", n)
+	}
+	addEgress(t, h.env)
+	waitUntil(t, "the warm pool to fill once the egress interface is back", func() bool { return m.pooledCount() == 2 })
 	if err := m.Close(); err != nil {
 		t.Fatal(err)
 	}

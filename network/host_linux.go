@@ -412,6 +412,7 @@ func (m *Manager) egressEvent(ctx context.Context, gone bool) {
 	switch {
 	case err == nil:
 		m.log.Info("network: egress interface is back", "egress", m.egress)
+		m.kick() // a waiting warm-pool refiller may go on
 	case errors.Is(err, ErrEgressMissing), ctx.Err() != nil:
 	default:
 		m.log.Warn("network: egress interface is back but the host could not be rewritten; the next Setup retries", "egress", m.egress, "err", err)

@@ -437,6 +437,11 @@ func (m *Manager) leave() { m.ops.RUnlock() }
 // Setup is idempotent per vmID: if vmID already has a network, the same
 // Slot is returned, repaired if parts of it were removed, with opts
 // applied. A failed Setup leaves nothing behind. ctx bounds the call only.
+//
+// A VM without a network gets none while the egress interface is missing
+// from the host namespace: the error is a *FieldError matching
+// ErrEgressMissing. A VM that has one gets it back (its slot does not
+// depend on the interface).
 func (m *Manager) Setup(ctx context.Context, vmID string, opts Options) (*Slot, error) {
 	if err := validateVMID(vmID); err != nil {
 		return nil, err
