@@ -319,11 +319,12 @@ func (s *syncBuilder) String() string {
 	return s.b.String()
 }
 
-// TestConfigEgressIfaceGone: an egress interface the state directory saved
-// that is gone (or misnamed) keeps managed networking from starting, so
-// every command that opens the runtime fails, naming the setting and how
-// to change it; `mvm config set egress-iface` still works (it lists the
-// VMs without managed networking), and refuses a name no interface has.
+// TestConfigEgressIfaceGone: `mvm config set egress-iface` refuses a
+// name no interface has or that is not an interface name, and forgets the
+// setting. A saved interface that is gone since is no error (VMs stay
+// listable and removable, new networks fail): TestNetworkCLIEgressGone,
+// in a namespace of its own (managed networking now starts, and must not
+// touch this host's namespace).
 func TestConfigEgressIfaceGone(t *testing.T) {
 	c := newCLI(t)
 	c.ok("ls") // saves the firecracker binary
@@ -333,17 +334,7 @@ func TestConfigEgressIfaceGone(t *testing.T) {
 	if code, _, errs := c.bare(nil, "config", "set", "egress-iface", "a/b"); code != 2 || !strings.Contains(errs, "egress-iface must be a network interface name") {
 		t.Errorf("config set egress-iface a/b: exit %d %q", code, errs)
 	}
-	// Saved while it existed; gone since.
-	err := updateSettings(c.stateDir, func(s savedSettings) error { s["egress-iface"] = "gone-if0"; return nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	code, _, errs := c.bare(nil, "ls")
-	// (Not root, networking may fail first for want of privileges.)
-	if code == 0 || os.Geteuid() == 0 && (!strings.Contains(errs, `--egress-iface gone-if0: no interface "gone-if0"`) ||
-		!strings.Contains(errs, "mvm config set egress-iface") || strings.Contains(errs, "Config.")) {
-		t.Errorf("ls with a saved egress interface that is gone: exit %d %q", code, errs)
-	}
+	c.bareOK("config", "set", "egress-iface", "lo") // starts no networking
 	c.bareOK("config", "set", "egress-iface", "")
 	c.bareOK("ls")
 	if out := c.bareOK("config", "-o", "json"); strings.Contains(out, "egress-iface") {
