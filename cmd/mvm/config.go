@@ -170,8 +170,29 @@ type savedSettings map[string]string
 func configPath(stateDir string) string { return filepath.Join(stateDir, configFile) }
 
 // loadSettings reads the saved settings of stateDir (none when the file
-// does not exist).
+// does not exist), refusing a file with an unknown key or a value its
+// setting does not take.
 func loadSettings(stateDir string) (savedSettings, error) {
+	s, err := loadSettingsAsIs(stateDir)
+	if err != nil {
+		return nil, err
+	}
+	for k, v := range s {
+		st, ok := settingOf(k)
+		if !ok {
+			return nil, fmt.Errorf("settings file %s: unknown setting %q (fix or remove it)", configPath(stateDir), k)
+		}
+		if _, err := st.norm(v); err != nil {
+			return nil, fmt.Errorf("settings file %s: %w (change it with mvm config set)", configPath(stateDir), err)
+		}
+	}
+	return s, nil
+}
+
+// loadSettingsAsIs reads the saved settings of stateDir without checking
+// them: mvm config and mvm config set use it, being how a bad saved
+// value is shown and changed.
+func loadSettingsAsIs(stateDir string) (savedSettings, error) {
 	b, err := os.ReadFile(configPath(stateDir))
 	if errors.Is(err, fs.ErrNotExist) {
 		return savedSettings{}, nil
@@ -182,15 +203,6 @@ func loadSettings(stateDir string) (savedSettings, error) {
 	s := savedSettings{}
 	if err := json.Unmarshal(b, &s); err != nil {
 		return nil, fmt.Errorf("settings file %s is not valid JSON (fix or remove it): %w", configPath(stateDir), err)
-	}
-	for k, v := range s {
-		st, ok := settingOf(k)
-		if !ok {
-			return nil, fmt.Errorf("settings file %s: unknown setting %q (fix or remove it)", configPath(stateDir), k)
-		}
-		if _, err := st.norm(v); err != nil {
-			return nil, fmt.Errorf("settings file %s: %w (change it with mvm config set)", configPath(stateDir), err)
-		}
 	}
 	return s, nil
 }
@@ -207,7 +219,7 @@ func updateSettings(stateDir string, change func(savedSettings) error) error {
 	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
 		return fmt.Errorf("save settings: lock: %w", err)
 	}
-	s, err := loadSettings(stateDir)
+	s, err := loadSettingsAsIs(stateDir)
 	if err != nil {
 		return err
 	}
@@ -252,13 +264,17 @@ func (g *globals) resolveSettings(cmd *cobra.Command) error {
 	if g.net.envErr != nil {
 		return g.net.envErr
 	}
-	saved, err := loadSettings(g.stateDir)
+	// mvm config and mvm config set work with the saved settings as they
+	// are: they are how a contradiction, or a bad saved value, is resolved.
+	configCmd := cmd.Name() == "config" || cmd.HasParent() && cmd.Parent().Name() == "config"
+	load := loadSettings
+	if configCmd {
+		load = loadSettingsAsIs
+	}
+	saved, err := load(g.stateDir)
 	if err != nil {
 		return err
 	}
-	// mvm config and mvm config set work with the saved settings as they
-	// are: they are how a contradiction is resolved.
-	configCmd := cmd.Name() == "config" || cmd.HasParent() && cmd.Parent().Name() == "config"
 	g.unsaved = map[string]string{}
 	for _, st := range settings {
 		given, how := g.givenSetting(cmd, st)
@@ -345,7 +361,7 @@ func configCmd(g *globals) *cobra.Command {
 			"'mvm config set KEY VALUE' changes one ('' forgets it).",
 		Args: exactArgs(0, ""),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			saved, err := loadSettings(g.stateDir)
+			saved, err := loadSettingsAsIs(g.stateDir)
 			if err != nil {
 				return err
 			}
@@ -455,7 +471,7 @@ func refuseOtherRelease(ctx context.Context, fc, jailer string) error {
 // refuseWithNetworks refuses to change a network setting while a VM of the
 // state directory has a managed network built with the old one.
 func (g *globals) refuseWithNetworks(cmd *cobra.Command, key string) error {
-	saved, err := loadSettings(g.stateDir)
+	saved, err := loadSettingsAsIs(g.stateDir)
 	if err != nil {
 		return err
 	}

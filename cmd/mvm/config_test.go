@@ -375,3 +375,38 @@ func TestConfigRefusesMismatchedJailer(t *testing.T) {
 		t.Errorf("settings after the change of both: %s", out)
 	}
 }
+
+// TestConfigFixesBadSavedValue: a settings file holding a value its
+// setting does not take (edited by hand, or written by another version)
+// stops every command with a message naming the file and mvm config set;
+// mvm config shows it and mvm config set replaces it, after which the
+// commands work again.
+func TestConfigFixesBadSavedValue(t *testing.T) {
+	c := newCLI(t)
+	c.ok("ls") // saves the firecracker binary
+	path := filepath.Join(c.stateDir, "config.json")
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s map[string]string
+	if err := json.Unmarshal(raw, &s); err != nil {
+		t.Fatal(err)
+	}
+	s["egress-iface"] = "bad:if0"
+	raw, _ = json.Marshal(s)
+	if err := os.WriteFile(path, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, errs := c.bare(nil, "ls"); code == 0 || !strings.Contains(errs, path) || !strings.Contains(errs, "mvm config set") {
+		t.Errorf("ls with a bad saved value: exit %d %q, want a refusal naming %s and mvm config set", code, errs, path)
+	}
+	if out := c.bareOK("config"); !strings.Contains(out, "bad:if0") {
+		t.Errorf("mvm config does not show the bad value:\n%s", out)
+	}
+	c.bareOK("config", "set", "egress-iface", "")
+	c.bareOK("ls")
+	if out := c.bareOK("config", "-o", "json"); strings.Contains(out, "egress-iface") || !strings.Contains(out, "firecracker-bin") {
+		t.Errorf("after config set egress-iface '': %s", out)
+	}
+}
