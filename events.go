@@ -84,3 +84,21 @@ type EventOptions struct {
 	// following new ones. Zero: no replay.
 	Since time.Time
 }
+
+// FollowVM returns a filter of an event stream that keeps the events of
+// one VM, by id, across renames: it keeps the events whose VM is id, and
+// when it keeps a renamed event from id (From == id) it keeps those of the
+// new id from then on, no longer those of id (which another VM may take).
+// A renamed event to id (VM == id) is kept: the VM bearing id from then
+// on. The filter has state: use one per stream, events in order (a
+// replay through [EventOptions].Since is tracked the same way). mvm events
+// NAME uses it.
+func FollowVM(id string) func(Event) bool {
+	return func(e Event) bool {
+		if e.Type == EventRenamed && e.From == id && e.VM != id {
+			id = e.VM
+			return true
+		}
+		return e.VM == id
+	}
+}
