@@ -51,7 +51,7 @@ func (t EventType) Valid() bool { return slices.Contains(EventTypes(), t) }
 type Event struct {
 	// Time is when it happened (UTC).
 	Time time.Time `json:"time"`
-	// VM is the VM's id.
+	// VM is the VM's id (a renamed event's: the new one).
 	VM string `json:"vm"`
 	// Type is what happened.
 	Type EventType `json:"type"`
