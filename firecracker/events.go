@@ -28,7 +28,11 @@ func (r *Runtime) eventLog() (*eventlog.Log, error) {
 // about 4 MiB (its oldest half is dropped as it fills); opts.Since
 // replays what it keeps. Each event is recorded by the runtime that made
 // it happen, under the VM's lock, so a crash seen by several runtimes is
-// recorded once.
+// recorded once; likewise the renamed event of a rename whose process died
+// after its commit is recorded by the one runtime whose recovery finishes
+// it (see Rename). The log is one stream for every VM, by the id each had
+// at the time, so a replay across a rename shows the old id's events, the
+// renamed event, then the new id's.
 func (r *Runtime) Events(ctx context.Context, opts *microvm.EventOptions) (<-chan microvm.Event, error) {
 	if err := r.begin(); err != nil {
 		return nil, err
