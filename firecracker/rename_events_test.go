@@ -56,7 +56,7 @@ func TestRenameEvents(t *testing.T) {
 	bin := standin(t)
 	state := t.TempDir()
 	rt := open(t, state, bin)
-	defer rt.Close()
+	t.Cleanup(func() { destroyAll(t, rt); rt.Close() })
 	ctx := context.Background()
 	start := time.Now()
 	for _, id := range []string{"a", "taken"} {
@@ -117,6 +117,8 @@ func TestRenameEventsRecovery(t *testing.T) {
 	} {
 		t.Run(c.step+", touch "+c.touch, func(t *testing.T) {
 			state := t.TempDir()
+			// Whatever a failure leaves is ended by a runtime of its own.
+			t.Cleanup(func() { r := open(t, state, bin); destroyAll(t, r); r.Close() })
 			rt := open(t, state, bin)
 			start := time.Now()
 			if _, err := rt.Create(ctx, "a", testSpec(t)); err != nil {
