@@ -41,7 +41,9 @@
 //
 // Renaming is an optional capability ([Renamer]), outside the table: it
 // keeps the VM's status and is allowed when the VM is created, stopped or
-// paused ([CheckRename]).
+// paused ([CheckRename]). Event streams ([EventSource]) record it as one
+// [EventRenamed] event carrying both ids; [FollowVM] follows a VM's events
+// across renames.
 //
 // Repeating a call: operations are not idempotent. Pausing a paused VM or
 // stopping a stopped one is an invalid transition; a second Destroy of the

@@ -26,12 +26,22 @@ const (
 	EventDestroyed EventType = "destroyed"
 	// EventAdopted: a runtime took over a live VM another process started.
 	EventAdopted EventType = "adopted"
+	// EventRenamed: the VM's id changed ([Renamer]). The event carries
+	// the new id in VM and the old one in From; the VM's events before it
+	// are under From, those after it under VM. Exactly one is recorded per
+	// committed rename, including one finished after a crash by the next
+	// runtime over the same state (when it does); a rename refused or
+	// undone records none. A consumer tracking a VM by id switches to VM
+	// when it sees From (mvm events NAME does).
+	EventRenamed EventType = "renamed"
 )
 
-// EventTypes lists every event type.
+// EventTypes lists every event type. Types are only ever added, in the
+// order they were introduced (renamed is the newest); a consumer built
+// before a type existed skips events of it (Valid is false for it).
 func EventTypes() []EventType {
 	return []EventType{EventCreated, EventStarted, EventPaused, EventResumed, EventSnapshotted,
-		EventRestored, EventStopped, EventCrashed, EventDestroyed, EventAdopted}
+		EventRestored, EventStopped, EventCrashed, EventDestroyed, EventAdopted, EventRenamed}
 }
 
 // Valid reports whether t is one of the defined event types.
@@ -41,7 +51,7 @@ func (t EventType) Valid() bool { return slices.Contains(EventTypes(), t) }
 type Event struct {
 	// Time is when it happened (UTC).
 	Time time.Time `json:"time"`
-	// VM is the VM's id.
+	// VM is the VM's id (a renamed event's: the new one).
 	VM string `json:"vm"`
 	// Type is what happened.
 	Type EventType `json:"type"`
@@ -52,6 +62,8 @@ type Event struct {
 	// Snapshot names the snapshot taken (snapshotted) or restored from
 	// (restored).
 	Snapshot string `json:"snapshot,omitempty"`
+	// From is the VM's previous id (renamed; VM is its new id).
+	From string `json:"from,omitempty"`
 	// PID is the process that recorded the event (not the VM's).
 	PID int `json:"pid,omitempty"`
 }
@@ -71,4 +83,22 @@ type EventOptions struct {
 	// Since replays the kept events at or after this time before
 	// following new ones. Zero: no replay.
 	Since time.Time
+}
+
+// FollowVM returns a filter of an event stream that keeps the events of
+// one VM, by id, across renames: it keeps the events whose VM is id, and
+// when it keeps a renamed event from id (From == id) it keeps those of the
+// new id from then on, no longer those of id (which another VM may take).
+// A renamed event to id (VM == id) is kept: the VM bearing id from then
+// on. The filter has state: use one per stream, events in order (a
+// replay through [EventOptions].Since is tracked the same way). mvm events
+// NAME uses it.
+func FollowVM(id string) func(Event) bool {
+	return func(e Event) bool {
+		if e.Type == EventRenamed && e.From == id && e.VM != id {
+			id = e.VM
+			return true
+		}
+		return e.VM == id
+	}
 }

@@ -14,7 +14,8 @@
 // duplicate, unknown and invalid ids, invalid specs and options, copies in
 // and out, listing order, Destroy, snapshots and restores, logs, failure
 // handling (with [Harness.Crash] and [Harness.Shutdown]), concurrency, durability (with
-// [Harness.Reopen]) and Close. Every top-level group gets its own runtime
+// [Harness.Reopen]) and Close, and the renamed event of a runtime that is
+// both a [microvm.Renamer] and a [microvm.EventSource]. Every top-level group gets its own runtime
 // from [Harness.New]; the suite destroys the VMs and deletes the snapshots
 // it made, then closes the runtime.
 //
@@ -127,6 +128,7 @@ func Run(t *testing.T, h Harness) {
 	t.Run("Reopen", s.testReopen)
 	t.Run("Close", s.testClose)
 	t.Run("NoBoot", s.testNoBoot)
+	t.Run("RenameEvents", s.testRenameEvents)
 }
 
 type suite struct {

@@ -28,7 +28,11 @@ func (r *Runtime) eventLog() (*eventlog.Log, error) {
 // about 4 MiB (its oldest half is dropped as it fills); opts.Since
 // replays what it keeps. Each event is recorded by the runtime that made
 // it happen, under the VM's lock, so a crash seen by several runtimes is
-// recorded once.
+// recorded once; likewise the renamed event of a rename whose process died
+// after its commit is recorded by the one runtime whose recovery finishes
+// it (see Rename). The log is one stream for every VM, by the id each had
+// at the time, so a replay across a rename shows the old id's events, the
+// renamed event, then the new id's.
 func (r *Runtime) Events(ctx context.Context, opts *microvm.EventOptions) (<-chan microvm.Event, error) {
 	if err := r.begin(); err != nil {
 		return nil, err
@@ -74,6 +78,21 @@ func (r *Runtime) emit(typ microvm.EventType, rec *vmRecord, reason, snapshot st
 	}
 }
 
+// emitRenamed records the rename of the VM from to rec's id, once it is
+// committed and its mark cleared (by Rename, or by the recovery that
+// finishes it: whichever clears the new record's mark records it).
+func (r *Runtime) emitRenamed(rec *vmRecord, from string) {
+	e := microvm.Event{Time: time.Now().UTC(), VM: rec.ID, Type: microvm.EventRenamed, Status: rec.Status,
+		From: from, PID: os.Getpid()}
+	l, err := r.eventLog()
+	if err == nil {
+		err = l.Append(e)
+	}
+	if err != nil {
+		r.log.Warn("record event", "vm", rec.ID, "event", string(e.Type), "err", err)
+	}
+}
+
 // opEvent is the event of a one-call operation.
 func opEvent(op microvm.Op) microvm.EventType {
 	switch op {
@@ -89,6 +108,12 @@ func opEvent(op microvm.Op) microvm.EventType {
 // unfinished by a process that died, reconciled into out (nil: removed).
 func (r *Runtime) emitAdopted(op string, rec, out *vmRecord) {
 	if op == "" {
+		return
+	}
+	if out == nil && op == opRename {
+		// The record was one half of a rename (the old id's of a committed
+		// one, the new id's of an undone one): no VM went; the renamed
+		// event, if any, is the other half's.
 		return
 	}
 	if out == nil {

@@ -39,6 +39,10 @@ var _ microvm.Renamer = (*Runtime)(nil)
 // removed. Recovery of either record (see recoverRename) finishes a
 // rename whose directory was renamed and undoes one whose directory was
 // not, the network following the directory.
+//
+// A committed rename records one renamed event ([microvm.EventRenamed]),
+// when the new record's mark is cleared: by Rename, or by the recovery
+// that finishes an interrupted one. An undone rename records none.
 func (r *Runtime) Rename(ctx context.Context, oldID, newID string) (microvm.VM, error) {
 	vm, err := r.rename(ctx, oldID, newID)
 	if err != nil {
@@ -205,7 +209,10 @@ func (r *Runtime) rename(ctx context.Context, oldID, newID string) (microvm.VM, 
 	renameStep("old record removed")
 	next.Op, next.RenameFrom = "", ""
 	if err := r.save(&next); err != nil {
+		// Recovery clears it and records the renamed event then.
 		r.log.Error("rename: clear the mark of the new record (recovery finishes it)", "vm", newID, "err", err)
+	} else {
+		r.emitRenamed(&next, oldID)
 	}
 	if next.Process != nil {
 		r.adoptLive(ctx, &next, false)
@@ -274,9 +281,15 @@ func (r *Runtime) recoverRename(ctx context.Context, rec *vmRecord) (*vmRecord, 
 				return rec, err
 			}
 		}
+		from := rec.RenameFrom
 		rec.Op, rec.RenameTo, rec.RenameFrom = "", "", ""
 		if err := r.save(rec); err != nil {
 			return rec, err
+		}
+		if from != "" {
+			// A rename to rec, committed: finished here, so recorded here
+			// (exactly once: the mark that brought us here is cleared).
+			r.emitRenamed(rec, from)
 		}
 		r.log.Info("recovered an interrupted rename", "vm", rec.ID, "other", other)
 		return rec, nil

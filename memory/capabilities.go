@@ -3,6 +3,7 @@ package memory
 import (
 	"context"
 	"fmt"
+	"os"
 
 	"github.com/mvm-dev/microvm"
 )
@@ -78,7 +79,7 @@ var _ microvm.Renamer = (*Runtime)(nil)
 // keeps its status, spec and logs. The snapshots taken from it before are
 // artifacts of their own: their VMID stays oldID, and they leave the VM's
 // VM.Snapshots (as with the firecracker runtime, which lists a VM's
-// snapshots by its id).
+// snapshots by its id). It records a renamed event (microvm.EventRenamed).
 func (r *Runtime) Rename(ctx context.Context, oldID, newID string) (microvm.VM, error) {
 	if err := microvm.ValidateID(newID); err != nil {
 		return microvm.VM{}, fmt.Errorf("memory: rename vm %q: new id: %w", oldID, err)
@@ -107,6 +108,8 @@ func (r *Runtime) Rename(ctx context.Context, oldID, newID string) (microvm.VM, 
 		r.mu.Unlock()
 		v.updatedAt = r.now()
 		r.event(v, v.updatedAt, "renamed from "+oldID)
+		r.publishEvent(microvm.Event{Time: v.updatedAt.UTC(), VM: newID, Type: microvm.EventRenamed,
+			Status: v.status, From: oldID, PID: os.Getpid()})
 		out = r.view(v)
 		return nil
 	})

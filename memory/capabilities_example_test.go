@@ -77,3 +77,35 @@ func Example_events() {
 	// web-1 started running
 	// web-1 destroyed destroyed
 }
+
+// A warm pool hands a VM over by renaming it; the event stream records
+// the rename once, under the new id with the old in From, and
+// microvm.FollowVM follows the VM across it (not the new VM that takes
+// its old id).
+func Example_renamedEvent() {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var rt microvm.Runtime = memory.New(nil)
+	defer rt.Close()
+
+	events, err := rt.(microvm.EventSource).Events(ctx, nil)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return
+	}
+	rt.Create(ctx, "pool-1", exampleSpec)
+	rt.(microvm.Renamer).Rename(ctx, "pool-1", "alice")
+	rt.Create(ctx, "pool-1", exampleSpec) // the pool refills
+	rt.Start(ctx, "alice")
+	keep := microvm.FollowVM("pool-1")
+	for range 4 {
+		e := <-events
+		if keep(e) {
+			fmt.Println(strings.TrimSpace(e.VM + " " + string(e.Type) + " " + e.From))
+		}
+	}
+	// Output:
+	// pool-1 created
+	// alice renamed pool-1
+	// alice started
+}

@@ -122,7 +122,11 @@ func (r *Runtime) Events(ctx context.Context, opts *microvm.EventOptions) (<-cha
 
 // publish records an event of v (v.mu held, or v not yet published).
 func (r *Runtime) publish(v *vm, t time.Time, typ microvm.EventType, reason, snap string) {
-	e := microvm.Event{Time: t.UTC(), VM: v.id, Type: typ, Status: v.status, Reason: reason, Snapshot: snap, PID: os.Getpid()}
+	r.publishEvent(microvm.Event{Time: t.UTC(), VM: v.id, Type: typ, Status: v.status, Reason: reason, Snapshot: snap, PID: os.Getpid()})
+}
+
+// publishEvent records e.
+func (r *Runtime) publishEvent(e microvm.Event) {
 	h := &r.events
 	h.mu.Lock()
 	defer h.mu.Unlock()

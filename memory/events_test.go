@@ -2,6 +2,7 @@ package memory_test
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
 
@@ -116,5 +117,75 @@ func TestStatsFake(t *testing.T) {
 	plain.Create(ctx, "a", spec)
 	if st, _ := plain.Stats(ctx, "a", nil); st.Hypervisor == nil || len(st.Hypervisor.Drives) != 1 {
 		t.Errorf("default fake: %+v", st)
+	}
+}
+
+// TestEventsRename: a rename records one renamed event carrying both ids;
+// refused renames record none, and the VM's later events are under the
+// new id.
+func TestEventsRename(t *testing.T) {
+	ctx := context.Background()
+	rt := memory.New(nil)
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ch, err := rt.Events(sctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := microvm.Spec{Kernel: "/k", RootDrive: microvm.Drive{Path: "/r"}, VCPUs: 1, MemoryMiB: 64}
+	for _, id := range []string{"a", "taken"} {
+		if _, err := rt.Create(ctx, id, spec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := rt.Rename(ctx, "a", "taken"); err == nil {
+		t.Fatal("Rename onto a taken id succeeded")
+	}
+	if _, err := rt.Rename(ctx, "a", "a"); err == nil {
+		t.Fatal("Rename to the same id succeeded")
+	}
+	if _, err := rt.Start(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rt.Rename(ctx, "a", "b"); err == nil {
+		t.Fatal("Rename of a running VM succeeded")
+	}
+	if _, err := rt.Stop(ctx, "a", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rt.Rename(ctx, "a", "b"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rt.Destroy(ctx, "b"); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for len(got) == 0 || got[len(got)-1] != "b destroyed" {
+		e := next(t, ch)
+		s := e.VM + " " + string(e.Type)
+		if e.Type == microvm.EventRenamed {
+			s += " from " + e.From + " " + string(e.Status)
+		} else if e.From != "" {
+			t.Errorf("event %+v carries From", e)
+		}
+		got = append(got, s)
+	}
+	want := []string{"a created", "taken created", "a started", "a stopped", "b renamed from a stopped", "b destroyed"}
+	if !slices.Equal(got, want) {
+		t.Errorf("events %q, want %q", got, want)
+	}
+	// A replay (Since) sees it too.
+	rch, err := rt.Events(sctx, &microvm.EventOptions{Since: time.Unix(1, 0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		e := next(t, rch)
+		if e.Type == microvm.EventRenamed {
+			if e.VM != "b" || e.From != "a" {
+				t.Errorf("replayed %+v", e)
+			}
+			break
+		}
 	}
 }

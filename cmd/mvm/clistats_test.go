@@ -132,7 +132,7 @@ func TestCLIStatsAndEvents(t *testing.T) {
 	interrupt(t, rCmd)
 
 	for _, args := range [][]string{
-		{"stats", "--interval", "0s"}, {"stats", "bad_id"}, {"events", "--since", "soon"}, {"events", "extra"},
+		{"stats", "--interval", "0s"}, {"stats", "bad_id"}, {"events", "--since", "soon"}, {"events", "a", "b"}, {"events", "bad_id"},
 	} {
 		if code, _, errs := c.run(args...); code != 2 {
 			t.Errorf("mvm %v: exit %d (%s), want 2", args, code, errs)

@@ -269,13 +269,23 @@ func isTerminal(w io.Writer) bool {
 func eventsCmd(g *globals) *cobra.Command {
 	var since string
 	cmd := &cobra.Command{
-		Use:   "events",
+		Use:   "events [NAME]",
 		Short: "Follow VM lifecycle events (from every mvm and embedder using the state directory)",
 		Long: "events prints each VM lifecycle event as it happens (created, started, paused, resumed,\n" +
-			"snapshotted, restored, stopped, crashed, destroyed, adopted), until interrupted.\n" +
+			"snapshotted, restored, stopped, crashed, destroyed, adopted, renamed), until interrupted.\n" +
+			"A renamed event shows the new name and from=OLD-NAME.\n" +
+			"With NAME, only that VM's events, following it across renames: after a renamed event\n" +
+			"from NAME (shown), the events of its new name, no longer those of NAME.\n" +
 			"--since replays the kept events from a time (RFC 3339) or a duration ago (e.g. 10m).",
-		Args: exactArgs(0, ""),
+		Args: rangeArgs(0, 1, "[NAME]"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			keep := func(microvm.Event) bool { return true }
+			if len(args) == 1 {
+				if err := microvm.ValidateID(args[0]); err != nil {
+					return err
+				}
+				keep = microvm.FollowVM(args[0])
+			}
 			var from time.Time
 			if since != "" {
 				if d, err := time.ParseDuration(since); err == nil && d >= 0 {
@@ -297,7 +307,7 @@ func eventsCmd(g *globals) *cobra.Command {
 					return err
 				}
 				endsOnInterrupt.Store(true)
-				return g.printEvents(ch)
+				return g.printEvents(ch, keep)
 			})
 		},
 	}
@@ -305,15 +315,22 @@ func eventsCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-// printEvents prints events until the channel closes (interrupted: ctx).
-func (g *globals) printEvents(ch <-chan microvm.Event) error {
+// printEvents prints the events keep keeps until the channel closes
+// (interrupted: ctx).
+func (g *globals) printEvents(ch <-chan microvm.Event, keep func(microvm.Event) bool) error {
 	enc := json.NewEncoder(g.stdout)
 	for e := range ch {
+		if !keep(e) {
+			continue
+		}
 		var err error
 		if g.output == "json" {
 			err = enc.Encode(e)
 		} else {
 			line := e.Time.Local().Format(time.RFC3339Nano) + "  " + e.VM + "  " + string(e.Type) + "  " + string(e.Status)
+			if e.From != "" {
+				line += "  from=" + e.From
+			}
 			if e.Snapshot != "" {
 				line += "  snapshot=" + e.Snapshot
 			}
