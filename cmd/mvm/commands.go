@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -154,6 +155,68 @@ func vmCmd(g *globals, use, short string, op func(cmd *cobra.Command, rt microvm
 	}
 }
 
+// vmsCmd builds a command taking one or more VM names that applies op to
+// each in turn. Every name is tried even when one fails (each is checked
+// to be a valid id first, a usage error that tries none); the errors are
+// reported together (one line, joined by "; ") and the status is non-zero
+// if any failed. What op returned for the names that succeeded is printed:
+// for one name, as a command of one (a table row, or a JSON object); for
+// several, a table of them, or a JSON array. An interrupt (^C) stops
+// before the next name; the names not tried are said so.
+func vmsCmd(g *globals, use, short string, op func(cmd *cobra.Command, rt microvm.Runtime, id string) (microvm.VM, error)) *cobra.Command {
+	return &cobra.Command{
+		Use:   use + " NAME...",
+		Short: short,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return usagef("%s needs NAME (got 0 arguments); see 'mvm %s --help'", cmd.Name(), cmd.Name())
+			}
+			if err := nonEmptyArgs(cmd, args, "NAME"); err != nil {
+				return err
+			}
+			for _, a := range args {
+				if err := microvm.ValidateID(a); err != nil {
+					return usagef("%s: %w", cmd.Name(), err)
+				}
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return g.withRuntime(cmd.Context(), func(rt microvm.Runtime) error {
+				if len(args) == 1 {
+					vm, err := op(cmd, rt, args[0])
+					if err != nil {
+						return err
+					}
+					return g.printVM(vm)
+				}
+				var (
+					done []microvm.VM
+					errs []error
+				)
+				for i, id := range args {
+					if err := cmd.Context().Err(); err != nil {
+						errs = append(errs, fmt.Errorf("%s not tried: %w", strings.Join(args[i:], ", "), err))
+						break
+					}
+					vm, err := op(cmd, rt, id)
+					if err != nil {
+						errs = append(errs, err)
+						continue
+					}
+					done = append(done, vm)
+				}
+				if len(done) > 0 {
+					if err := g.printVMs(done); err != nil {
+						errs = append(errs, err)
+					}
+				}
+				return errors.Join(errs...)
+			})
+		},
+	}
+}
+
 func startCmd(g *globals) *cobra.Command {
 	return vmCmd(g, "start", "Boot a created, stopped or failed VM", func(cmd *cobra.Command, rt microvm.Runtime, id string) (microvm.VM, error) {
 		return rt.Start(cmd.Context(), id)
@@ -162,7 +225,7 @@ func startCmd(g *globals) *cobra.Command {
 
 func stopCmd(g *globals) *cobra.Command {
 	var timeout time.Duration
-	cmd := vmCmd(g, "stop", "Shut a VM down (Ctrl-Alt-Del, then SIGTERM, then SIGKILL)", func(cmd *cobra.Command, rt microvm.Runtime, id string) (microvm.VM, error) {
+	cmd := vmsCmd(g, "stop", "Shut VMs down (Ctrl-Alt-Del, then SIGTERM, then SIGKILL)", func(cmd *cobra.Command, rt microvm.Runtime, id string) (microvm.VM, error) {
 		return rt.Stop(cmd.Context(), id, &microvm.StopOptions{Timeout: timeout})
 	})
 	cmd.PreRunE = func(*cobra.Command, []string) error { return nonNegative("--timeout", timeout) }
@@ -183,7 +246,7 @@ func resumeCmd(g *globals) *cobra.Command {
 }
 
 func rmCmd(g *globals) *cobra.Command {
-	return vmCmd(g, "rm", "Destroy a VM (its snapshots are kept)", func(cmd *cobra.Command, rt microvm.Runtime, id string) (microvm.VM, error) {
+	return vmsCmd(g, "rm", "Destroy VMs (their snapshots are kept)", func(cmd *cobra.Command, rt microvm.Runtime, id string) (microvm.VM, error) {
 		return rt.Destroy(cmd.Context(), id)
 	})
 }

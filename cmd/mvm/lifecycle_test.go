@@ -471,3 +471,72 @@ func TestCLIJailed(t *testing.T) {
 		}
 	}
 }
+
+// TestCLIStopAndRmSeveral: stop and rm take several names; each is tried
+// even when another fails, the failures are one line on stderr and the
+// status is 1, and an invalid name refuses the whole command line (status
+// 2) before any VM is touched.
+func TestCLIStopAndRmSeveral(t *testing.T) {
+	c := newCLI(t)
+	dir := t.TempDir()
+	kernel := filepath.Join(dir, "vmlinux")
+	if err := os.WriteFile(kernel, []byte("image"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pids := map[string]int{}
+	for _, id := range []string{"cli-a", "cli-b"} {
+		rootfs := filepath.Join(dir, id+".ext4")
+		if err := os.WriteFile(rootfs, []byte("image"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c.ok("create", id, "--kernel", kernel, "--rootfs", rootfs, "--memory", "32", "--start")
+		pids[id] = c.inspect(id).Backend.PID
+	}
+
+	// An invalid name among valid ones: nothing is stopped.
+	if code, _, errs := c.run("stop", "cli-a", "bad/name", "cli-b"); code != 2 ||
+		!strings.Contains(errs, `mvm: stop: invalid id "bad/name"`) {
+		t.Fatalf("stop with an invalid name: exit %d %q", code, errs)
+	}
+	for id := range pids {
+		if st := c.inspect(id).Status; st != "running" {
+			t.Fatalf("%s is %s after a refused stop", id, st)
+		}
+	}
+
+	// Several names, one unknown: the others are stopped all the same.
+	code, out, errs := c.run("stop", "--timeout", "0s", "cli-a", "cli-nosuch", "cli-b")
+	if code != 1 || strings.Count(errs, "\n") != 1 || !strings.Contains(errs, `"cli-nosuch"`) || !strings.Contains(errs, "not found") {
+		t.Fatalf("stop cli-a cli-nosuch cli-b: exit %d stderr %q", code, errs)
+	}
+	if !strings.Contains(out, "cli-a") || !strings.Contains(out, "cli-b") || strings.Contains(out, "cli-nosuch") {
+		t.Fatalf("stop printed %q, want the two stopped VMs", out)
+	}
+	for id := range pids {
+		if st := c.inspect(id).Status; st != "stopped" {
+			t.Fatalf("%s is %s after stop", id, st)
+		}
+	}
+
+	// rm of two, then of two that are gone: both errors on one line.
+	c.ok("start", "cli-b")
+	pids["cli-b"] = c.inspect("cli-b").Backend.PID
+	var vms []inspected
+	if err := json.Unmarshal([]byte(c.ok("-o", "json", "rm", "cli-a", "cli-b")), &vms); err != nil || len(vms) != 2 ||
+		vms[0].ID != "cli-a" || vms[1].ID != "cli-b" {
+		t.Fatalf("rm cli-a cli-b -o json: %v %+v", err, vms)
+	}
+	for id, pid := range pids {
+		if alive(pid) {
+			t.Errorf("%s: firecracker %d still alive after rm", id, pid)
+		}
+	}
+	if out := c.ok("ls"); strings.Contains(out, "cli-a") || strings.Contains(out, "cli-b") {
+		t.Fatalf("ls after rm:\n%s", out)
+	}
+	code, out, errs = c.run("rm", "cli-a", "cli-b")
+	if code != 1 || out != "" || strings.Count(errs, "\n") != 1 ||
+		!strings.Contains(errs, `"cli-a": vm not found; `) || !strings.Contains(errs, `"cli-b": vm not found`) {
+		t.Fatalf("rm of two removed VMs: exit %d stdout %q stderr %q", code, out, errs)
+	}
+}
