@@ -55,7 +55,7 @@ func imageBuildCmd(g *globals) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
 			if err := store.ValidateName(name); err != nil {
-				return usagef("NAME: %v", err)
+				return usagef("NAME: %w", err)
 			}
 			var kind, src string
 			n := 0

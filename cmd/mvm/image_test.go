@@ -104,7 +104,8 @@ func TestCLIImages(t *testing.T) {
 	if _, err := st.Use("t", "vm-1"); err != nil {
 		t.Fatal(err)
 	}
-	if code, _, errs := c.run("image", "rm", "t"); code != 1 || !strings.Contains(errs, "used by vm-1") {
+	if code, _, errs := c.run("image", "rm", "t"); code != 1 || !strings.Contains(errs, "used by vm-1 (remove them first, or use --force): in use") ||
+		strings.Contains(errs, "image store") {
 		t.Errorf("rm in use: %d %s", code, errs)
 	}
 	c.ok("image", "rm", "--force", "t")

@@ -78,7 +78,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if errors.As(err, &st) {
 		return st.ExitCode() // mvm exec: the guest command's status
 	}
-	err = egressMissingErr(g, err)
+	err = inUserTerms(egressMissingErr(g, err))
 	fmt.Fprintln(stderr, "mvm: "+oneLine(err.Error()))
 	var oe *microvm.OpError
 	if g.verbose && errors.As(err, &oe) {

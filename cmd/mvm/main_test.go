@@ -99,6 +99,9 @@ func TestMessagesInUserTerms(t *testing.T) {
 		{[]string{"--runtime", "memory", "cp", "/etc/hostname", "v:tmp/x"}, []string{`cp: the guest path of "v:tmp/x" must be absolute: VM:/PATH`}, nil},
 		{[]string{"--runtime", "memory", "cp", "/a", "/b"}, []string{`cp: exactly one of SRC and DST must be VM:/PATH`}, nil},
 		{[]string{"--runtime", "memory", "ratelimit", "v"}, []string{"mvm: ratelimit needs at least one --drive"}, []string{"mvm: mvm"}},
+		{[]string{"--state-dir", t.TempDir(), "image", "rm", "nosuch", "bad/x"}, []string{`mvm: image "nosuch": not found; invalid image name: "bad/x": must be`}, []string{"image store"}},
+		{[]string{"--state-dir", t.TempDir(), "image", "build", "a b", "--from-dir", t.TempDir()}, []string{`mvm: NAME: invalid image name: "a b"`}, []string{"image store"}},
+		{[]string{"--runtime", "memory", "rm", "v", "--", "-x"}, []string{`mvm: rm: invalid id "-x"`}, nil},
 	} {
 		_, _, stderr := mvm(t, c.args...)
 		for _, w := range c.want {
