@@ -540,3 +540,33 @@ func TestCLIStopAndRmSeveral(t *testing.T) {
 		t.Fatalf("rm of two removed VMs: exit %d stdout %q stderr %q", code, out, errs)
 	}
 }
+
+// TestCLIMessagesInUserTerms: operation errors that the libraries word in
+// their own terms reach stderr in the command line's: --track-dirty-pages
+// (not spec.track_dirty_pages), --force (not force), "firecracker API"
+// (not fcapi:).
+func TestCLIMessagesInUserTerms(t *testing.T) {
+	c := newCLI(t)
+	kernel, rootfs := images(t)
+	c.ok("create", "cli-a", "--kernel", kernel, "--rootfs", rootfs, "--rootfs-ro", "--memory", "32", "--start")
+	code, _, errs := c.run("snapshot", "cli-a", "cli-s1", "--diff")
+	if code != 1 || !strings.Contains(errs, `snapshot vm "cli-a": a diff snapshot needs a VM created with --track-dirty-pages`) ||
+		strings.Contains(errs, "spec.") {
+		t.Errorf("diff snapshot without --track-dirty-pages: exit %d %q", code, errs)
+	}
+	c.ok("snapshot", "cli-a", "cli-s1")
+	c.ok("restore", "cli-s1", "cli-b")
+	code, _, errs = c.run("rm-snapshot", "cli-s1")
+	if code != 1 || !strings.Contains(errs, "cli-b") || !strings.Contains(errs, "or use --force)") || strings.Contains(errs, "or force") {
+		t.Errorf("rm-snapshot of a snapshot in use: exit %d %q", code, errs)
+	}
+	c.ok("rm", "cli-a", "cli-b")
+	c.ok("rm-snapshot", "cli-s1")
+
+	c.setStandin("FCSTANDIN_CRASH=PUT /actions")
+	c.ok("create", "cli-a", "--kernel", kernel, "--rootfs", rootfs, "--memory", "32")
+	code, _, errs = c.run("start", "cli-a")
+	if code != 1 || !strings.Contains(errs, "firecracker API PUT /actions") || strings.Contains(errs, "fcapi") {
+		t.Errorf("failed start: exit %d %q", code, errs)
+	}
+}
