@@ -290,8 +290,7 @@ func (m *Manager) validateHost() error {
 			return &FieldError{Field: "Config.EgressInterface", Rule: "is empty and the host namespace has no IPv4 default route to take it from", Err: ErrInvalidConfig}
 		}
 	} else if _, err := m.hostNL.LinkByName(m.egress); err != nil {
-		var nf netlink.LinkNotFoundError
-		if !errors.As(err, &nf) {
+		if !isLinkNotFound(err) {
 			return &FieldError{Field: "Config.EgressInterface", Rule: fmt.Sprintf("cannot look up interface %q in the host namespace: %v", m.egress, err), Err: ErrInvalidConfig}
 		}
 		// Gone (a NIC unplugged, a bond renamed): existing networks must
@@ -376,8 +375,7 @@ func (m *Manager) ensureHost() error {
 // interface has the default setting) and the host table's guard.
 func (m *Manager) egressReady(ctx context.Context) error {
 	if _, err := m.hostNL.LinkByName(m.egress); err != nil {
-		var nf netlink.LinkNotFoundError
-		if errors.As(err, &nf) {
+		if isLinkNotFound(err) {
 			m.egressGone.Store(true)
 			return &FieldError{Field: "Config.EgressInterface",
 				Rule: fmt.Sprintf("no interface %q in the host namespace (unplugged, renamed or deleted?): a new VM network is masqueraded out of it; bring it back (existing VM networks can be removed meanwhile)", m.egress),
