@@ -188,8 +188,8 @@ func (m *Manager) cleanupVM(ctx context.Context, vmID string, keep func(string) 
 	case status == noRecord:
 		return nil
 	case status == staleRecord:
-		if err := m.store.Delete(kindVM, vmID); err != nil {
-			return fmt.Errorf("network: vm %q: %w", vmID, err)
+		if err := m.dropStale(vmID); err != nil {
+			return err
 		}
 		rep.StaleRecords = append(rep.StaleRecords, vmID)
 		return nil

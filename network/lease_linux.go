@@ -262,5 +262,14 @@ func (m *Manager) lookup(vmID string) (vmRecord, leaseRecord, int, error) {
 	return vr, l, assigned, nil
 }
 
+// dropStale removes vmID's stale record (lookup said staleRecord); the
+// caller holds the VM's lock.
+func (m *Manager) dropStale(vmID string) error {
+	if err := m.store.Delete(kindVM, vmID); err != nil {
+		return fmt.Errorf("network: vm %q: remove stale record: %w", vmID, err)
+	}
+	return nil
+}
+
 func isNotFound(err error) bool { return errors.Is(err, ErrRecordNotFound) }
 func isExists(err error) bool   { return errors.Is(err, ErrRecordExists) }

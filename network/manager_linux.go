@@ -464,8 +464,8 @@ func (m *Manager) Setup(ctx context.Context, vmID string, opts Options) (*Slot, 
 	case status == assigned:
 		return m.existing(ctx, vmID, &vr, &l, opts)
 	case status == staleRecord:
-		if err := m.store.Delete(kindVM, vmID); err != nil {
-			return nil, fmt.Errorf("network: vm %q: remove stale record: %w", vmID, err)
+		if err := m.dropStale(vmID); err != nil {
+			return nil, err
 		}
 	}
 	if err := m.egressReady(ctx); err != nil {

@@ -65,8 +65,8 @@ func (m *Manager) Rename(ctx context.Context, oldID, newID string) (*Slot, error
 		return nil, fmt.Errorf("network: rename: %w", err)
 	}
 	if status == staleRecord {
-		if err := m.store.Delete(kindVM, oldID); err != nil {
-			return nil, fmt.Errorf("network: vm %q: remove stale record: %w", oldID, err)
+		if err := m.dropStale(oldID); err != nil {
+			return nil, err
 		}
 	}
 	if status != assigned {
@@ -79,8 +79,8 @@ func (m *Manager) Rename(ctx context.Context, oldID, newID string) (*Slot, error
 	case nstatus == assigned:
 		return nil, fmt.Errorf("network: rename %q to %q: %w", oldID, newID, ErrExists)
 	case nstatus == staleRecord:
-		if err := m.store.Delete(kindVM, newID); err != nil {
-			return nil, fmt.Errorf("network: vm %q: remove stale record: %w", newID, err)
+		if err := m.dropStale(newID); err != nil {
+			return nil, err
 		}
 	}
 
