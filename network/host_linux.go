@@ -342,7 +342,8 @@ func (m *Manager) writeHostSet(name string, host []netip.Prefix) error {
 
 // watchHost refreshes the slots' host sets whenever an address of the
 // host namespace changes (not counting the slots' own veth addresses),
-// until ctx ends. Changes are gathered for a short while first.
+// until ctx ends. Changes are gathered for a short while first. It also
+// follows the egress interface's links by name (egressEvent).
 func (m *Manager) watchHost(ctx context.Context, ready chan<- error) {
 	defer close(m.watchDone)
 	ch := make(chan netlink.AddrUpdate, 64)

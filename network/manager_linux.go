@@ -40,7 +40,8 @@ type Manager struct {
 	fwdPerIf  atomic.Bool   // forwarding is enabled per interface (host veths, egress)
 	// egressGone is set while the egress interface is missing from the
 	// host namespace, so that its forwarding is not (or no longer) on:
-	// the next Setup that finds it back rewrites the host first.
+	// the link watcher, or else the next Setup, that finds it back
+	// rewrites the host first (egressReady).
 	egressGone atomic.Bool
 	hostMu     sync.Mutex // serialises writing host sets into slot tables
 
@@ -403,8 +404,10 @@ func (m *Manager) egressReady(ctx context.Context) error {
 }
 
 // EgressMissing reports whether the egress interface was missing from
-// the host namespace when last looked for (by New, or by a Setup that
-// failed with ErrEgressMissing); a Setup that finds it back clears it.
+// the host namespace when last looked for: by New, by a Setup that failed
+// with ErrEgressMissing, or by the link watcher on its removal. Its
+// return, seen by the watcher or a Setup, clears it. A rename away is
+// seen only by the next Setup (the watcher follows the name).
 func (m *Manager) EgressMissing() bool { return m.egressGone.Load() }
 
 // EgressInterface returns the egress interface's name (the one of the
