@@ -4,71 +4,14 @@ package network
 
 import (
 	"errors"
-	"net"
 	"os"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/mvm-dev/microvm/network/internal/netnsutil"
 	"github.com/mvm-dev/microvm/network/internal/nstest"
-	"github.com/vishvananda/netlink"
 )
-
-// delEgress deletes the host's egress interface (its uplink veth pair),
-// as an unplugged NIC would vanish.
-func delEgress(t *testing.T, env *nstest.Env) {
-	t.Helper()
-	nstest.Handle(t, env.Host, func(h *netlink.Handle) error {
-		l, err := h.LinkByName(nstest.HostEgress)
-		if err != nil {
-			return err
-		}
-		return h.LinkDel(l)
-	})
-}
-
-// addEgress brings the uplink back as nstest.NewEnv made it (a new
-// interface: its forwarding setting is the default).
-func addEgress(t *testing.T, env *nstest.Env) {
-	t.Helper()
-	nstest.Handle(t, env.Host, func(h *netlink.Handle) error {
-		upNS, err := netnsutil.Open(env.Up)
-		if err != nil {
-			return err
-		}
-		defer upNS.Close()
-		if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: nstest.HostEgress}, PeerName: "eth0",
-			PeerNamespace: netlink.NsFd(int(upNS))}); err != nil {
-			return err
-		}
-		l, err := h.LinkByName(nstest.HostEgress)
-		if err != nil {
-			return err
-		}
-		a, _ := netlink.ParseAddr(nstest.HostEgressIP + "/24")
-		if err := h.AddrAdd(l, a); err != nil {
-			return err
-		}
-		if err := h.LinkSetUp(l); err != nil {
-			return err
-		}
-		return h.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Gw: net.ParseIP(nstest.UpstreamIP).To4(),
-			Dst: &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}})
-	})
-	nstest.Handle(t, env.Up, func(h *netlink.Handle) error {
-		l, err := h.LinkByName("eth0")
-		if err != nil {
-			return err
-		}
-		a, _ := netlink.ParseAddr(nstest.UpstreamIP + "/24")
-		if err := h.AddrAdd(l, a); err != nil {
-			return err
-		}
-		return h.LinkSetUp(l)
-	})
-}
 
 // waitUntil polls cond until it holds, failing the test after 10 s (the
 // watcher reacts to kernel events in the background).
@@ -105,7 +48,7 @@ func TestEgressGone(t *testing.T) {
 	old := h.setup("old", Options{})
 	kept := h.guest(h.setup("kept", Options{}))
 	mustReach(t, kept, at(nstest.UpstreamIP), nstest.HostEgressIP)
-	delEgress(t, h.env)
+	h.env.UnplugUplink()
 	// The running Manager noticed.
 	waitUntil(t, "the running Manager's warning", func() bool { return hasWarning(h, "egress interface removed", nstest.HostEgress) })
 
@@ -151,7 +94,7 @@ func TestEgressGone(t *testing.T) {
 		t.Fatalf("lease %s left after Teardown", old.Name)
 	}
 
-	addEgress(t, h.env)
+	h.env.PlugUplink()
 	fwd := func() bool {
 		return sysctlIn(t, h.env.Host, "net/ipv4/conf/"+nstest.HostEgress+"/forwarding") == "1"
 	}
@@ -178,12 +121,12 @@ func TestEgressGone(t *testing.T) {
 func TestEgressBackSetup(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, nil)
-	delEgress(t, h.env)
+	h.env.UnplugUplink()
 	m := h.newManager(nil)
 	defer m.Close()
 	h.m.endWatch()
 	m.endWatch()
-	addEgress(t, h.env)
+	h.env.PlugUplink()
 	if v := sysctlIn(t, h.env.Host, "net/ipv4/conf/"+nstest.HostEgress+"/forwarding"); v != "0" {
 		t.Fatalf("returning interface has forwarding %s; the test needs the default 0", v)
 	}
@@ -208,7 +151,7 @@ func TestEgressGoneLastClose(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, nil)
 	h.setup("a", Options{})
-	delEgress(t, h.env)
+	h.env.UnplugUplink()
 	m := h.newManager(nil)
 	if err := m.Teardown(ctxT(t), "a"); err != nil {
 		t.Fatal(err)
@@ -233,7 +176,7 @@ func TestEgressGoneLastClose(t *testing.T) {
 func TestEgressGoneWarmPool(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, nil)
-	delEgress(t, h.env)
+	h.env.UnplugUplink()
 	m := h.newManager(func(c *Config) { c.PoolSize = 2 })
 	if _, err := m.Setup(ctxT(t), "vm", Options{}); !errors.Is(err, ErrEgressMissing) {
 		t.Fatalf("Setup: %v; want ErrEgressMissing", err)
@@ -241,7 +184,7 @@ func TestEgressGoneWarmPool(t *testing.T) {
 	if n := m.pooledCount(); n != 0 {
 		t.Fatalf("%d warm slots built with the egress interface gone", n)
 	}
-	addEgress(t, h.env)
+	h.env.PlugUplink()
 	waitUntil(t, "the warm pool to fill once the egress interface is back", func() bool { return m.pooledCount() == 2 })
 	if err := m.Close(); err != nil {
 		t.Fatal(err)

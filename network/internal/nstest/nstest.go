@@ -84,33 +84,13 @@ func NewEnv(t testing.TB) *Env {
 	e.Up = e.NewNS("up")
 
 	withHandle(t, e.Host, func(h *netlink.Handle) error {
-		upNS, err := netnsutil.Open(e.Up)
-		if err != nil {
-			return err
-		}
-		defer upNS.Close()
-		if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: HostEgress}, PeerName: "eth0",
-			PeerNamespace: netlink.NsFd(int(upNS))}); err != nil {
-			return fmt.Errorf("veth uplink: %w", err)
-		}
 		if err := linkUp(h, "lo"); err != nil {
 			return err
 		}
-		if err := addrUp(h, HostEgress, HostEgressIP+"/24"); err != nil {
-			return err
-		}
-		if err := addrUp(h, "lo", HostOwnIP+"/32"); err != nil {
-			return err
-		}
-		l, _ := h.LinkByName(HostEgress)
-		return h.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Gw: net.ParseIP(UpstreamIP).To4(),
-			Dst: &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}})
+		return addrUp(h, "lo", HostOwnIP+"/32")
 	})
 	withHandle(t, e.Up, func(h *netlink.Handle) error {
 		if err := linkUp(h, "lo"); err != nil {
-			return err
-		}
-		if err := addrUp(h, "eth0", UpstreamIP+"/24"); err != nil {
 			return err
 		}
 		for _, a := range []string{UpstreamPriv + "/32", UpstreamPriv2 + "/32", UpstreamCGNAT + "/32", UpstreamMeta + "/32"} {
@@ -120,7 +100,53 @@ func NewEnv(t testing.TB) *Env {
 		}
 		return nil
 	})
+	e.PlugUplink()
 	return e
+}
+
+// PlugUplink creates the host's egress interface as NewEnv does: the
+// uplink veth to upstream's eth0, both addressed and up, and the host's
+// default route through it. After UnplugUplink it brings back a new
+// interface, with the namespace's default settings (forwarding among
+// them).
+func (e *Env) PlugUplink() {
+	e.t.Helper()
+	withHandle(e.t, e.Host, func(h *netlink.Handle) error {
+		upNS, err := netnsutil.Open(e.Up)
+		if err != nil {
+			return err
+		}
+		defer upNS.Close()
+		if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: HostEgress}, PeerName: "eth0",
+			PeerNamespace: netlink.NsFd(int(upNS))}); err != nil {
+			return fmt.Errorf("veth uplink: %w", err)
+		}
+		if err := addrUp(h, HostEgress, HostEgressIP+"/24"); err != nil {
+			return err
+		}
+		l, err := h.LinkByName(HostEgress)
+		if err != nil {
+			return err
+		}
+		return h.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Gw: net.ParseIP(UpstreamIP).To4(),
+			Dst: &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}})
+	})
+	withHandle(e.t, e.Up, func(h *netlink.Handle) error {
+		return addrUp(h, "eth0", UpstreamIP+"/24")
+	})
+}
+
+// UnplugUplink deletes the host's egress interface (the uplink veth
+// pair), as an unplugged NIC would vanish.
+func (e *Env) UnplugUplink() {
+	e.t.Helper()
+	withHandle(e.t, e.Host, func(h *netlink.Handle) error {
+		l, err := h.LinkByName(HostEgress)
+		if err != nil {
+			return err
+		}
+		return h.LinkDel(l)
+	})
 }
 
 // NewNS pins a fresh namespace under NSDir, removed at cleanup.
