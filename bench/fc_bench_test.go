@@ -73,6 +73,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/mvm-dev/microvm/internal/fcstandin"
 )
 
 // Guest shape used by every implementation. The kernel and rootfs are
@@ -166,36 +168,12 @@ func findUp(rel string, ok func(string) bool) (string, bool) {
 
 func exists(p string) bool { _, err := os.Stat(p); return err == nil }
 
-// findSpecDir locates shared/reference (for the stand-in):
-// $MVM_REFERENCE_DIR, else the first shared/reference found walking up.
-func findSpecDir() (string, error) {
-	const probe = "firecracker-api.yaml"
-	if d := os.Getenv("MVM_REFERENCE_DIR"); d != "" {
-		if !exists(filepath.Join(d, probe)) {
-			return "", fmt.Errorf("MVM_REFERENCE_DIR=%s: no %s there", d, probe)
-		}
-		return d, nil
-	}
-	d, ok := findUp(filepath.Join("shared", "reference"), func(p string) bool { return exists(filepath.Join(p, probe)) })
-	if !ok {
-		return "", errors.New("reference specs not found: set MVM_REFERENCE_DIR or put shared/reference beside the repo")
-	}
-	return d, nil
-}
-
 // realFirecracker is the default real binary, relative to some parent of
 // this directory.
 var realFirecracker = filepath.Join("shared", "firecracker", "firecracker-v1.0.0")
 
 func buildEnv() (*benchEnv, error) {
-	mainDir, err := filepath.Abs("..")
-	if err != nil {
-		return nil, err
-	}
-	gomod, err := os.ReadFile(filepath.Join(mainDir, "go.mod"))
-	if err != nil || !strings.Contains(string(gomod), "module github.com/mvm-dev/microvm\n") {
-		return nil, fmt.Errorf("main module not found at %s (bench must sit inside the repo)", mainDir)
-	}
+	var err error
 	scratch, err = os.MkdirTemp("", "fcb")
 	if err != nil {
 		return nil, err
@@ -241,7 +219,8 @@ func buildEnv() (*benchEnv, error) {
 		e.describe = fmt.Sprintf("%s (%s; /dev/kvm present: %v)", choice, v, e.canBoot)
 		return e, nil
 	}
-	specDir, err := findSpecDir()
+	wd, _ := os.Getwd()
+	specDir, err := fcstandin.FindSpecDir(os.Getenv, wd)
 	if err != nil {
 		envSkip = err.Error()
 		return nil, nil
@@ -249,11 +228,9 @@ func buildEnv() (*benchEnv, error) {
 	e.bin = filepath.Join(scratch, "firecracker")
 	e.standin, e.canBoot = true, true
 	e.describe = "the stand-in (internal/fcstandin/server), not a real firecracker"
-	// The stand-in is a module of its own (see internal/fcstandin).
-	cmd := exec.Command("go", "build", "-o", e.bin, "./cmd/fcstandin")
-	cmd.Dir = filepath.Join(mainDir, "internal", "fcstandin", "server")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("build stand-in firecracker: %v\n%s", err, out)
+	// Built as the tests build it (static, in its own module).
+	if err := fcstandin.BuildTo(e.bin); err != nil {
+		return nil, fmt.Errorf("build stand-in firecracker: %w", err)
 	}
 	// Every implementation starts firecracker with the benchmark's
 	// environment, so this reaches every stand-in process.

@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -22,12 +21,6 @@ import (
 	"github.com/mvm-dev/microvm/internal/guesttest"
 )
 
-// serialConn joins the guest's serial output and QEMU's stdin.
-type serialConn struct {
-	io.Reader
-	io.WriteCloser
-}
-
 // TestBootQEMU boots the agent image with the project's guest kernel under
 // QEMU's emulator (no KVM needed) and checks, with real guest code on a
 // real kernel: the ready marker; the counter over the serial console (1
@@ -36,13 +29,6 @@ type serialConn struct {
 // op against a V2 metadata service; O_DIRECT reads of a second drive; and
 // a clean shutdown that ends QEMU by itself (-no-reboot).
 func TestBootQEMU(t *testing.T) {
-	qemu, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("qemu-system-x86_64 not found: .ci/run installs qemu-system-x86")
-		}
-		t.Skip("qemu-system-x86_64 not found: install qemu-system-x86 to boot the guest image under emulation")
-	}
 	kernel := guesttest.Kernel(t)
 	img := guesttest.Image(t)
 	data := filepath.Join(t.TempDir(), "data.img")
@@ -85,46 +71,14 @@ func TestBootQEMU(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, qemu,
-		"-M", "q35", "-accel", "tcg", "-m", "128", "-smp", "1",
-		"-nodefaults", "-no-reboot", "-display", "none", "-monitor", "none", "-serial", "stdio",
-		"-kernel", kernel,
-		"-append", "console=ttyS0 root=/dev/vda rw panic=1 reboot=k ip=10.0.2.15::10.0.2.2:255.255.255.0::eth0:off",
+	start := time.Now()
+	q := guesttest.StartQEMU(ctx, t, kernel,
+		"console=ttyS0 root=/dev/vda rw panic=1 reboot=k ip=10.0.2.15::10.0.2.2:255.255.255.0::eth0:off",
 		"-drive", "id=root,file="+img+",format=raw,if=none", "-device", "virtio-blk-pci,drive=root",
 		"-drive", "id=data,file="+data+",format=raw,if=none,readonly=on", "-device", "virtio-blk-pci,drive=data",
 		"-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0",
 	)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	cmd.WaitDelay = 5 * time.Second
-	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start qemu: %v", err)
-	}
-	con := guesttest.NewSerial()
-	copied := make(chan struct{})
-	go func() {
-		io.Copy(con, stdout)
-		con.Close()
-		close(copied)
-	}()
-	exited := make(chan error, 1)
-	go func() { <-copied; exited <- cmd.Wait() }()
-	defer func() {
-		cancel()
-		<-exited
-		if t.Failed() {
-			t.Logf("guest console:\n%s\nqemu stderr:\n%s", con.String(), stderr.String())
-		}
-	}()
+	con := q.Console
 
 	if err := guesttest.WaitFor(ctx, func() bool { return strings.Contains(con.String(), agent.ReadyMarker) }); err != nil {
 		t.Fatalf("no ready marker: %v", err)
@@ -133,7 +87,7 @@ func TestBootQEMU(t *testing.T) {
 	if !strings.Contains(con.String(), agent.ReadyMarker+" "+guesttest.AgentVersion) {
 		t.Errorf("ready marker without the version %q", guesttest.AgentVersion)
 	}
-	c := agent.NewClient(serialConn{Reader: con, WriteCloser: stdin})
+	c := q.Agent
 	for want := uint64(1); want <= 2; want++ {
 		v, err := c.Counter(ctx)
 		if err != nil || v != want {
@@ -164,14 +118,13 @@ func TestBootQEMU(t *testing.T) {
 		t.Fatalf("poweroff: %v", err)
 	}
 	select {
-	case err := <-exited:
-		if err != nil {
+	case <-q.Done():
+		if err := q.Err(); err != nil {
 			t.Errorf("qemu exited with %v, want status 0 (guest reset, -no-reboot)", err)
 		}
 	case <-time.After(90 * time.Second):
 		t.Fatal("qemu did not exit within 90s of poweroff")
 	}
-	exited <- nil // for the deferred wait
 	log := con.String()
 	for _, want := range []string{agent.ShutdownMarker + " (poweroff request)", "reboot: Restarting system"} {
 		if !strings.Contains(log, want) {

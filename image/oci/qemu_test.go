@@ -4,9 +4,6 @@ package oci_test
 
 import (
 	"context"
-	"io"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -20,25 +17,12 @@ import (
 	"github.com/mvm-dev/microvm/internal/guesttest"
 )
 
-// serial joins the guest's serial output and QEMU's stdin.
-type serial struct {
-	io.Reader
-	io.WriteCloser
-}
-
 // TestBootOCIQEMU builds an image from an OCI layout (the two layers of
 // twoLayers plus a payload) with the agent injected, gives it a grown
 // per-VM clone, boots the clone with the project's kernel under QEMU's
 // emulator and asks the agent in the guest: it is PID 1, reads the payload
 // the OCI layer put there, and cannot read the file a whiteout deleted.
 func TestBootOCIQEMU(t *testing.T) {
-	qemu, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("qemu-system-x86_64 not found: .ci/run installs qemu-system-x86")
-		}
-		t.Skip("qemu-system-x86_64 not found: install qemu-system-x86")
-	}
 	guesttest.RequireImageTools(t)
 	kernel := guesttest.Kernel(t)
 	img, err := mutate.AppendLayers(twoLayers(t), layer(t, ent{name: "srv/payload", body: strings.Repeat("p", 16384)}))
@@ -57,44 +41,15 @@ func TestBootOCIQEMU(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, qemu,
-		"-M", "q35", "-accel", "tcg", "-m", "128", "-smp", "1",
-		"-nodefaults", "-no-reboot", "-display", "none", "-monitor", "none", "-serial", "stdio",
-		"-kernel", kernel, "-append", "console=ttyS0 root=/dev/vda rw panic=1 reboot=k",
-		"-drive", "id=root,file="+disk+",format=raw,if=none", "-device", "virtio-blk-pci,drive=root",
-	)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.WaitDelay = 5 * time.Second
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	out := guesttest.NewSerial()
-	exited := make(chan error, 1)
-	go func() {
-		io.Copy(out, stdout)
-		out.Close()
-		exited <- cmd.Wait()
-	}()
-	defer func() {
-		cancel()
-		<-exited
-		if t.Failed() {
-			t.Logf("guest console:\n%s", out.String())
-		}
-	}()
 	start := time.Now()
+	q := guesttest.StartQEMU(ctx, t, kernel, "console=ttyS0 root=/dev/vda rw panic=1 reboot=k",
+		"-drive", "id=root,file="+disk+",format=raw,if=none", "-device", "virtio-blk-pci,drive=root")
+	out := q.Console
 	if err := guesttest.WaitFor(ctx, func() bool { return strings.Contains(out.String(), agent.ReadyMarker) }); err != nil {
 		t.Fatalf("no ready marker: %v", err)
 	}
 	t.Logf("QEMU (TCG) start to %q: %s", agent.ReadyMarker, time.Since(start).Round(time.Millisecond))
-	c := agent.NewClient(serial{Reader: out, WriteCloser: stdin})
+	c := q.Agent
 	p, err := c.Ping(ctx)
 	if err != nil || p.PID != 1 {
 		t.Fatalf("ping = %+v, %v; want the agent as PID 1", p, err)
@@ -110,8 +65,7 @@ func TestBootOCIQEMU(t *testing.T) {
 		t.Fatalf("poweroff: %v", err)
 	}
 	select {
-	case err := <-exited:
-		exited <- err
+	case <-q.Done():
 	case <-time.After(90 * time.Second):
 		t.Fatal("qemu did not exit within 90s of poweroff")
 	}

@@ -59,7 +59,7 @@ func Build(t TB) string {
 			return
 		}
 		build.path = filepath.Join(build.dir, "firecracker")
-		build.err = buildServer(build.path)
+		build.err = BuildTo(build.path)
 	})
 	if build.err != nil {
 		t.Fatalf("fcstandin: %v", build.err)
@@ -84,8 +84,10 @@ func sweepStaleBuilds(tmp string, cutoff time.Time) {
 	}
 }
 
-// buildServer builds the stand-in's main package into out.
-func buildServer(out string) error {
+// BuildTo builds the stand-in binary into the file out, as [Build] does
+// but uncached and without a test: for a set-up that reports errors
+// itself (the benchmarks in bench/).
+func BuildTo(out string) error {
 	gobin := goCommand()
 	// This package's folder, from the go command rather than from the
 	// source file name, which -trimpath would hide.

@@ -497,24 +497,12 @@ func TestVsockProtocol(t *testing.T) {
 		t.Fatalf("echo: %q %v", echo, err)
 	}
 	// Case-insensitive keyword; host ports increase.
-	c2, err := net.Dial("unix", vs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c2.Close()
-	io.WriteString(c2, "connect 1024\n")
-	c2.SetReadDeadline(time.Now().Add(5 * time.Second))
+	c2 := dialVsock(t, vs, "connect 1024\n")
 	if l, _ := bufio.NewReader(c2).ReadString('\n'); l != "OK 1073741825\n" {
 		t.Fatalf("second CONNECT: %q", l)
 	}
 	// A bad command is answered by closing the connection.
-	c3, err := net.Dial("unix", vs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c3.Close()
-	io.WriteString(c3, "HELLO 52\n")
-	c3.SetReadDeadline(time.Now().Add(5 * time.Second))
+	c3 := dialVsock(t, vs, "HELLO 52\n")
 	if b, err := io.ReadAll(c3); len(b) != 0 || err != nil {
 		t.Fatalf("bad command got %q %v", b, err)
 	}

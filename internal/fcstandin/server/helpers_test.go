@@ -239,6 +239,20 @@ func file(t *testing.T, dir, name, content string) string {
 	return p
 }
 
+// dialVsock connects to the host socket of a vsock device, sends line and
+// gives the answer 5 seconds; the test closes the connection.
+func dialVsock(t *testing.T, path, line string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	io.WriteString(c, line)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	return c
+}
+
 func jsonStr(s string) string {
 	b, _ := json.Marshal(s)
 	return string(b)

@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -77,13 +75,7 @@ func TestSnapshotFileRoundTrip(t *testing.T) {
 	if cfg["boot-source"] != nil || len(cfg["drives"].([]any)) != 1 || cfg["vsock"].(map[string]any)["uds_path"] != vs {
 		t.Fatalf("restored config: %v", cfg)
 	}
-	c, err := net.Dial("unix", vs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	io.WriteString(c, "CONNECT 7\n")
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	c := dialVsock(t, vs, "CONNECT 7\n")
 	if l, _ := bufio.NewReader(c).ReadString('\n'); !strings.HasPrefix(l, "OK ") {
 		t.Fatalf("vsock after restore: %q", l)
 	}
