@@ -462,7 +462,7 @@ func refuseOtherRelease(ctx context.Context, fc, jailer string) error {
 	if fcCheck.Status != "ok" || jCheck.Status != "ok" {
 		return nil
 	}
-	if fv, jv := releaseOf(fcCheck.Detail), releaseOf(jCheck.Detail); fv != "" && jv != "" && fv != jv {
+	if fv, jv, differ := otherRelease(fcCheck, jCheck); differ {
 		return usagef("jailer-bin %s is %s but firecracker-bin %s is %s: a jailer runs only its release's firecracker (to change both: mvm config set jailer-bin '' first)", jailer, jv, fc, fv)
 	}
 	return nil
