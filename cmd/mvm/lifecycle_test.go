@@ -108,10 +108,19 @@ func (c *cli) setStandin(env ...string) {
 
 func (c *cli) run(args ...string) (code int, stdout, stderr string) {
 	c.t.Helper()
-	full := append([]string{"--state-dir", c.stateDir, "--firecracker-bin", c.fc}, args...)
-	cmd := exec.Command(c.bin, full...)
-	cmd.Env = c.env
+	return c.runWith(nil, "", append([]string{"--firecracker-bin", c.fc}, args...)...)
+}
+
+// runWith runs mvm --state-dir STATE args, in c.dir, with env added to
+// c.env and stdin as its standard input ("": none).
+func (c *cli) runWith(env []string, stdin string, args ...string) (code int, stdout, stderr string) {
+	c.t.Helper()
+	cmd := exec.Command(c.bin, append([]string{"--state-dir", c.stateDir}, args...)...)
+	cmd.Env = append(append([]string(nil), c.env...), env...)
 	cmd.Dir = c.dir
+	if stdin != "" {
+		cmd.Stdin = strings.NewReader(stdin)
+	}
 	var out, errb strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
