@@ -43,10 +43,7 @@ func TestCLIGuestAgent(t *testing.T) {
 	c.setStandin("FCSTANDIN_VSOCK_GUEST=" + guestDir) // firecracker runs in Config.Env, not mvm's environment
 
 	dir := t.TempDir()
-	kernel, rootfs := filepath.Join(dir, "vmlinux"), filepath.Join(dir, "rootfs.ext4")
-	for _, f := range []string{kernel, rootfs} {
-		os.WriteFile(f, []byte("image"), 0o600)
-	}
+	kernel, rootfs := images(t)
 	c.ok("create", "cli-a", "--kernel", kernel, "--rootfs", rootfs, "--memory", "32", "--vsock-cid", "3", "--start")
 
 	code, out, errs := c.run("exec", "cli-a", "--", "sh", "-c", "echo out; echo err >&2; exit 5")

@@ -182,13 +182,7 @@ func alive(pid int) bool {
 // process: each adopts what the previous one left running.
 func TestCLILifecycleAcrossProcesses(t *testing.T) {
 	c := newCLI(t)
-	dir := t.TempDir()
-	kernel, rootfs := filepath.Join(dir, "vmlinux"), filepath.Join(dir, "rootfs.ext4")
-	for _, f := range []string{kernel, rootfs} {
-		if err := os.WriteFile(f, []byte("image"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	kernel, rootfs := images(t)
 
 	c.ok("create", "cli-a", "--kernel", kernel, "--rootfs", rootfs, "--memory", "32")
 	vm := c.inspect("cli-a")
@@ -269,13 +263,7 @@ func TestCLILifecycleAcrossProcesses(t *testing.T) {
 // the next command sees it failed and can start it again.
 func TestCLICrashShowsFailed(t *testing.T) {
 	c := newCLI(t)
-	dir := t.TempDir()
-	kernel, rootfs := filepath.Join(dir, "vmlinux"), filepath.Join(dir, "rootfs.ext4")
-	for _, f := range []string{kernel, rootfs} {
-		if err := os.WriteFile(f, []byte("image"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	kernel, rootfs := images(t)
 	c.ok("create", "cli-a", "--kernel", kernel, "--rootfs", rootfs, "--memory", "32", "--start")
 	vm := c.inspect("cli-a")
 	if err := syscall.Kill(vm.Backend.PID, syscall.SIGKILL); err != nil {
