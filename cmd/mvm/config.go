@@ -191,7 +191,8 @@ func loadSettings(stateDir string) (savedSettings, error) {
 
 // loadSettingsAsIs reads the saved settings of stateDir without checking
 // them: mvm config and mvm config set use it, being how a bad saved
-// value is shown and changed.
+// value is shown and changed, and so do updateSettings and
+// refuseWithNetworks, which run under config set.
 func loadSettingsAsIs(stateDir string) (savedSettings, error) {
 	b, err := os.ReadFile(configPath(stateDir))
 	if errors.Is(err, fs.ErrNotExist) {
