@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -76,13 +75,7 @@ func interrupt(t *testing.T, cmd *exec.Cmd) {
 
 func TestCLIStatsAndEvents(t *testing.T) {
 	c := newCLI(t)
-	dir := t.TempDir()
-	kernel, rootfs := filepath.Join(dir, "vmlinux"), filepath.Join(dir, "rootfs.ext4")
-	for _, f := range []string{kernel, rootfs} {
-		if err := os.WriteFile(f, []byte("image"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	kernel, rootfs := images(t)
 	// A subscriber from the start (--since covers what happens before it
 	// has subscribed).
 	evCmd, evLines := c.background("events", "-o", "json", "--since", "1h")

@@ -191,7 +191,8 @@ func loadSettings(stateDir string) (savedSettings, error) {
 
 // loadSettingsAsIs reads the saved settings of stateDir without checking
 // them: mvm config and mvm config set use it, being how a bad saved
-// value is shown and changed.
+// value is shown and changed, and so do updateSettings and
+// refuseWithNetworks, which run under config set.
 func loadSettingsAsIs(stateDir string) (savedSettings, error) {
 	b, err := os.ReadFile(configPath(stateDir))
 	if errors.Is(err, fs.ErrNotExist) {
@@ -462,7 +463,7 @@ func refuseOtherRelease(ctx context.Context, fc, jailer string) error {
 	if fcCheck.Status != "ok" || jCheck.Status != "ok" {
 		return nil
 	}
-	if fv, jv := releaseOf(fcCheck.Detail), releaseOf(jCheck.Detail); fv != "" && jv != "" && fv != jv {
+	if fv, jv, differ := otherRelease(fcCheck, jCheck); differ {
 		return usagef("jailer-bin %s is %s but firecracker-bin %s is %s: a jailer runs only its release's firecracker (to change both: mvm config set jailer-bin '' first)", jailer, jv, fc, fv)
 	}
 	return nil

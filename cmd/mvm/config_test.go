@@ -17,17 +17,7 @@ import (
 // bare runs mvm with no flag but --state-dir (and extra environment).
 func (c *cli) bare(env []string, args ...string) (code int, stdout, stderr string) {
 	c.t.Helper()
-	cmd := exec.Command(c.bin, append([]string{"--state-dir", c.stateDir}, args...)...)
-	cmd.Env = append(append([]string(nil), c.env...), env...)
-	var out, errb strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	if ee, ok := err.(*exec.ExitError); ok {
-		return ee.ExitCode(), out.String(), errb.String()
-	} else if err != nil {
-		c.t.Fatalf("run mvm %v: %v", args, err)
-	}
-	return 0, out.String(), errb.String()
+	return c.runWith(env, "", args...)
 }
 
 func (c *cli) bareOK(args ...string) string {

@@ -104,13 +104,19 @@ func checkKVM(dev, pvmMarker string) check {
 // checkPair refuses a jailer of another release than firecracker's (the
 // runtime refuses to open with one).
 func checkPair(fc, jailer check) check {
-	fv, jv := releaseOf(fc.Detail), releaseOf(jailer.Detail)
-	if fv != "" && jv != "" && fv != jv {
+	if fv, jv, differ := otherRelease(fc, jailer); differ {
 		jailer.Status = "fail"
 		jailer.Detail += ": release " + jv + ", but firecracker is " + fv
 		jailer.Hint = "use the jailer of firecracker's release (they ship together)"
 	}
 	return jailer
+}
+
+// otherRelease says whether the binary checks fc and jailer both name a
+// release and the two differ, and which they are.
+func otherRelease(fc, jailer check) (fv, jv string, differ bool) {
+	fv, jv = releaseOf(fc.Detail), releaseOf(jailer.Detail)
+	return fv, jv, fv != "" && jv != "" && fv != jv
 }
 
 // releaseOf is the version in a binary check's detail ("Firecracker

@@ -121,18 +121,8 @@ func egressMissingErr(g *globals, err error) error {
 		return err
 	}
 	msg := strings.Replace(err.Error(), fe.Error(), fmt.Sprintf("--egress-iface %s: %s", shellArg(g.net.egressIface), fe.Rule), 1)
-	return &egressError{msg: msg + ": " + network.ErrEgressMissing.Error(), err: err}
+	return &rewordedError{msg: msg + ": " + network.ErrEgressMissing.Error(), err: err}
 }
-
-// egressError is an error with its message reworded; it matches what the
-// original matched.
-type egressError struct {
-	msg string
-	err error
-}
-
-func (e *egressError) Error() string { return e.msg }
-func (e *egressError) Unwrap() error { return e.err }
 
 // netRuntime is the Firecracker runtime with the network it owns.
 type netRuntime struct {

@@ -6,7 +6,6 @@ import (
 	"io/fs"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -18,19 +17,7 @@ import (
 // runIn runs mvm with stdin.
 func (c *cli) runIn(stdin string, args ...string) (int, string, string) {
 	c.t.Helper()
-	full := append([]string{"--state-dir", c.stateDir, "--firecracker-bin", c.fc}, args...)
-	cmd := exec.Command(c.bin, full...)
-	cmd.Env = c.env
-	cmd.Stdin = strings.NewReader(stdin)
-	var out, errb strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	if ee, ok := err.(*exec.ExitError); ok {
-		return ee.ExitCode(), out.String(), errb.String()
-	} else if err != nil {
-		c.t.Fatalf("run mvm %v: %v", args, err)
-	}
-	return 0, out.String(), errb.String()
+	return c.runWith(nil, stdin, append([]string{"--firecracker-bin", c.fc}, args...)...)
 }
 
 // TestCLIGuestAgent drives mvm exec, cp, env and secret across processes
@@ -56,10 +43,7 @@ func TestCLIGuestAgent(t *testing.T) {
 	c.setStandin("FCSTANDIN_VSOCK_GUEST=" + guestDir) // firecracker runs in Config.Env, not mvm's environment
 
 	dir := t.TempDir()
-	kernel, rootfs := filepath.Join(dir, "vmlinux"), filepath.Join(dir, "rootfs.ext4")
-	for _, f := range []string{kernel, rootfs} {
-		os.WriteFile(f, []byte("image"), 0o600)
-	}
+	kernel, rootfs := images(t)
 	c.ok("create", "cli-a", "--kernel", kernel, "--rootfs", rootfs, "--memory", "32", "--vsock-cid", "3", "--start")
 
 	code, out, errs := c.run("exec", "cli-a", "--", "sh", "-c", "echo out; echo err >&2; exit 5")

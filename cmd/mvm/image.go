@@ -153,20 +153,26 @@ func findAgent(explicit string) (string, error) {
 	return "", usagef("--agent: no mvm-agent found beside mvm or on PATH; build it with 'CGO_ENABLED=0 go build ./cmd/mvm-agent' and pass --agent-bin")
 }
 
-// parseSizeMiB parses a size with an optional K, M or G suffix (powers of
-// 1024; no suffix: bytes) into whole MiB.
-func parseSizeMiB(flag, s string) (int, error) {
-	mult, num := int64(1), s
+// cutSizeSuffix splits s into its number and the multiplier of its
+// optional K, M or G suffix (powers of 1024; no suffix: 1).
+func cutSizeSuffix(s string) (num string, mult int64) {
 	if n := len(s); n > 0 {
 		switch s[n-1] {
 		case 'k', 'K':
-			mult, num = 1<<10, s[:n-1]
+			return s[:n-1], 1 << 10
 		case 'm', 'M':
-			mult, num = 1<<20, s[:n-1]
+			return s[:n-1], 1 << 20
 		case 'g', 'G':
-			mult, num = 1<<30, s[:n-1]
+			return s[:n-1], 1 << 30
 		}
 	}
+	return s, 1
+}
+
+// parseSizeMiB parses a size with an optional K, M or G suffix (powers of
+// 1024; no suffix: bytes) into whole MiB.
+func parseSizeMiB(flag, s string) (int, error) {
+	num, mult := cutSizeSuffix(s)
 	v, err := strconv.ParseInt(num, 10, 64)
 	if err != nil || v <= 0 || v > (int64(image.MaxSizeMiB)<<20)/mult || (v*mult)%(1<<20) != 0 {
 		return 0, usagef("%s: size must be a whole number of MiB > 0 with an optional K, M or G suffix, at most %dG (got %q)", flag, image.MaxSizeMiB>>10, s)

@@ -108,10 +108,19 @@ func (c *cli) setStandin(env ...string) {
 
 func (c *cli) run(args ...string) (code int, stdout, stderr string) {
 	c.t.Helper()
-	full := append([]string{"--state-dir", c.stateDir, "--firecracker-bin", c.fc}, args...)
-	cmd := exec.Command(c.bin, full...)
-	cmd.Env = c.env
+	return c.runWith(nil, "", append([]string{"--firecracker-bin", c.fc}, args...)...)
+}
+
+// runWith runs mvm --state-dir STATE args, in c.dir, with env added to
+// c.env and stdin as its standard input ("": none).
+func (c *cli) runWith(env []string, stdin string, args ...string) (code int, stdout, stderr string) {
+	c.t.Helper()
+	cmd := exec.Command(c.bin, append([]string{"--state-dir", c.stateDir}, args...)...)
+	cmd.Env = append(append([]string(nil), c.env...), env...)
 	cmd.Dir = c.dir
+	if stdin != "" {
+		cmd.Stdin = strings.NewReader(stdin)
+	}
 	var out, errb strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
@@ -173,13 +182,7 @@ func alive(pid int) bool {
 // process: each adopts what the previous one left running.
 func TestCLILifecycleAcrossProcesses(t *testing.T) {
 	c := newCLI(t)
-	dir := t.TempDir()
-	kernel, rootfs := filepath.Join(dir, "vmlinux"), filepath.Join(dir, "rootfs.ext4")
-	for _, f := range []string{kernel, rootfs} {
-		if err := os.WriteFile(f, []byte("image"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	kernel, rootfs := images(t)
 
 	c.ok("create", "cli-a", "--kernel", kernel, "--rootfs", rootfs, "--memory", "32")
 	vm := c.inspect("cli-a")
@@ -260,13 +263,7 @@ func TestCLILifecycleAcrossProcesses(t *testing.T) {
 // the next command sees it failed and can start it again.
 func TestCLICrashShowsFailed(t *testing.T) {
 	c := newCLI(t)
-	dir := t.TempDir()
-	kernel, rootfs := filepath.Join(dir, "vmlinux"), filepath.Join(dir, "rootfs.ext4")
-	for _, f := range []string{kernel, rootfs} {
-		if err := os.WriteFile(f, []byte("image"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	kernel, rootfs := images(t)
 	c.ok("create", "cli-a", "--kernel", kernel, "--rootfs", rootfs, "--memory", "32", "--start")
 	vm := c.inspect("cli-a")
 	if err := syscall.Kill(vm.Backend.PID, syscall.SIGKILL); err != nil {

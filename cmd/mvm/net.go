@@ -291,18 +291,7 @@ func rateUpdate(spec microvm.Spec, drives, rx, tx []string) (microvm.RateLimitUp
 // (powers of 1024) into a bucket refilled every second; 0 is a bucket of
 // size 0, which removes the limit.
 func parseRate(flag, s string) (*microvm.TokenBucket, error) {
-	mult := int64(1)
-	num := s
-	if n := len(s); n > 0 {
-		switch s[n-1] {
-		case 'k', 'K':
-			mult, num = 1<<10, s[:n-1]
-		case 'm', 'M':
-			mult, num = 1<<20, s[:n-1]
-		case 'g', 'G':
-			mult, num = 1<<30, s[:n-1]
-		}
-	}
+	num, mult := cutSizeSuffix(s)
 	v, err := strconv.ParseInt(num, 10, 64)
 	if err != nil || v < 0 || v > (1<<62)/mult {
 		return nil, usagef("%s: rate must be bytes per second, a whole number >= 0 with an optional K, M or G suffix (got %q)", flag, s)

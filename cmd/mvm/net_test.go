@@ -120,6 +120,79 @@ func TestNetUsageErrors(t *testing.T) {
 	}
 }
 
+// netCLI runs mvm, with the stand-in firecracker, in a test host
+// namespace whose egress interface "uplink" is wired to an upstream
+// namespace; the kernel, root file system, state and run directories are
+// its own.
+type netCLI struct {
+	t                                           *testing.T
+	tmp, bin, fc, kernel, rootfs, state, runDir string
+	host                                        int
+}
+
+func newNetCLI(t *testing.T) *netCLI {
+	tmp := t.TempDir()
+	nc := &netCLI{t: t, tmp: tmp, bin: buildMVM(t, tmp), fc: filepath.Join(tmp, "firecracker"),
+		kernel: filepath.Join(tmp, "vmlinux"), rootfs: filepath.Join(tmp, "rootfs.ext4"),
+		state: filepath.Join(tmp, "state"), runDir: filepath.Join(tmp, "run")}
+	script := fmt.Sprintf("#!/bin/sh\nexport FCSTANDIN_SPEC_DIR='%s'\nexec '%s' \"$@\"\n", fcstandin.SpecDir(t), fcstandin.Build(t))
+	if err := os.WriteFile(nc.fc, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(nc.kernel, []byte("\x7fELF stand-in kernel"), 0o644)
+	os.WriteFile(nc.rootfs, make([]byte, 1<<20), 0o644)
+
+	host, up := newNetNS(t), newNetNS(t)
+	wireUplink(t, host, up)
+	nc.host = host
+	t.Cleanup(func() {
+		if ok, _ := isMountPoint(nc.runDir); ok {
+			unix.Unmount(nc.runDir, unix.MNT_DETACH)
+		}
+	})
+	return nc
+}
+
+// try runs mvm in the host namespace with the network settings and JSON
+// output.
+func (nc *netCLI) try(args ...string) (stdout, stderr string, err error) {
+	nc.t.Helper()
+	all := append([]string{"--state-dir", nc.state, "--firecracker-bin", nc.fc, "--egress-iface", "uplink", "--net-run-dir", nc.runDir, "-o", "json"}, args...)
+	cmd := exec.Command(nc.bin, all...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := startIn(nc.host, cmd); err != nil {
+		nc.t.Fatalf("start mvm %q: %v", args, err)
+	}
+	err = cmd.Wait()
+	return out.String(), errb.String(), err
+}
+
+// noneLeft checks that no VM network is left: no namespace in the run
+// directory, no link of mvm's and no nftables table in the host namespace.
+func (nc *netCLI) noneLeft() {
+	t := nc.t
+	t.Helper()
+	if ents, _ := os.ReadDir(nc.runDir); len(ents) > 0 {
+		t.Errorf("namespaces left in %s: %v", nc.runDir, ents)
+	}
+	withHandle(t, nc.host, func(h *netlink.Handle) {
+		ls, _ := h.LinkList()
+		for _, l := range ls {
+			if strings.HasPrefix(l.Attrs().Name, network.DefaultNamePrefix) {
+				t.Errorf("link left in the host namespace: %s", l.Attrs().Name)
+			}
+		}
+	})
+	c, err := nftables.New(nftables.WithNetNSFd(nc.host))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ts, err := c.ListTables(); err != nil || len(ts) > 0 {
+		t.Errorf("nftables tables left in the host namespace: %d, %v", len(ts), err)
+	}
+}
+
 // TestNetworkCLI runs separate mvm processes, each in a test host
 // namespace wired to an "upstream" namespace: create a VM with --net,
 // inspect it, start it, change its egress policy and its rate limits live,
@@ -128,39 +201,16 @@ func TestNetworkCLI(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("skipping: needs root (network namespaces, TAP devices, nftables)")
 	}
-	tmp := t.TempDir()
-	mvmBin := buildMVM(t, tmp)
-	fc := filepath.Join(tmp, "firecracker")
-	script := fmt.Sprintf("#!/bin/sh\nexport FCSTANDIN_SPEC_DIR='%s'\nexec '%s' \"$@\"\n", fcstandin.SpecDir(t), fcstandin.Build(t))
-	if err := os.WriteFile(fc, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	kernel, rootfs := filepath.Join(tmp, "vmlinux"), filepath.Join(tmp, "rootfs.ext4")
-	os.WriteFile(kernel, []byte("\x7fELF stand-in kernel"), 0o644)
-	os.WriteFile(rootfs, make([]byte, 1<<20), 0o644)
-
-	host, up := newNetNS(t), newNetNS(t)
-	wireUplink(t, host, up)
-	state, runDir := filepath.Join(tmp, "state"), filepath.Join(tmp, "run")
-	t.Cleanup(func() {
-		if ok, _ := isMountPoint(runDir); ok {
-			unix.Unmount(runDir, unix.MNT_DETACH)
-		}
-	})
+	nc := newNetCLI(t)
+	tmp, mvmBin, kernel, rootfs, host, state, runDir := nc.tmp, nc.bin, nc.kernel, nc.rootfs, nc.host, nc.state, nc.runDir
 
 	run := func(args ...string) (string, string) {
 		t.Helper()
-		all := append([]string{"--state-dir", state, "--firecracker-bin", fc, "--egress-iface", "uplink", "--net-run-dir", runDir, "-o", "json"}, args...)
-		cmd := exec.Command(mvmBin, all...)
-		var out, errb bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &errb
-		if err := startIn(host, cmd); err != nil {
-			t.Fatalf("start mvm %q: %v", args, err)
+		out, errs, err := nc.try(args...)
+		if err != nil {
+			t.Fatalf("mvm %q: %v\n%s", args, err, errs)
 		}
-		if err := cmd.Wait(); err != nil {
-			t.Fatalf("mvm %q: %v\n%s", args, err, errb.String())
-		}
-		return out.String(), errb.String()
+		return out, errs
 	}
 	decode := func(s string) microvm.VM {
 		t.Helper()
@@ -278,24 +328,7 @@ func TestNetworkCLI(t *testing.T) {
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("rm with no flag but --state-dir: %v: %s", err, errb.String())
 	}
-	if ents, _ := os.ReadDir(runDir); len(ents) > 0 {
-		t.Errorf("namespaces left in %s: %v", runDir, ents)
-	}
-	withHandle(t, host, func(h *netlink.Handle) {
-		ls, _ := h.LinkList()
-		for _, l := range ls {
-			if strings.HasPrefix(l.Attrs().Name, network.DefaultNamePrefix) {
-				t.Errorf("link left in the host namespace: %s", l.Attrs().Name)
-			}
-		}
-	})
-	c, err := nftables.New(nftables.WithNetNSFd(host))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ts, err := c.ListTables(); err != nil || len(ts) > 0 {
-		t.Errorf("nftables tables left in the host namespace: %d, %v", len(ts), err)
-	}
+	nc.noneLeft()
 	for _, kind := range []string{"netlease", "netvm"} {
 		if ids, err := reg.List(kind); err != nil || len(ids) > 0 {
 			t.Errorf("%s records left: %v, %v", kind, ids, err)
@@ -451,37 +484,9 @@ func TestNetworkCLIEgressGone(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("skipping: needs root (network namespaces, TAP devices, nftables)")
 	}
-	tmp := t.TempDir()
-	mvmBin := buildMVM(t, tmp)
-	fc := filepath.Join(tmp, "firecracker")
-	script := fmt.Sprintf("#!/bin/sh\nexport FCSTANDIN_SPEC_DIR='%s'\nexec '%s' \"$@\"\n", fcstandin.SpecDir(t), fcstandin.Build(t))
-	if err := os.WriteFile(fc, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	kernel, rootfs := filepath.Join(tmp, "vmlinux"), filepath.Join(tmp, "rootfs.ext4")
-	os.WriteFile(kernel, []byte("\x7fELF stand-in kernel"), 0o644)
-	os.WriteFile(rootfs, make([]byte, 1<<20), 0o644)
-
-	host, up := newNetNS(t), newNetNS(t)
-	wireUplink(t, host, up)
-	state, runDir := filepath.Join(tmp, "state"), filepath.Join(tmp, "run")
-	t.Cleanup(func() {
-		if ok, _ := isMountPoint(runDir); ok {
-			unix.Unmount(runDir, unix.MNT_DETACH)
-		}
-	})
-	try := func(args ...string) (string, string, error) {
-		t.Helper()
-		all := append([]string{"--state-dir", state, "--firecracker-bin", fc, "--egress-iface", "uplink", "--net-run-dir", runDir, "-o", "json"}, args...)
-		cmd := exec.Command(mvmBin, all...)
-		var out, errb bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &errb
-		if err := startIn(host, cmd); err != nil {
-			t.Fatalf("start mvm %q: %v", args, err)
-		}
-		err := cmd.Wait()
-		return out.String(), errb.String(), err
-	}
+	nc := newNetCLI(t)
+	tmp, mvmBin, kernel, rootfs, host, state := nc.tmp, nc.bin, nc.kernel, nc.rootfs, nc.host, nc.state
+	try := nc.try
 	gone := false // the egress interface is gone: a warning is due
 	run := func(args ...string) string {
 		t.Helper()
@@ -530,24 +535,7 @@ func TestNetworkCLIEgressGone(t *testing.T) {
 	run("stop", "web")
 	run("rm", "web")
 
-	if ents, _ := os.ReadDir(runDir); len(ents) > 0 {
-		t.Errorf("namespaces left in %s: %v", runDir, ents)
-	}
-	withHandle(t, host, func(h *netlink.Handle) {
-		ls, _ := h.LinkList()
-		for _, l := range ls {
-			if strings.HasPrefix(l.Attrs().Name, network.DefaultNamePrefix) {
-				t.Errorf("link left in the host namespace: %s", l.Attrs().Name)
-			}
-		}
-	})
-	c, err := nftables.New(nftables.WithNetNSFd(host))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ts, err := c.ListTables(); err != nil || len(ts) > 0 {
-		t.Errorf("nftables tables left in the host namespace: %d, %v", len(ts), err)
-	}
+	nc.noneLeft()
 	// With no VM network left, the setting can move to another interface.
 	cmd := exec.Command(mvmBin, "--state-dir", state, "config", "set", "egress-iface", "lo")
 	cmd.Env = append(os.Environ(), "MVM_EGRESS_IFACE=")
