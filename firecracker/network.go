@@ -154,11 +154,11 @@ func (r *Runtime) attachNetwork(ctx context.Context, rec *vmRecord) error {
 // spec has one is detached even when its record holds no attachment yet
 // (a Create or Restore that died between Attach and the record's write).
 func (r *Runtime) detachNetwork(ctx context.Context, rec *vmRecord) error {
-	if r.cfg.Network == nil {
+	if !hasNetwork(rec) {
 		return nil
 	}
-	if _, managed := managedInterface(rec.Spec); rec.Net == nil && !managed {
-		return nil
+	if err := r.needsNetwork(rec); err != nil {
+		return err
 	}
 	if err := r.cfg.Network.Detach(ctx, rec.ID); err != nil {
 		return fmt.Errorf("detach network: %w", err)
@@ -190,10 +190,14 @@ func (r *Runtime) renameNetwork(ctx context.Context, rec *vmRecord, oldID, newID
 	return nil
 }
 
-// needsNetwork refuses to destroy a VM that holds a managed network when
-// the runtime has no Network to release it with: the slot would leak.
+// needsNetwork refuses to release a VM that holds (or may hold: see
+// hasNetwork) a managed network when the runtime has no Network to release
+// it with: the slot would leak. Destroy asks first; detachNetwork asks
+// again for every other release (an interrupted Create or Restore
+// discarded by adoption), so that the record stays for a runtime with
+// networking.
 func (r *Runtime) needsNetwork(rec *vmRecord) error {
-	if r.cfg.Network != nil || rec.Net == nil {
+	if r.cfg.Network != nil || !hasNetwork(rec) {
 		return nil
 	}
 	return fmt.Errorf("vm %q has a managed network interface, which only a runtime with networking can release: %w", rec.ID, errNoNetwork)

@@ -34,9 +34,10 @@ const (
 // resource is one thing a VM holds, with its undo.
 type resource struct {
 	what string
-	// process marks a resource whose undo ends a process: when it fails
-	// (the process survived SIGKILL), nothing after it is undone, so the
-	// record keeps describing what still runs.
+	// process marks a resource whose failed undo stops the release: a
+	// process that survived SIGKILL, a mount or cgroup still in use, a
+	// network that only a runtime with networking can release. Nothing
+	// after it is undone, so the record keeps describing what is held.
 	process bool
 	undo    func() error
 }
@@ -133,7 +134,7 @@ func (r *Runtime) held(rec *vmRecord, p *proc, s scope) []resource {
 		out = append(out, resource{what: "uid " + strconv.Itoa(uid), undo: func() error { return r.releaseUID(uid, rec.ID) }})
 	}
 	if s == scopeVM {
-		out = append(out, resource{what: "network", undo: func() error {
+		out = append(out, resource{what: "network", process: true, undo: func() error {
 			ctx, cancel := context.WithTimeout(context.Background(), r.cfg.APITimeout)
 			defer cancel()
 			return r.detachNetwork(ctx, rec)
