@@ -286,10 +286,8 @@ func (l *jailLauncher) versionOf(bin, prefix string) (string, error) {
 	l.mu.Lock()
 	c, ok := l.versions[bin]
 	l.mu.Unlock()
-	if ok {
-		if v := c.version; c == (fileVersion{id.dev, id.ino, id.size, id.mtime, id.ctime, v}) {
-			return v, nil
-		}
+	if id.version = c.version; ok && c == id {
+		return c.version, nil
 	}
 	out, err := runOutput(bin, "--version")
 	v, ok := strings.CutPrefix(firstLine(out), prefix)
