@@ -181,6 +181,20 @@ func ValidEnvValue(key, value string) error {
 	return nil
 }
 
+// ValidEnv checks each variable of env with [ValidEnvKey] and
+// [ValidEnvValue]; the error matches [ErrInvalidArgument].
+func ValidEnv(env map[string]string) error {
+	for k, v := range env {
+		if err := ValidEnvKey(k); err != nil {
+			return err
+		}
+		if err := ValidEnvValue(k, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // MaxSecretName bounds the length of a secret's name.
 const MaxSecretName = 128
 

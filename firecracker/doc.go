@@ -105,12 +105,12 @@
 // leftovers removed as by Stop, with no LastError (the runtime's log says
 // so at level Info); but Firecracker v1.7 also exits 0 after KVM stopped a
 // vCPU (KVM_EXIT_INTERNAL_ERROR, as on kvm-pvm), which its last lines say:
-// that VM turns failed, with that reason. The exit status of an adopted process (started by
-// another process, so not our child) cannot be read: its end, clean or
-// not, turns the VM failed ("exit status unknown"). The children of this
-// process are reaped even when they exit after every Runtime closed (a
-// process-wide reaper, see reaper.go), and a Runtime opened later learns
-// their exit status.
+// that VM turns failed, with that reason. The exit status of an adopted
+// process (started by another process, so not our child) cannot be read:
+// its end, clean or not, turns the VM failed ("exit status unknown"). The
+// children of this process are reaped even when they exit after every
+// Runtime closed (a process-wide reaper, see reaper.go), and a Runtime
+// opened later learns their exit status.
 //
 // # Adoption
 //

@@ -93,9 +93,9 @@ func exitError(id string, pid int, ei exitInfo, console []string) *microvm.ExitE
 // vcpuFault finds, in the last lines of firecracker's output, a vCPU of
 // VM id stopped by KVM ("[<id>:fc_vcpu N] Received KVM_EXIT_INTERNAL_ERROR
 // signal"; after it v1.14 exits with status 1, v1.7 with 0, v1.0 logs no
-// exit) and says what it means, or "". The guest ran no further: KVM could not run it (a guest
-// kernel an emulated KVM such as kvm-pvm does not support stops so in
-// early boot).
+// exit) and says what it means, or "". The guest ran no further: KVM
+// could not run it (a guest kernel an emulated KVM such as kvm-pvm does
+// not support stops so in early boot).
 func vcpuFault(id string, lines []string) string {
 	for i := len(lines) - 1; i >= 0; i-- {
 		l := lines[i]

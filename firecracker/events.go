@@ -67,14 +67,18 @@ func (r *Runtime) Events(ctx context.Context, opts *microvm.EventOptions) (<-cha
 // holds the VM's lock. A failure to record is logged: the operation it
 // reports has happened.
 func (r *Runtime) emit(typ microvm.EventType, rec *vmRecord, reason, snapshot string) {
-	e := microvm.Event{Time: time.Now().UTC(), VM: rec.ID, Type: typ, Status: rec.Status,
-		Reason: reason, Snapshot: snapshot, PID: os.Getpid()}
+	r.appendEvent(microvm.Event{Time: time.Now().UTC(), VM: rec.ID, Type: typ, Status: rec.Status,
+		Reason: reason, Snapshot: snapshot, PID: os.Getpid()})
+}
+
+// appendEvent records e (see emit), logging a failure.
+func (r *Runtime) appendEvent(e microvm.Event) {
 	l, err := r.eventLog()
 	if err == nil {
 		err = l.Append(e)
 	}
 	if err != nil {
-		r.log.Warn("record event", "vm", rec.ID, "event", string(typ), "err", err)
+		r.log.Warn("record event", "vm", e.VM, "event", string(e.Type), "err", err)
 	}
 }
 
@@ -82,15 +86,8 @@ func (r *Runtime) emit(typ microvm.EventType, rec *vmRecord, reason, snapshot st
 // committed and its mark cleared (by Rename, or by the recovery that
 // finishes it: whichever clears the new record's mark records it).
 func (r *Runtime) emitRenamed(rec *vmRecord, from string) {
-	e := microvm.Event{Time: time.Now().UTC(), VM: rec.ID, Type: microvm.EventRenamed, Status: rec.Status,
-		From: from, PID: os.Getpid()}
-	l, err := r.eventLog()
-	if err == nil {
-		err = l.Append(e)
-	}
-	if err != nil {
-		r.log.Warn("record event", "vm", rec.ID, "event", string(e.Type), "err", err)
-	}
+	r.appendEvent(microvm.Event{Time: time.Now().UTC(), VM: rec.ID, Type: microvm.EventRenamed, Status: rec.Status,
+		From: from, PID: os.Getpid()})
 }
 
 // opEvent is the event of a one-call operation.

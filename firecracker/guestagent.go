@@ -113,13 +113,8 @@ func (r *Runtime) ReadFile(ctx context.Context, id, path string, w io.Writer) (m
 
 // SetEnv implements [microvm.GuestAgent].
 func (r *Runtime) SetEnv(ctx context.Context, id string, env map[string]string) error {
-	for k, v := range env {
-		if err := microvm.ValidEnvKey(k); err != nil {
-			return err
-		}
-		if err := microvm.ValidEnvValue(k, v); err != nil {
-			return err
-		}
+	if err := microvm.ValidEnv(env); err != nil {
+		return err
 	}
 	g, err := r.guest(ctx, id)
 	if err != nil {

@@ -31,6 +31,28 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// renameDiesAt runs rt.Rename(from, to) until it reaches step, where the
+// goroutine running it ends (runtime.Goexit) as if the process died there:
+// no later step runs (Rename's deferred calls, which release its in-process
+// locks, still do).
+func renameDiesAt(t *testing.T, ctx context.Context, rt *firecracker.Runtime, step, from, to string) {
+	t.Helper()
+	restore := firecracker.SetRenameStepHook(func(s string) error {
+		if s == step {
+			runtime.Goexit() // the process dies here
+		}
+		return nil
+	})
+	defer restore()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		rt.Rename(ctx, from, to)
+		t.Error("Rename returned: the crash did not happen")
+	}()
+	<-done
+}
+
 // standin returns a firecracker binary for tests: a wrapper script that
 // execs the stand-in with the reference specs and the given FCSTANDIN_*
 // settings (e.g. "FCSTANDIN_API=v1.0").

@@ -230,15 +230,7 @@ func newJailLauncher(r *Runtime, cfg JailerConfig) (*jailLauncher, error) {
 	if err := l.checkControllers(); err != nil {
 		return nil, err
 	}
-	jv, err := l.versionOf(jailer, "Jailer v")
-	if err != nil {
-		return nil, fmt.Errorf("%w: %s --version did not report a jailer (%v): %w", ErrJailer, jailer, err, microvm.ErrInvalidArgument)
-	}
-	fv, err := l.versionOf(r.bin, "Firecracker v")
-	if err != nil && !cfg.SkipVersionCheck {
-		return nil, fmt.Errorf("%w: %s --version did not report a firecracker version (%v)", ErrJailer, r.bin, err)
-	}
-	if err := l.checkPair(jailer, jv, r.bin, fv); err != nil {
+	if _, _, err := l.pairVersions(jailer, r.bin); err != nil {
 		return nil, err
 	}
 	// A jailed firecracker is the jailer's child in a new PID namespace:
@@ -260,14 +252,24 @@ func checkExecName(bin string) error {
 	return nil
 }
 
-// checkPair refuses a jailer and a firecracker of different releases
-// (unless SkipVersionCheck): the jailer passes firecracker arguments of
+// pairVersions returns the versions jailer and bin report, and refuses
+// a jailer and a firecracker of different releases (unless
+// SkipVersionCheck, which also accepts a firecracker that reports no
+// version: fv is then ""): the jailer passes firecracker arguments of
 // its own release.
-func (l *jailLauncher) checkPair(jailer, jv, bin, fv string) error {
-	if l.cfg.SkipVersionCheck || fv == jv {
-		return nil
+func (l *jailLauncher) pairVersions(jailer, bin string) (jv, fv string, err error) {
+	jv, err = l.versionOf(jailer, "Jailer v")
+	if err != nil {
+		return "", "", fmt.Errorf("%w: %s --version did not report a jailer (%v): %w", ErrJailer, jailer, err, microvm.ErrInvalidArgument)
 	}
-	return fmt.Errorf("%w: jailer %s is v%s but firecracker %s is v%s: use the jailer of the same release, or turn the jailer's version check off: %w",
+	fv, err = l.versionOf(bin, "Firecracker v")
+	if err != nil && !l.cfg.SkipVersionCheck {
+		return "", "", fmt.Errorf("%w: firecracker %s --version did not report a version (%w)", ErrJailer, bin, err)
+	}
+	if l.cfg.SkipVersionCheck || fv == jv {
+		return jv, fv, nil
+	}
+	return "", "", fmt.Errorf("%w: jailer %s is v%s but firecracker %s is v%s: use the jailer of the same release, or turn the jailer's version check off: %w",
 		ErrJailer, jailer, jv, bin, fv, microvm.ErrInvalidArgument)
 }
 
@@ -284,10 +286,8 @@ func (l *jailLauncher) versionOf(bin, prefix string) (string, error) {
 	l.mu.Lock()
 	c, ok := l.versions[bin]
 	l.mu.Unlock()
-	if ok {
-		if v := c.version; c == (fileVersion{id.dev, id.ino, id.size, id.mtime, id.ctime, v}) {
-			return v, nil
-		}
+	if id.version = c.version; ok && c == id {
+		return c.version, nil
 	}
 	out, err := runOutput(bin, "--version")
 	v, ok := strings.CutPrefix(firstLine(out), prefix)
@@ -314,7 +314,7 @@ func (l *jailLauncher) versionOf(bin, prefix string) (string, error) {
 // that recorded none (a new VM, a record written before the jailer was
 // kept, a VM whose processes ran directly) gets the runtime's jailer,
 // paired with its firecracker (rec.Binary, or the runtime's), which must
-// be of the same release (checkPair); rec.Jailer then records the pair.
+// be of the same release (pairVersions); rec.Jailer then records the pair.
 func (l *jailLauncher) binaries(rec *vmRecord) (jailer, bin string, err error) {
 	bin = l.r.binOf(rec)
 	if err := checkExecName(bin); err != nil {
@@ -324,15 +324,8 @@ func (l *jailLauncher) binaries(rec *vmRecord) (jailer, bin string, err error) {
 	if jb == nil {
 		// The versions as the files are now (a stat each while they are
 		// the files Open probed, or that a launch probed since).
-		jv, err := l.versionOf(l.jailer, "Jailer v")
+		jv, fv, err := l.pairVersions(l.jailer, bin)
 		if err != nil {
-			return "", "", fmt.Errorf("%w: %s --version did not report a jailer (%v)", ErrJailer, l.jailer, err)
-		}
-		fv, err := l.versionOf(bin, "Firecracker v")
-		if err != nil && !l.cfg.SkipVersionCheck {
-			return "", "", fmt.Errorf("%w: firecracker %s --version did not report a version (%w)", ErrJailer, bin, err)
-		}
-		if err := l.checkPair(l.jailer, jv, bin, fv); err != nil {
 			return "", "", err
 		}
 		rec.Jailer = &jailerBinary{Path: l.jailer, Version: jv, FirecrackerVersion: fv}

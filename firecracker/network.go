@@ -174,15 +174,26 @@ func hasNetwork(rec *vmRecord) bool {
 	return rec.Net != nil || managedIndex(rec.Spec) >= 0
 }
 
-// renameNetwork moves the managed network of a VM from oldID to newID (see
-// NetworkRenamer); a VM without one is left alone.
-func (r *Runtime) renameNetwork(ctx context.Context, rec *vmRecord, oldID, newID string) error {
+// networkRenamer returns what moves rec's managed network to another id:
+// nil when rec has none, an error of [microvm.ErrUnsupported] when the
+// runtime's Network cannot move it.
+func (r *Runtime) networkRenamer(rec *vmRecord) (NetworkRenamer, error) {
 	if !hasNetwork(rec) {
-		return nil
+		return nil, nil
 	}
 	nr, ok := r.cfg.Network.(NetworkRenamer)
 	if !ok {
-		return fmt.Errorf("vm %q has a managed network interface, which only a runtime whose Config.Network implements NetworkRenamer can move to another id: %w", rec.ID, microvm.ErrUnsupported)
+		return nil, fmt.Errorf("vm %q has a managed network interface, which only a runtime whose Config.Network implements NetworkRenamer can move to another id: %w", rec.ID, microvm.ErrUnsupported)
+	}
+	return nr, nil
+}
+
+// renameNetwork moves the managed network of a VM from oldID to newID (see
+// NetworkRenamer); a VM without one is left alone.
+func (r *Runtime) renameNetwork(ctx context.Context, rec *vmRecord, oldID, newID string) error {
+	nr, err := r.networkRenamer(rec)
+	if nr == nil {
+		return err
 	}
 	if err := nr.RenameNetwork(ctx, oldID, newID); err != nil {
 		return fmt.Errorf("move network from %q to %q: %w", oldID, newID, err)

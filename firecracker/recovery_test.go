@@ -200,16 +200,8 @@ func TestAdoptionPidReuseGuard(t *testing.T) {
 		}
 		t.Cleanup(func() { other.Process.Kill(); other.Wait() })
 		otherStart := startTime(t, other.Process.Pid)
-		recPath := filepath.Join(state, "registry", "vm", "r.json")
-		var env map[string]any
-		b, err := os.ReadFile(recPath)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := json.Unmarshal(b, &env); err != nil {
-			t.Fatal(err)
-		}
-		proc := env["data"].(map[string]any)["process"].(map[string]any)
+		file, rec := readRecord(t, state, "r")
+		proc := rec["process"].(map[string]any)
 		recorded := uint64(proc["start_time"].(float64))
 		if !match && recorded == otherStart {
 			t.Skip("the stand-in and sleep started in the same clock tick")
@@ -218,12 +210,7 @@ func TestAdoptionPidReuseGuard(t *testing.T) {
 		if match {
 			proc["start_time"] = otherStart
 		}
-		if b, err = json.Marshal(env); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(recPath, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
+		writeRecord(t, state, "r", file)
 		rt := open(t, state, bin)
 		ctx := context.Background()
 		vm, err := rt.Get(ctx, "r")
@@ -282,23 +269,9 @@ func TestRecoveryEndsUnrecordedPageServer(t *testing.T) {
 	})
 	// The restore as its driver left it: marked, the firecracker
 	// recorded, the page server not.
-	recPath := filepath.Join(state, "registry", "vm", "u.json")
-	var env map[string]any
-	b, err := os.ReadFile(recPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(b, &env); err != nil {
-		t.Fatal(err)
-	}
-	data := env["data"].(map[string]any)
+	file, data := readRecord(t, state, "u")
 	data["op"], data["memory_backend"] = "restore", string(microvm.MemoryBackendUffd)
-	if b, err = json.Marshal(env); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(recPath, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeRecord(t, state, "u", file)
 	mem := filepath.Join(t.TempDir(), "memory")
 	if err := os.WriteFile(mem, make([]byte, 1<<20), 0o600); err != nil {
 		t.Fatal(err)

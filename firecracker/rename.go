@@ -103,10 +103,10 @@ func (r *Runtime) rename(ctx context.Context, oldID, newID string) (microvm.VM, 
 		// record names would end it. A stopped VM has no jail.
 		return microvm.VM{}, fmt.Errorf("vm %q runs jailed (its chroot, cgroups and uid lease are named after its id): stop it first: %w", oldID, microvm.ErrUnsupported)
 	}
-	networked := hasNetwork(rec)
-	if _, ok := r.cfg.Network.(NetworkRenamer); networked && !ok {
-		return microvm.VM{}, fmt.Errorf("vm %q has a managed network interface, which only a runtime whose Config.Network implements NetworkRenamer can move to another id: %w", oldID, microvm.ErrUnsupported)
+	if _, err := r.networkRenamer(rec); err != nil {
+		return microvm.VM{}, err
 	}
+	networked := hasNetwork(rec)
 	switch err := r.reg.Get(kindVM, newID, nil); {
 	case err == nil:
 		return microvm.VM{}, fmt.Errorf("vm %q: %w", newID, microvm.ErrAlreadyExists)

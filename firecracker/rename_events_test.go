@@ -3,7 +3,6 @@ package firecracker_test
 import (
 	"context"
 	"errors"
-	"runtime"
 	"testing"
 	"time"
 
@@ -124,20 +123,7 @@ func TestRenameEventsRecovery(t *testing.T) {
 			if _, err := rt.Create(ctx, "a", testSpec(t)); err != nil {
 				t.Fatal(err)
 			}
-			restore := firecracker.SetRenameStepHook(func(step string) error {
-				if step == c.step {
-					runtime.Goexit() // the process dies here
-				}
-				return nil
-			})
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				rt.Rename(ctx, "a", "b")
-				t.Error("Rename returned: the crash did not happen")
-			}()
-			<-done
-			restore()
+			renameDiesAt(t, ctx, rt, c.step, "a", "b")
 			rt.Close()
 
 			rt = open(t, state, bin)

@@ -13,13 +13,14 @@ import (
 	"github.com/mvm-dev/microvm/metrics"
 )
 
-// TestRenameRecovery: a rename interrupted by the death of the process
-// running it, at each step, is finished when the directory was moved and
-// undone when it was not, whichever of the two ids is touched first; the
-// VM's process lives on throughout.
-func TestRenameRecovery(t *testing.T) {
+// standinSpec returns a firecracker binary for the tests of this package's
+// internals (the external tests' standin helper is out of their reach): a
+// wrapper script that execs the stand-in with the reference specs; and a
+// spec for a small VM booting from a one-file image.
+func standinSpec(t *testing.T) (bin string, spec microvm.Spec) {
+	t.Helper()
 	real := fcstandin.Build(t)
-	bin := filepath.Join(t.TempDir(), "firecracker")
+	bin = filepath.Join(t.TempDir(), "firecracker")
 	script := "#!/bin/sh\nexport FCSTANDIN_SPEC_DIR='" + fcstandin.SpecDir(t) + "'\nexec '" + real + "' \"$@\"\n"
 	if err := os.WriteFile(bin, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
@@ -28,7 +29,15 @@ func TestRenameRecovery(t *testing.T) {
 	if err := os.WriteFile(img, []byte("image"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	spec := microvm.Spec{Kernel: img, RootDrive: microvm.Drive{Path: img, ReadOnly: true}, VCPUs: 1, MemoryMiB: 16}
+	return bin, microvm.Spec{Kernel: img, RootDrive: microvm.Drive{Path: img, ReadOnly: true}, VCPUs: 1, MemoryMiB: 16}
+}
+
+// TestRenameRecovery: a rename interrupted by the death of the process
+// running it, at each step, is finished when the directory was moved and
+// undone when it was not, whichever of the two ids is touched first; the
+// VM's process lives on throughout.
+func TestRenameRecovery(t *testing.T) {
+	bin, spec := standinSpec(t)
 	ctx := context.Background()
 	for _, c := range []struct {
 		name    string
@@ -116,16 +125,7 @@ func TestRenameRecovery(t *testing.T) {
 // Destroy, so a long-lived embedder does not keep one entry per VM it
 // ever read stats of.
 func TestMetricsCacheForgotten(t *testing.T) {
-	real := fcstandin.Build(t)
-	bin := filepath.Join(t.TempDir(), "firecracker")
-	script := "#!/bin/sh\nexport FCSTANDIN_SPEC_DIR='" + fcstandin.SpecDir(t) + "'\nexec '" + real + "' \"$@\"\n"
-	if err := os.WriteFile(bin, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	img := filepath.Join(t.TempDir(), "img")
-	if err := os.WriteFile(img, []byte("image"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	bin, spec := standinSpec(t)
 	var forgot []string
 	forgetMetrics = func(p string) { forgot = append(forgot, p) }
 	t.Cleanup(func() { forgetMetrics = metrics.Forget })
@@ -136,7 +136,6 @@ func TestMetricsCacheForgotten(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rt.Close()
-	spec := microvm.Spec{Kernel: img, RootDrive: microvm.Drive{Path: img, ReadOnly: true}, VCPUs: 1, MemoryMiB: 16}
 	if _, err := rt.Create(ctx, "a", spec); err != nil {
 		t.Fatal(err)
 	}

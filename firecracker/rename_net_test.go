@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"runtime"
 	"slices"
 	"testing"
 
@@ -93,20 +92,7 @@ func TestRenameNetworkRecovery(t *testing.T) {
 				t.Fatal(err)
 			}
 			ns := vm.Backend.Network.NetNS
-			restore := firecracker.SetRenameStepHook(func(step string) error {
-				if step == c.step {
-					runtime.Goexit() // the process dies here
-				}
-				return nil
-			})
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				rt.Rename(ctx, "a", "b")
-				t.Error("Rename returned: the crash did not happen")
-			}()
-			<-done
-			restore()
+			renameDiesAt(t, ctx, rt, c.step, "a", "b")
 			rt.Close()
 
 			rt = open(t, state, bin, withNet)

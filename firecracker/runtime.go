@@ -611,8 +611,9 @@ const trashPrefix = ".trash-"
 // removeVMDir removes a VM's directory: first renamed to a hidden name (so
 // a crash midway never leaves a directory that looks live), then deleted.
 func (r *Runtime) removeVMDir(id string) error {
-	dir := r.paths(id).dir
-	forgetMetrics(metricsState(r.paths(id)))
+	p := r.paths(id)
+	dir := p.dir
+	forgetMetrics(metricsState(p))
 	trash := filepath.Join(r.vmsDir, trashPrefix+id+"-"+strconv.FormatUint(rand.Uint64(), 36))
 	if err := os.Rename(dir, trash); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
