@@ -248,13 +248,8 @@ func (g *Guest) Ping(ctx context.Context) (microvm.AgentInfo, error) {
 
 // SetEnv sets variables for later execs.
 func (g *Guest) SetEnv(ctx context.Context, env map[string]string) error {
-	for k, v := range env {
-		if err := microvm.ValidEnvKey(k); err != nil {
-			return err
-		}
-		if err := microvm.ValidEnvValue(k, v); err != nil {
-			return err
-		}
+	if err := microvm.ValidEnv(env); err != nil {
+		return err
 	}
 	b, err := json.Marshal(env)
 	if err != nil {

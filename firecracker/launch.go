@@ -34,7 +34,7 @@ type directLauncher struct{ r *Runtime }
 // user, with the host's view of the file system.
 func (directLauncher) prepare(_ context.Context, rec *vmRecord) error {
 	if rec.Jailer != nil {
-		return fmt.Errorf("%w: the VM runs jailed (jailer %s) and this runtime has none: open it with the jailer (mvm --jailer-bin) so the VM never runs outside its sandbox", ErrJailer, rec.Jailer.Path)
+		return fmt.Errorf("%w: the VM runs jailed (jailer %s) and this runtime has none: open it with a jailer so the VM never runs outside its sandbox", ErrJailer, rec.Jailer.Path)
 	}
 	return nil
 }
